@@ -1,0 +1,5 @@
+import sys
+
+from mtcolor.cli import main
+
+sys.exit(main())
