@@ -1,0 +1,73 @@
+"""Colour conversions shared by every pipeline, trainer and metric.
+
+Conventions: RGB tensors are sRGB in [0, 1], shaped (..., 3, H, W); Lab tensors are CIE L*a*b*
+(D65) with L in [0, 100] and a, b roughly in [-128, 127], shaped (..., 3, H, W). Conversions use
+kornia (differentiable, batched on the device).
+"""
+
+from __future__ import annotations
+
+import kornia.color
+import torch
+import torch.nn.functional as F
+
+from .image_io import to_tensor_image
+
+
+def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB (..., 3, H, W) in [0, 1] -> Lab (..., 3, H, W), L in [0, 100]."""
+    return kornia.color.rgb_to_lab(rgb.clamp(0, 1))
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """Lab (..., 3, H, W) -> sRGB (..., 3, H, W) clipped to [0, 1]."""
+    return kornia.color.lab_to_rgb(lab, clip=True)
+
+
+def gray_to_rgb(gray: torch.Tensor) -> torch.Tensor:
+    """(..., 1, H, W) -> (..., 3, H, W) by repetition."""
+    return gray.expand(*gray.shape[:-3], 3, *gray.shape[-2:])
+
+
+def rgb_luminance(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB (..., 3|1, H, W) in [0, 1] -> the Lab L channel (..., 1, H, W) in [0, 100]."""
+    if rgb.shape[-3] == 1:
+        rgb = gray_to_rgb(rgb)
+    return rgb_to_lab(rgb)[..., :1, :, :]
+
+
+def luminance_to_gray(lightness: torch.Tensor) -> torch.Tensor:
+    """L (..., 1, H, W) in [0, 100] -> the neutral sRGB gray (..., 3, H, W) in [0, 1] with that L."""
+    zeros = torch.zeros_like(lightness)
+    return lab_to_rgb(torch.cat([lightness, zeros, zeros], dim=-3))
+
+
+def image_luminance(image, name: str = "image") -> torch.Tensor:
+    """Any supported image (see :mod:`mtcolor.image_io`) -> L (1, H, W) in [0, 100].
+
+    A 3-channel (colour) input contributes its Lab luminance; a 1-channel input is a gray image.
+    """
+    return rgb_luminance(to_tensor_image(image, name))
+
+
+def resize(image: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize (B, C, H, W) to ``size``; antialiased when shrinking (avoids aliasing of ab maps)."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    shrinking = size[0] < image.shape[-2] or size[1] < image.shape[-1]
+    return F.interpolate(image, size=size, mode=mode, align_corners=False, antialias=shrinking)
+
+
+def recombine_luminance(lightness: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+    """The input's own L + predicted ab resized to it -> sRGB.
+
+    Args:
+        lightness: (B, 1, H, W) in [0, 100] at the output (input) resolution.
+        ab: (B, 2, h, w) predicted chroma at the working resolution.
+
+    Returns:
+        (B, 3, H, W) sRGB in [0, 1]. Its Lab L equals ``lightness`` except where the ab pair is
+        outside the sRGB gamut for that L (clipping in RGB then changes L slightly).
+    """
+    ab = resize(ab.to(lightness.dtype), tuple(lightness.shape[-2:]))
+    return lab_to_rgb(torch.cat([lightness, ab], dim=-3))

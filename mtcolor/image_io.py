@@ -1,0 +1,105 @@
+"""Turn user images (PIL / numpy / torch, any mode or bit depth) into float arrays in [0, 1].
+
+One place decides what every pipeline, metric and dataset tool accepts:
+
+* PIL modes ``1``, ``L``, ``LA``, ``P``, ``RGB``, ``RGBA``, ``CMYK``, ``I;16``, ``I``, ``F``;
+  alpha channels are dropped (the colour under a transparent pixel is kept as it is).
+* numpy arrays (H, W), (H, W, 1|3|4): ``uint8`` / 255, ``uint16`` / 65535, ``bool``, floats in [0, 1].
+* torch tensors (H, W), (1|3|4, H, W): floats in [0, 1] or ``uint8``.
+
+Anything else, NaNs, or floats outside [0, 1] raise ``ValueError`` naming the argument.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _from_pil(image, name: str) -> np.ndarray:
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L"):
+        return np.asarray(image, dtype=np.float32) / 65535.0
+    if mode == "I":
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        return (array / peak).astype(np.float32)
+    if mode == "F":
+        return np.asarray(image, dtype=np.float32)
+    if mode in ("1", "L"):
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    if mode == "LA":
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    if mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "PA", "RGBX"):
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    raise ValueError(f"{name} is a PIL image in unsupported mode {mode!r}; convert it to 'L' or 'RGB'.")
+
+
+def _from_numpy(array: np.ndarray, name: str) -> np.ndarray:
+    if array.dtype == np.bool_:
+        array = array.astype(np.float32)
+    elif array.dtype == np.uint8:
+        array = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        array = array.astype(np.float32) / 65535.0
+    elif array.dtype.kind == "f":
+        array = array.astype(np.float32)
+    else:
+        raise ValueError(
+            f"{name} is a numpy array of dtype {array.dtype}; expected uint8, uint16, bool or float in [0, 1]."
+        )
+    return array
+
+
+def to_float_image(image, name: str = "image") -> np.ndarray:
+    """Any supported image -> float32 numpy array (H, W, C) in [0, 1] with C in {1, 3}.
+
+    Args:
+        image: PIL image, numpy array (H, W[, C]) or torch tensor ([C,] H, W).
+        name: the argument name used in error messages.
+    """
+    if hasattr(image, "mode") and hasattr(image, "convert"):
+        array = _from_pil(image, name)
+    elif isinstance(image, np.ndarray):
+        array = _from_numpy(image, name)
+    elif isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        if tensor.ndim == 4 and tensor.shape[0] == 1:
+            tensor = tensor[0]
+        if tensor.ndim == 3 and tensor.shape[0] in (1, 3, 4):
+            tensor = tensor.permute(1, 2, 0)
+        if tensor.dtype == torch.uint8:
+            array = tensor.numpy().astype(np.float32) / 255.0
+        elif tensor.dtype == torch.bool:
+            array = tensor.numpy().astype(np.float32)
+        elif tensor.is_floating_point():
+            array = tensor.float().numpy()
+        else:
+            raise ValueError(f"{name} is a tensor of dtype {tensor.dtype}; expected float in [0, 1] or uint8.")
+    else:
+        raise TypeError(
+            f"{name} has type {type(image).__name__}; expected a PIL image, a numpy array or a torch tensor."
+        )
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(
+            f"{name} has shape {tuple(array.shape)}; expected (H, W), (H, W, 1|3|4) for arrays or "
+            "(1|3|4, H, W) for tensors."
+        )
+    if array.shape[-1] in (2, 4):  # drop alpha
+        array = array[..., :-1]
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinite values; pass finite values in [0, 1].")
+    lo, hi = float(array.min(initial=0.0)), float(array.max(initial=0.0))
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise ValueError(
+            f"{name} has float values in [{lo:g}, {hi:g}]; float images must lie in [0, 1]. Divide by 255 "
+            "(8-bit) or 65535 (16-bit), or pass the integer array as it is."
+        )
+    return np.clip(array, 0.0, 1.0)
+
+
+def to_tensor_image(image, name: str = "image") -> torch.Tensor:
+    """Like :func:`to_float_image` but returns a float32 tensor (C, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(to_float_image(image, name))).permute(2, 0, 1)
