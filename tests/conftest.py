@@ -1,0 +1,20 @@
+"""Shared test set-up: CPU-only, offline, deterministic, `slow` tests opt-in (MTCOLOR_SLOW=1)."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("MTCOLOR_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow test: set MTCOLOR_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
