@@ -13,6 +13,7 @@ Anything else, NaNs, or floats outside [0, 1] raise ``ValueError`` naming the ar
 from __future__ import annotations
 
 import numpy as np
+import PIL.Image
 import torch
 
 
@@ -58,7 +59,7 @@ def to_float_image(image, name: str = "image") -> np.ndarray:
         image: PIL image, numpy array (H, W[, C]) or torch tensor ([C,] H, W).
         name: the argument name used in error messages.
     """
-    if hasattr(image, "mode") and hasattr(image, "convert"):
+    if isinstance(image, PIL.Image.Image):
         array = _from_pil(image, name)
     elif isinstance(image, np.ndarray):
         array = _from_numpy(image, name)

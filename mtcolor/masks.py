@@ -21,15 +21,13 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import PIL.Image
 import torch
-
-MaskLike = "PIL.Image.Image | np.ndarray | torch.Tensor"
-
 
 def _mask_to_bool(mask, index: int) -> torch.Tensor:
     """One mask (PIL / numpy / tensor, shape (H, W)) -> bool tensor (H, W)."""
     name = f"masks[{index}]"
-    if hasattr(mask, "mode") and hasattr(mask, "size"):  # PIL image
+    if isinstance(mask, PIL.Image.Image):
         if mask.mode in ("1", "L", "I;16", "I", "F"):
             mask = np.asarray(mask)
         else:
