@@ -1,0 +1,176 @@
+"""diffusers attention processors that plug MT-Color into a stock UNet.
+
+* :class:`InstanceSelfAttnProcessor2_0` for every ``attn1``: the UNet's own self-attention (computed
+  by a wrapped stock processor) + the gated masked instance branch (MT eq. 4-7).
+* :class:`PixelMaskAttnProcessor2_0` for every ``attn2``: the UNet's own text cross-attention +
+  the gated pixel-level mask attention (PMAM, MT eq. 1-2) on the ControlNet features of the same
+  token count and width.
+
+The per-call data (label maps, instance tokens, ControlNet features) travels in
+``cross_attention_kwargs={"mtcolor": MTColorContext(...)}``: the processors declare ``mtcolor`` as
+a named keyword (diffusers drops undeclared keywords). Without a context they behave exactly like
+the wrapped processor.
+
+The wrapped ("base") processor may be any diffusers processor (``AttnProcessor2_0`` by default,
+``XFormersAttnProcessor`` after ``enable_xformers_memory_efficient_attention``), so switching the
+UNet's attention implementation does not remove MT-Color.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from ..masks import resize_label_map, token_grid
+from .kernels import LabelPartition
+
+
+@dataclass
+class MTColorContext:
+    """Everything the MT-Color processors need for one UNet call.
+
+    Args:
+        label_map: (B, H, W) int64 label map per sample (0 = background), at any resolution that
+            is a multiple of the latent size (pixel or latent resolution).
+        latent_size: (h, w) of the UNet input latents; token grids are derived from it.
+        instance_tokens: (B, M, D_inst) instance tokens (index 0 = the learned null token) or None.
+        instance_labels: (B, M) int64 label of each token (0 for the null token, k for instance k,
+            -1 for padding).
+        control_features: ``{(num_tokens, width): (B, num_tokens, width)}`` ControlNet features.
+        mode: masked attention mode, ``"renormalized"`` or ``"paper"`` (see ``masked_attention``).
+        impl: masked attention implementation (``"auto"``, ``"segments"``, ``"sdpa_mask"``, ...).
+        use_instance_branch / use_instance_masks / use_pmam: ablation switches (MT Tables III-V):
+            no branch, branch without masks (plain self-attention over latent + instance tokens),
+            no PMAM.
+    """
+
+    label_map: torch.Tensor
+    latent_size: tuple[int, int]
+    instance_tokens: torch.Tensor | None = None
+    instance_labels: torch.Tensor | None = None
+    control_features: dict = field(default_factory=dict)
+    mode: str = "renormalized"
+    impl: str = "auto"
+    use_instance_branch: bool = True
+    use_instance_masks: bool = True
+    use_pmam: bool = True
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def labels_at(self, num_tokens: int) -> torch.Tensor:
+        """(B, num_tokens) labels on the token grid of an attention layer (majority vote)."""
+        key = ("labels", num_tokens)
+        if key not in self._cache:
+            grid = token_grid(num_tokens, *self.latent_size)
+            self._cache[key] = resize_label_map(self.label_map, grid).flatten(1)
+        return self._cache[key]
+
+    def branch_labels(self, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor, LabelPartition]:
+        """Query labels, key labels ([latent; instance tokens]) and the partition for the branch."""
+        key = ("branch", num_tokens)
+        if key not in self._cache:
+            q_labels = self.labels_at(num_tokens)
+            token_labels = self.instance_labels
+            if not self.use_instance_masks:  # ablation: every token sees every valid token
+                q_labels = torch.zeros_like(q_labels)
+                token_labels = torch.where(token_labels >= 0, 0, -1)
+            k_labels = torch.cat([q_labels, token_labels.to(q_labels.device)], dim=1)
+            self._cache[key] = (q_labels, k_labels, LabelPartition.build(q_labels, k_labels))
+        return self._cache[key]
+
+    def pixel_labels(self, num_tokens: int) -> tuple[torch.Tensor, LabelPartition]:
+        key = ("pixel", num_tokens)
+        if key not in self._cache:
+            labels = self.labels_at(num_tokens)
+            self._cache[key] = (labels, LabelPartition.build(labels, labels))
+        return self._cache[key]
+
+    def with_control(self, features: dict) -> MTColorContext:
+        """A copy with new ControlNet features that shares the label/partition caches."""
+        return MTColorContext(
+            label_map=self.label_map,
+            latent_size=self.latent_size,
+            instance_tokens=self.instance_tokens,
+            instance_labels=self.instance_labels,
+            control_features=features,
+            mode=self.mode,
+            impl=self.impl,
+            use_instance_branch=self.use_instance_branch,
+            use_instance_masks=self.use_instance_masks,
+            use_pmam=self.use_pmam,
+            _cache=self._cache,
+        )
+
+
+def _base_call(base, attn, hidden_states, encoder_hidden_states, attention_mask, temb):
+    return base(
+        attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, temb=temb
+    )
+
+
+class InstanceSelfAttnProcessor2_0:
+    """``attn1`` processor: stock self-attention + gated masked instance branch (MT eq. 4-7).
+
+    Not an ``nn.Module`` on purpose: the branch's weights belong to the ``MTColorAdapter`` (saved
+    with it), so the UNet's state dict stays the stock one.
+    """
+
+    def __init__(self, branch, base=None):
+        self.branch = branch
+        self.base = base if base is not None else AttnProcessor2_0()
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        mtcolor: MTColorContext | None = None,
+    ) -> torch.Tensor:
+        out = _base_call(self.base, attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if mtcolor is None or not mtcolor.use_instance_branch or mtcolor.instance_tokens is None:
+            return out
+        q_labels, k_labels, partition = mtcolor.branch_labels(hidden_states.shape[1])
+        branch_out = self.branch(
+            hidden_states,
+            q_labels,
+            mtcolor.instance_tokens,
+            k_labels[:, q_labels.shape[1] :],
+            mode=mtcolor.mode,
+            impl=mtcolor.impl,
+            partition=partition,
+        )
+        return out + branch_out.to(out.dtype)
+
+
+class PixelMaskAttnProcessor2_0:
+    """``attn2`` processor: stock text cross-attention + gated PMAM (MT eq. 1-2)."""
+
+    def __init__(self, pmam, base=None):
+        self.pmam = pmam
+        self.base = base if base is not None else AttnProcessor2_0()
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        mtcolor: MTColorContext | None = None,
+    ) -> torch.Tensor:
+        out = _base_call(self.base, attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if mtcolor is None or not mtcolor.use_pmam:
+            return out
+        tokens, width = hidden_states.shape[1], hidden_states.shape[2]
+        control = mtcolor.control_features.get((tokens, width))
+        if control is None:
+            return out
+        labels, partition = mtcolor.pixel_labels(tokens)
+        pmam_out = self.pmam(hidden_states, control, labels, mode=mtcolor.mode, impl=mtcolor.impl, partition=partition)
+        return out + pmam_out.to(out.dtype)
+
+
+MTCOLOR_PROCESSORS = (InstanceSelfAttnProcessor2_0, PixelMaskAttnProcessor2_0)
