@@ -58,6 +58,34 @@ def resize(image: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -
     return F.interpolate(image, size=size, mode=mode, align_corners=False, antialias=shrinking)
 
 
+def fit_chroma_to_gamut(lightness: torch.Tensor, ab: torch.Tensor, iterations: int = 12) -> torch.Tensor:
+    """Scale each pixel's (a, b) towards 0 (same hue, same L) until the colour is inside sRGB.
+
+    Args:
+        lightness: (..., 1, H, W) L in [0, 100]; ab: (..., 2, H, W).
+
+    Returns:
+        ab (..., 2, H, W) scaled by the largest factor in [0, 1] (found by bisection to
+        ``2**-iterations``) whose colour lies in the sRGB gamut, so that converting to RGB needs no
+        clipping and keeps L.
+    """
+
+    def inside(scale: torch.Tensor) -> torch.Tensor:
+        rgb = kornia.color.lab_to_rgb(torch.cat([lightness, ab * scale], dim=-3), clip=False)
+        return ((rgb >= -1e-4) & (rgb <= 1 + 1e-4)).all(dim=-3, keepdim=True)
+
+    ones = torch.ones_like(lightness)
+    ok = inside(ones)
+    if bool(ok.all()):
+        return ab
+    lo, hi = torch.zeros_like(lightness), ones
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        good = inside(mid)
+        lo, hi = torch.where(good, mid, lo), torch.where(good, hi, mid)
+    return ab * torch.where(ok, ones, lo)
+
+
 def recombine_luminance(lightness: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
     """The input's own L + predicted ab resized to it -> sRGB.
 
@@ -66,8 +94,10 @@ def recombine_luminance(lightness: torch.Tensor, ab: torch.Tensor) -> torch.Tens
         ab: (B, 2, h, w) predicted chroma at the working resolution.
 
     Returns:
-        (B, 3, H, W) sRGB in [0, 1]. Its Lab L equals ``lightness`` except where the ab pair is
-        outside the sRGB gamut for that L (clipping in RGB then changes L slightly).
+        (B, 3, H, W) sRGB in [0, 1] whose Lab L equals ``lightness``: (a, b) pairs outside the
+        sRGB gamut for their L lose chroma (same hue) instead of being clipped in RGB, which would
+        change L (:func:`fit_chroma_to_gamut`).
     """
-    ab = resize(ab.to(lightness.dtype), tuple(lightness.shape[-2:]))
+    lightness = lightness.clamp(0, 100)
+    ab = fit_chroma_to_gamut(lightness, resize(ab.to(lightness.dtype), tuple(lightness.shape[-2:])))
     return lab_to_rgb(torch.cat([lightness, ab], dim=-3))
