@@ -181,7 +181,7 @@ def test_locality_of_branch_and_pmam():
     label_b = label.clone()
     label_b[:, 4:, 4:] = torch.where(label[:, 4:, 4:] == 2, 0, 2)  # B's mask moved (A untouched)
     control_b = control.clone()
-    control_b[:, label.flatten(1)[0] == 2] += 3.0
+    control_b[:, label.flatten(1)[0] == 2] += 3.0 * torch.randn(int((label == 2).sum()), 16)
     for mode in ("renormalized", "paper"):
         base = MTColorContext(label, (8, 8), tokens, token_labels, {(64, 16): control}, mode=mode)
         outs = []
