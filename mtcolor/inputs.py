@@ -1,0 +1,136 @@
+"""Normalise what a user passes to a colorization pipeline into per-sample tensors.
+
+A *sample* is one gray image with its instance masks and texts. Single inputs and batches are both
+accepted: ``image`` may be one image or a list of images; then ``masks`` / ``texts`` are per-sample
+lists.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+
+from .color import image_luminance
+from .masks import masks_to_label_map
+
+
+@dataclass
+class Sample:
+    """One colorization request.
+
+    Attributes:
+        lightness: (1, H, W) the input's Lab L in [0, 100] at the input's own resolution.
+        label_map: (H, W) int64 label map (0 = background) or None without instances.
+        texts: the instance texts (``len(texts) == label_map.max()``).
+        prompt: the global prompt ("" if none).
+        negative_prompt: the negative prompt ("" if none).
+    """
+
+    lightness: torch.Tensor
+    label_map: torch.Tensor | None
+    texts: list[str]
+    prompt: str
+    negative_prompt: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.lightness.shape[-2:])
+
+
+def _is_single_image(obj) -> bool:
+    if isinstance(obj, PIL.Image.Image):
+        return True
+    if isinstance(obj, np.ndarray) and obj.ndim in (2, 3):
+        return True
+    return isinstance(obj, torch.Tensor) and obj.ndim in (2, 3)
+
+
+def _broadcast(value, batch: int, name: str, default):
+    if value is None:
+        return [default] * batch
+    if isinstance(value, str):
+        return [value] * batch
+    value = list(value)
+    if len(value) != batch:
+        raise ValueError(f"{name} has {len(value)} entries but there are {batch} images; give one per image or a single str.")
+    return value
+
+
+def prepare_samples(image, masks=None, texts=None, prompt=None, negative_prompt=None) -> list[Sample]:
+    """Validate and normalise pipeline inputs into :class:`Sample` objects.
+
+    Raises ``ValueError`` / ``TypeError`` naming the argument, the value received and the fix.
+    """
+    if image is None:
+        raise ValueError("image is None; pass a gray image (PIL, numpy (H, W[, C]) or tensor ([C,] H, W)).")
+    batched = isinstance(image, (list, tuple)) or (isinstance(image, torch.Tensor) and image.ndim == 4)
+    images = list(image) if batched else [image]
+    if not images:
+        raise ValueError("image is an empty list; pass at least one image.")
+    for i, img in enumerate(images):
+        if not _is_single_image(img):
+            raise TypeError(
+                f"image[{i}] has type {type(img).__name__}; expected a PIL image, a numpy array or a tensor."
+            )
+    batch = len(images)
+    if batched:
+        masks_list = [None] * batch if masks is None else list(masks)
+        texts_list = [None] * batch if texts is None else list(texts)
+        for name, values in (("masks", masks_list), ("texts", texts_list)):
+            if len(values) != batch:
+                raise ValueError(f"{name} has {len(values)} entries but image has {batch}; give one list per image.")
+    else:
+        masks_list, texts_list = [masks], [texts]
+    prompts = _broadcast(prompt, batch, "prompt", "")
+    negatives = _broadcast(negative_prompt, batch, "negative_prompt", "")
+    samples = []
+    for b in range(batch):
+        tag = f"[{b}]" if batched else ""
+        lightness = image_luminance(images[b], f"image{tag}")
+        sample_masks, sample_texts = masks_list[b], texts_list[b]
+        if isinstance(sample_texts, str):
+            sample_texts = [sample_texts]
+        if sample_masks is not None and not isinstance(sample_masks, (list, tuple)) and getattr(sample_masks, "ndim", 0) == 2:
+            sample_masks = [sample_masks]
+        n_masks = 0 if sample_masks is None else len(sample_masks)
+        n_texts = 0 if sample_texts is None else len(sample_texts)
+        if n_masks != n_texts:
+            raise ValueError(
+                f"masks{tag} has {n_masks} masks but texts{tag} has {n_texts} texts; give exactly one instance "
+                "text per mask (or neither, for automatic colorization)."
+            )
+        label_map = None
+        if n_masks:
+            for i, text in enumerate(sample_texts):
+                if not isinstance(text, str):
+                    raise TypeError(f"texts{tag}[{i}] has type {type(text).__name__}; instance texts must be str.")
+            label_map = masks_to_label_map(sample_masks)
+            if tuple(label_map.shape) != tuple(lightness.shape[-2:]):
+                raise ValueError(
+                    f"masks{tag} have size {tuple(label_map.shape)} (H, W) but image{tag} is "
+                    f"{tuple(lightness.shape[-2:])}; masks must be aligned with the gray image (resize them "
+                    "with nearest-neighbour interpolation)."
+                )
+            present = set(torch.unique(label_map).tolist())
+            lost = [i for i in range(1, n_masks + 1) if i not in present]
+            if lost:
+                raise ValueError(
+                    f"masks{tag}{[i - 1 for i in lost]} own no pixel after overlaps were resolved (each "
+                    "overlapping pixel goes to the smallest mask); remove them with their texts or make them "
+                    "smaller than the masks that cover them."
+                )
+        samples.append(Sample(lightness, label_map, list(sample_texts or []), prompts[b] or "", negatives[b] or ""))
+    return samples
+
+
+def working_size(size: tuple[int, int], resolution: int, multiple: int = 8) -> tuple[int, int]:
+    """(H, W) -> working (h, w): short side ``resolution``, aspect kept, both multiples of ``multiple``."""
+    height, width = size
+    scale = resolution / min(height, width)
+    h = max(multiple, int(math.floor(height * scale / multiple + 0.5)) * multiple)
+    w = max(multiple, int(math.floor(width * scale / multiple + 0.5)) * multiple)
+    return h, w
