@@ -15,7 +15,11 @@ def encode_texts(tokenizer, text_encoder, texts: list[str], device=None) -> tupl
     """
     device = device or text_encoder.device
     ids = tokenizer(
-        list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        list(texts),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
     ).input_ids.to(device)
     out = text_encoder(ids, return_dict=True)
     return out.last_hidden_state, out.pooler_output

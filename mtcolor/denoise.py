@@ -55,7 +55,9 @@ def predict_noise(
     down, mid = None, None
     if controlnet is not None:
         if control_image is None:
-            raise ValueError("control_image is None but a controlnet was given; pass the gray image (B, 3, H, W).")
+            raise ValueError(
+                "control_image is None but a controlnet was given; pass the gray image (B, 3, H, W)."
+            )
         down, mid = controlnet(
             latents,
             timestep,

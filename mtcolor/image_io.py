@@ -76,7 +76,9 @@ def to_float_image(image, name: str = "image") -> np.ndarray:
         elif tensor.is_floating_point():
             array = tensor.float().numpy()
         else:
-            raise ValueError(f"{name} is a tensor of dtype {tensor.dtype}; expected float in [0, 1] or uint8.")
+            raise ValueError(
+                f"{name} is a tensor of dtype {tensor.dtype}; expected float in [0, 1] or uint8."
+            )
     else:
         raise TypeError(
             f"{name} has type {type(image).__name__}; expected a PIL image, a numpy array or a torch tensor."

@@ -56,7 +56,9 @@ def _broadcast(value, batch: int, name: str, default):
         return [value] * batch
     value = list(value)
     if len(value) != batch:
-        raise ValueError(f"{name} has {len(value)} entries but there are {batch} images; give one per image or a single str.")
+        raise ValueError(
+            f"{name} has {len(value)} entries but there are {batch} images; give one per image or a single str."
+        )
     return value
 
 
@@ -82,7 +84,9 @@ def prepare_samples(image, masks=None, texts=None, prompt=None, negative_prompt=
         texts_list = [None] * batch if texts is None else list(texts)
         for name, values in (("masks", masks_list), ("texts", texts_list)):
             if len(values) != batch:
-                raise ValueError(f"{name} has {len(values)} entries but image has {batch}; give one list per image.")
+                raise ValueError(
+                    f"{name} has {len(values)} entries but image has {batch}; give one list per image."
+                )
     else:
         masks_list, texts_list = [masks], [texts]
     prompts = _broadcast(prompt, batch, "prompt", "")
@@ -94,7 +98,11 @@ def prepare_samples(image, masks=None, texts=None, prompt=None, negative_prompt=
         sample_masks, sample_texts = masks_list[b], texts_list[b]
         if isinstance(sample_texts, str):
             sample_texts = [sample_texts]
-        if sample_masks is not None and not isinstance(sample_masks, (list, tuple)) and getattr(sample_masks, "ndim", 0) == 2:
+        if (
+            sample_masks is not None
+            and not isinstance(sample_masks, (list, tuple))
+            and getattr(sample_masks, "ndim", 0) == 2
+        ):
             sample_masks = [sample_masks]
         n_masks = 0 if sample_masks is None else len(sample_masks)
         n_texts = 0 if sample_texts is None else len(sample_texts)
@@ -107,7 +115,9 @@ def prepare_samples(image, masks=None, texts=None, prompt=None, negative_prompt=
         if n_masks:
             for i, text in enumerate(sample_texts):
                 if not isinstance(text, str):
-                    raise TypeError(f"texts{tag}[{i}] has type {type(text).__name__}; instance texts must be str.")
+                    raise TypeError(
+                        f"texts{tag}[{i}] has type {type(text).__name__}; instance texts must be str."
+                    )
             label_map = masks_to_label_map(sample_masks)
             if tuple(label_map.shape) != tuple(lightness.shape[-2:]):
                 raise ValueError(
@@ -123,7 +133,9 @@ def prepare_samples(image, masks=None, texts=None, prompt=None, negative_prompt=
                     "overlapping pixel goes to the smallest mask); remove them with their texts or make them "
                     "smaller than the masks that cover them."
                 )
-        samples.append(Sample(lightness, label_map, list(sample_texts or []), prompts[b] or "", negatives[b] or ""))
+        samples.append(
+            Sample(lightness, label_map, list(sample_texts or []), prompts[b] or "", negatives[b] or "")
+        )
     return samples
 
 

@@ -85,7 +85,9 @@ class ColorLexicon:
             words = [SYNONYMS.get(w.lower(), w.lower()) for w in vocabulary]
         missing = [w for w in words if _XKCD_ALIASES.get(w, w) not in table]
         if missing:
-            raise ValueError(f"colour words {missing} have no XKCD prototype; pick names from the XKCD table.")
+            raise ValueError(
+                f"colour words {missing} have no XKCD prototype; pick names from the XKCD table."
+            )
         self.words: tuple[str, ...] = tuple(dict.fromkeys(words))
         self.rgb = torch.tensor([_hex_to_rgb(table[_XKCD_ALIASES.get(w, w)]) for w in self.words])  # (K, 3)
         self.lab = srgb_to_lab(self.rgb)  # (K, 3)
@@ -114,7 +116,9 @@ class ColorLexicon:
 
     def find(self, text: str) -> list[ColorMatch]:
         """All colour words in ``text``, longest match first ("light blue" beats "blue")."""
-        return [ColorMatch(m.start(), m.end(), self.canonical(m.group(1))) for m in self._pattern.finditer(text)]
+        return [
+            ColorMatch(m.start(), m.end(), self.canonical(m.group(1))) for m in self._pattern.finditer(text)
+        ]
 
     def has_color(self, text: str) -> bool:
         return self._pattern.search(text) is not None

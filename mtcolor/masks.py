@@ -24,6 +24,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+
 def _mask_to_bool(mask, index: int) -> torch.Tensor:
     """One mask (PIL / numpy / tensor, shape (H, W)) -> bool tensor (H, W)."""
     name = f"masks[{index}]"

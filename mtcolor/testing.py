@@ -66,7 +66,9 @@ def tiny_text_encoder_config(hidden_size: int = 32) -> dict:
     }
 
 
-def tiny_components(seed: int = 0, *, with_controlnet: bool = True, tokenizer_cache: str | None = None) -> dict:
+def tiny_components(
+    seed: int = 0, *, with_controlnet: bool = True, tokenizer_cache: str | None = None
+) -> dict:
     """Build every MT-Color pipeline component at toy size (seconds on a CPU, no network).
 
     Returns a dict with ``vae, text_encoder, tokenizer, unet, controlnet, adapter, scheduler``; every
@@ -117,3 +119,31 @@ def randomize_adapter(adapter, seed: int = 0, gate: float = 1.0, scale: float = 
             param.fill_(gate)
         else:
             param.copy_(torch.randn(param.shape, generator=generator) * scale)
+
+
+def sd15_unet_config() -> dict:
+    """The SD-1.5 UNet architecture (859.5 M parameters), for benchmarks with random weights."""
+    return {
+        "sample_size": 64,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": (320, 640, 1280, 1280),
+        "layers_per_block": 2,
+        "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        "cross_attention_dim": 768,
+        "attention_head_dim": 8,
+    }
+
+
+def sd15_models(seed: int = 0, with_controlnet: bool = True) -> dict:
+    """SD-1.5-sized UNet (+ ControlNet.from_unet) and a matching MTColorAdapter, random weights."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from .models.adapter import MTColorAdapter
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**sd15_unet_config()).eval()
+    controlnet = ControlNetModel.from_unet(unet).eval() if with_controlnet else None
+    adapter = MTColorAdapter.from_unet(unet).eval()
+    return {"unet": unet, "controlnet": controlnet, "adapter": adapter}

@@ -18,7 +18,11 @@ NUM_MERGES = 49152 - 256 - 2  # as in CLIP's SimpleTokenizer
 
 def _bytes_to_unicode() -> dict[int, str]:
     # The reversible byte -> unicode table of GPT-2/CLIP BPE (same construction as CLIP's tokenizer).
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -32,7 +36,9 @@ def _bytes_to_unicode() -> dict[int, str]:
 def clip_bpe_path() -> Path:
     spec = importlib.util.find_spec("open_clip")
     if spec is None or spec.origin is None:
-        raise ImportError("open-clip-torch is required for the offline CLIP vocabulary: pip install open-clip-torch")
+        raise ImportError(
+            "open-clip-torch is required for the offline CLIP vocabulary: pip install open-clip-torch"
+        )
     return Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz"
 
 
@@ -45,7 +51,9 @@ def write_clip_tokenizer_files(folder: str | os.PathLike) -> Path:
     byte_chars = list(_bytes_to_unicode().values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False))
+    (folder / "vocab.json").write_text(
+        json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False)
+    )
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
     return folder
 

@@ -172,7 +172,7 @@ class MTColorPipeline(DiffusionPipeline):
             "Inputs": (
                 "- `image`: a gray photo, any size (a colour input contributes its luminance)\n"
                 "- `masks` + `texts`: one binary mask (aligned with the image) and one text per instance, "
-                "e.g. \"a red car\"\n- `prompt`: optional global description\n"
+                'e.g. "a red car"\n- `prompt`: optional global description\n'
                 "The output has the input's size and exact luminance (Lab L); the model predicts the colour."
             ),
         }
@@ -191,7 +191,7 @@ class MTColorPipeline(DiffusionPipeline):
             usage=(
                 "from mtcolor import MTColorPipeline\n\n"
                 f"pipe = MTColorPipeline.from_pretrained({str(folder)!r})\n"
-                "image = pipe(gray, masks, texts, prompt=\"a sunny street\").images[0]"
+                'image = pipe(gray, masks, texts, prompt="a sunny street").images[0]'
             ),
             sections=facts,
         )
@@ -283,7 +283,9 @@ class MTColorPipeline(DiffusionPipeline):
                 )
 
     # ------------------------------------------------------------------ denoising
-    def _denoise(self, units: _Units, t, guidance_scale: float, contexts: list, chunks: list, **opts) -> torch.Tensor:
+    def _denoise(
+        self, units: _Units, t, guidance_scale: float, contexts: list, chunks: list, **opts
+    ) -> torch.Tensor:
         """Noise prediction (with classifier-free guidance) for every unit, chunk by chunk."""
         cfg = guidance_scale > 1.0
         outputs = []
@@ -421,7 +423,11 @@ class MTColorPipeline(DiffusionPipeline):
             from mtcolor.sam import masks_from_sam
 
             masks = masks_from_sam(
-                image, points=sam_points, boxes=sam_boxes, checkpoint=sam_checkpoint, model_type=sam_model_type
+                image,
+                points=sam_points,
+                boxes=sam_boxes,
+                checkpoint=sam_checkpoint,
+                model_type=sam_model_type,
             )
         samples = prepare_samples(image, masks, texts, prompt, negative_prompt)
         self.check_inputs(
@@ -469,7 +475,9 @@ class MTColorPipeline(DiffusionPipeline):
         # Samples that share a working size are denoised together; others one group after another.
         groups: dict[tuple[int, int], list[int]] = {}
         for index, sample in enumerate(samples):
-            groups.setdefault(working_size(sample.size, working_resolution, self.vae_scale_factor), []).append(index)
+            groups.setdefault(
+                working_size(sample.size, working_resolution, self.vae_scale_factor), []
+            ).append(index)
         results: list = [None] * len(samples)
         for size, indices in groups.items():
             group_latents = None
@@ -532,8 +540,12 @@ class MTColorPipeline(DiffusionPipeline):
         label_maps = label_maps.to(device)
 
         # 3. Encode prompts and instance texts
-        prompt_embeds, _ = encode_texts(self.tokenizer, self.text_encoder, [s.prompt for s in samples], device)
-        negative_embeds, _ = encode_texts(self.tokenizer, self.text_encoder, [s.negative_prompt for s in samples], device)
+        prompt_embeds, _ = encode_texts(
+            self.tokenizer, self.text_encoder, [s.prompt for s in samples], device
+        )
+        negative_embeds, _ = encode_texts(
+            self.tokenizer, self.text_encoder, [s.negative_prompt for s in samples], device
+        )
         instance_embeds, counts = encode_instance_texts(
             self.tokenizer, self.text_encoder, [s.texts for s in samples], device, dtype
         )
@@ -543,9 +555,20 @@ class MTColorPipeline(DiffusionPipeline):
         timesteps = self.scheduler.timesteps
         latents = self.prepare_latents(batch, latent_size, dtype, device, generator, latents)
         extra_step = {"eta": eta} if "eta" in self.scheduler.step.__code__.co_varnames else {}
-        opts = {"conditioning_scale": controlnet_conditioning_scale, "use_control_residuals": use_control_residuals}
+        opts = {
+            "conditioning_scale": controlnet_conditioning_scale,
+            "use_control_residuals": use_control_residuals,
+        }
 
-        global_units = _Units(latents, prompt_embeds.to(dtype), negative_embeds.to(dtype), label_maps, instance_embeds, counts, control)
+        global_units = _Units(
+            latents,
+            prompt_embeds.to(dtype),
+            negative_embeds.to(dtype),
+            label_maps,
+            instance_embeds,
+            counts,
+            control,
+        )
         passes = instance_passes(counts.tolist())
         instance_steps = int(round(alpha * num_inference_steps)) if passes else 0
         if instance_steps and hasattr(self.scheduler, "model_outputs"):
@@ -567,10 +590,27 @@ class MTColorPipeline(DiffusionPipeline):
                 if i == instance_steps and units is not global_units:
                     # 6. Fusion (MT eq. 8), then global sampling (MT eq. 9)
                     latents = self._fuse(units.latents, batch, passes, label_maps, latent_size, beta, fusion)
-                    units = _Units(latents, *[getattr(global_units, f) for f in ("prompt_embeds", "negative_embeds", "label_maps", "instance_embeds", "instance_counts", "control")])
-                    chunks, contexts = self._contexts(units, latent_size, guidance_scale, max_batch, context_options)
+                    units = _Units(
+                        latents,
+                        *[
+                            getattr(global_units, f)
+                            for f in (
+                                "prompt_embeds",
+                                "negative_embeds",
+                                "label_maps",
+                                "instance_embeds",
+                                "instance_counts",
+                                "control",
+                            )
+                        ],
+                    )
+                    chunks, contexts = self._contexts(
+                        units, latent_size, guidance_scale, max_batch, context_options
+                    )
                 noise = self._denoise(units, t, guidance_scale, contexts, chunks, **opts)
-                units.latents = self.scheduler.step(noise, t, units.latents, **extra_step, return_dict=False)[0]
+                units.latents = self.scheduler.step(noise, t, units.latents, **extra_step, return_dict=False)[
+                    0
+                ]
                 if callback_on_step_end is not None:
                     values = {
                         "latents": units.latents[:batch],
@@ -581,9 +621,13 @@ class MTColorPipeline(DiffusionPipeline):
                     if "latents" in outputs:
                         units.latents = torch.cat([outputs["latents"], units.latents[batch:]])
                     if "prompt_embeds" in outputs:
-                        units.prompt_embeds = torch.cat([outputs["prompt_embeds"], units.prompt_embeds[batch:]])
+                        units.prompt_embeds = torch.cat(
+                            [outputs["prompt_embeds"], units.prompt_embeds[batch:]]
+                        )
                     if "negative_prompt_embeds" in outputs:
-                        units.negative_embeds = torch.cat([outputs["negative_prompt_embeds"], units.negative_embeds[batch:]])
+                        units.negative_embeds = torch.cat(
+                            [outputs["negative_prompt_embeds"], units.negative_embeds[batch:]]
+                        )
                 progress_bar.update()
         if units is not global_units and units.latents.shape[0] != batch:  # alpha = 1: fuse at the end
             units.latents = self._fuse(units.latents, batch, passes, label_maps, latent_size, beta, fusion)
@@ -612,7 +656,9 @@ class MTColorPipeline(DiffusionPipeline):
             [(units.label_maps[p.sample] == p.instance).long() for p in passes]
         )  # the instance becomes instance 1, everything else background
         n_max = units.instance_embeds.shape[1]
-        own_embeds = torch.zeros(len(passes), n_max, units.instance_embeds.shape[2], device=device, dtype=dtype)
+        own_embeds = torch.zeros(
+            len(passes), n_max, units.instance_embeds.shape[2], device=device, dtype=dtype
+        )
         for j, p in enumerate(passes):
             own_embeds[j, 0] = units.instance_embeds[p.sample, p.instance - 1]
         return _Units(
@@ -621,7 +667,9 @@ class MTColorPipeline(DiffusionPipeline):
             negative_embeds=torch.cat([units.negative_embeds, units.negative_embeds[idx]]),
             label_maps=torch.cat([units.label_maps, own_label]),
             instance_embeds=torch.cat([units.instance_embeds, own_embeds]),
-            instance_counts=torch.cat([units.instance_counts, torch.ones(len(passes), dtype=torch.long, device=device)]),
+            instance_counts=torch.cat(
+                [units.instance_counts, torch.ones(len(passes), dtype=torch.long, device=device)]
+            ),
             control=torch.cat([units.control, units.control[idx]]) if units.control is not None else None,
         )
 

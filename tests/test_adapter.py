@@ -4,7 +4,11 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
-from mtcolor.attention.processors import InstanceSelfAttnProcessor2_0, MTColorContext, PixelMaskAttnProcessor2_0
+from mtcolor.attention.processors import (
+    InstanceSelfAttnProcessor2_0,
+    MTColorContext,
+    PixelMaskAttnProcessor2_0,
+)
 from mtcolor.conditioning import encode_instance_texts, encode_texts
 from mtcolor.denoise import predict_noise
 from mtcolor.models.adapter import MTColorAdapter
@@ -40,14 +44,20 @@ def test_fresh_adapter_leaves_unet_and_controlnet_unchanged(components):
     stock = predict_noise(c["unet"], latents, t, hidden, controlnet=c["controlnet"], control_image=gray)
     c["adapter"].install(c["unet"])
     context = c["adapter"].build_context(_label_map(), embeds, counts, (8, 8))
-    out = predict_noise(c["unet"], latents, t, hidden, context=context, controlnet=c["controlnet"], control_image=gray)
+    out = predict_noise(
+        c["unet"], latents, t, hidden, context=context, controlnet=c["controlnet"], control_image=gray
+    )
     assert (out - stock).abs().max() < 1e-5
     for mode in ("paper", "renormalized"):
         context = c["adapter"].build_context(_label_map(), embeds, counts, (8, 8), mode=mode)
-        out = predict_noise(c["unet"], latents, t, hidden, context=context, controlnet=c["controlnet"], control_image=gray)
+        out = predict_noise(
+            c["unet"], latents, t, hidden, context=context, controlnet=c["controlnet"], control_image=gray
+        )
         assert (out - stock).abs().max() < 1e-5
     randomize_adapter(c["adapter"])
-    out = predict_noise(c["unet"], latents, t, hidden, context=context, controlnet=c["controlnet"], control_image=gray)
+    out = predict_noise(
+        c["unet"], latents, t, hidden, context=context, controlnet=c["controlnet"], control_image=gray
+    )
     assert (out - stock).abs().max() > 1e-2  # the test can fail: a trained adapter does change it
 
 
@@ -69,7 +79,9 @@ def test_install_keeps_unet_state_dict_stock_and_uninstall_restores(components):
 
 
 def test_adapter_for_another_unet_is_rejected(components):
-    other = MTColorAdapter(block_names=["nope"], block_dims=[32], block_heads=[4], text_embed_dim=32, instance_dim=32)
+    other = MTColorAdapter(
+        block_names=["nope"], block_dims=[32], block_heads=[4], text_embed_dim=32, instance_dim=32
+    )
     with pytest.raises(ValueError, match="another UNet architecture"):
         other.install(copy.deepcopy(components["unet"]))
 
@@ -154,7 +166,9 @@ def test_pmam_processor_equals_eq1_2_paper_mode():
     flat = label.flatten(1)
     mask = (flat[:, :, None] == flat[:, None, :])[:, None]  # eq. 1
     pm = ((mask * torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, -1)) @ v).transpose(1, 2).reshape(2, 20, 16)
-    expected = AttnProcessor2_0()(attn, x, encoder_hidden_states=text) + torch.tanh(pmam.gate) * pmam.to_out(pm)
+    expected = AttnProcessor2_0()(attn, x, encoder_hidden_states=text) + torch.tanh(pmam.gate) * pmam.to_out(
+        pm
+    )
     assert (out - expected).abs().max() < 1e-5
 
 
@@ -228,9 +242,13 @@ def test_ablation_switches_do_what_they_claim():
     def ctx(**kw):
         return MTColorContext(label, (4, 5), tokens, token_labels, {(20, 16): control}, **kw)
 
-    assert torch.equal(InstanceSelfAttnProcessor2_0(branch)(attn, x, mtcolor=ctx(use_instance_branch=False)), stock)
+    assert torch.equal(
+        InstanceSelfAttnProcessor2_0(branch)(attn, x, mtcolor=ctx(use_instance_branch=False)), stock
+    )
     assert torch.equal(PixelMaskAttnProcessor2_0(pmam)(attn, x, mtcolor=ctx(use_pmam=False)), stock)
-    unmasked = InstanceSelfAttnProcessor2_0(branch)(attn, x, mtcolor=ctx(use_instance_masks=False, mode="paper"))
+    unmasked = InstanceSelfAttnProcessor2_0(branch)(
+        attn, x, mtcolor=ctx(use_instance_masks=False, mode="paper")
+    )
     everything = torch.zeros_like(label)  # one label for every pixel and token == no mask
     expected = stock + _dense_branch(branch, x, everything.flatten(1), tokens, torch.zeros_like(token_labels))
     assert (unmasked - expected).abs().max() < 1e-5
@@ -264,7 +282,11 @@ def test_save_load_round_trip(components, tmp_path):
         unet = copy.deepcopy(components["unet"])
         adapter.install(unet)
         context = adapter.build_context(_label_map(), embeds, counts, (8, 8))
-        outs.append(predict_noise(unet, latents, t, hidden, context=context, controlnet=c["controlnet"], control_image=gray))
+        outs.append(
+            predict_noise(
+                unet, latents, t, hidden, context=context, controlnet=c["controlnet"], control_image=gray
+            )
+        )
     assert torch.equal(outs[0], outs[1])
 
 

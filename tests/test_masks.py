@@ -89,7 +89,9 @@ def _direct_majority(label, h, w):
     return out
 
 
-@pytest.mark.parametrize("size_in, size_out", [((16, 16), (4, 4)), ((13, 17), (5, 6)), ((10, 9), (3, 7)), ((7, 7), (7, 7))])
+@pytest.mark.parametrize(
+    "size_in, size_out", [((16, 16), (4, 4)), ((13, 17), (5, 6)), ((10, 9), (3, 7)), ((7, 7), (7, 7))]
+)
 def test_majority_resize_equals_direct_count(size_in, size_out):
     gen = torch.Generator().manual_seed(0)
     label = torch.randint(0, 4, size_in, generator=gen)

@@ -105,7 +105,11 @@ class MTColorContext:
 
 def _base_call(base, attn, hidden_states, encoder_hidden_states, attention_mask, temb):
     return base(
-        attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, temb=temb
+        attn,
+        hidden_states,
+        encoder_hidden_states=encoder_hidden_states,
+        attention_mask=attention_mask,
+        temb=temb,
     )
 
 
@@ -169,7 +173,9 @@ class PixelMaskAttnProcessor2_0:
         if control is None:
             return out
         labels, partition = mtcolor.pixel_labels(tokens)
-        pmam_out = self.pmam(hidden_states, control, labels, mode=mtcolor.mode, impl=mtcolor.impl, partition=partition)
+        pmam_out = self.pmam(
+            hidden_states, control, labels, mode=mtcolor.mode, impl=mtcolor.impl, partition=partition
+        )
         return out + pmam_out.to(out.dtype)
 
 

@@ -107,7 +107,9 @@ class MTColorAdapter(ModelMixin, ConfigMixin):
                 dims.append(module.attn1.to_q.in_features)
                 heads.append(module.attn1.heads)
         if not names:
-            raise ValueError("unet has no BasicTransformerBlock; MT-Color needs an SD-style UNet2DConditionModel.")
+            raise ValueError(
+                "unet has no BasicTransformerBlock; MT-Color needs an SD-style UNet2DConditionModel."
+            )
         cross_dim = unet.config.cross_attention_dim
         kwargs.setdefault("text_embed_dim", cross_dim)
         kwargs.setdefault("instance_dim", cross_dim)
@@ -217,8 +219,12 @@ class MTColorAdapter(ModelMixin, ConfigMixin):
             instance_labels=token_labels,
             mode=mode or config.attention_mode,
             impl=impl,
-            use_instance_branch=config.use_instance_branch if use_instance_branch is None else use_instance_branch,
-            use_instance_masks=config.use_instance_masks if use_instance_masks is None else use_instance_masks,
+            use_instance_branch=config.use_instance_branch
+            if use_instance_branch is None
+            else use_instance_branch,
+            use_instance_masks=config.use_instance_masks
+            if use_instance_masks is None
+            else use_instance_masks,
             use_pmam=config.use_pmam if use_pmam is None else use_pmam,
         )
 

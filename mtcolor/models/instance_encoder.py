@@ -35,7 +35,9 @@ class MaskEncoder(nn.Module):
 class InstanceEncoder(nn.Module):
     """MT eq. 3. ``forward(masks (N, S, S), text_embeds (N, D_text)) -> tokens (N, D_inst)``."""
 
-    def __init__(self, text_embed_dim: int, instance_dim: int, mask_size: int, mask_channels, hidden_dim: int):
+    def __init__(
+        self, text_embed_dim: int, instance_dim: int, mask_size: int, mask_channels, hidden_dim: int
+    ):
         super().__init__()
         self.mask_size = mask_size
         self.mask_encoder = MaskEncoder(tuple(mask_channels))
