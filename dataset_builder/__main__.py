@@ -27,7 +27,13 @@ def _build(args) -> int:
         config.output_dir = args.output_dir
     if args.limit is not None:
         config.limit = args.limit
-    report = build(config, shard=args.shard, num_proc=args.num_proc, progress=not args.no_progress, overwrite=args.overwrite)
+    report = build(
+        config,
+        shard=args.shard,
+        num_proc=args.num_proc,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
     print(
         f"units: {report.units_written} written, {report.units_skipped_done} already done, {report.units_assigned} of "
         f"{report.units_total} assigned to this shard; images written: {report.images}; skipped: "
@@ -70,7 +76,9 @@ def _synthetic(args) -> int:
                 args.output_dir, count, config, seed=args.seed, split=split, shard_size=args.shard_size,
                 num_proc=args.num_proc, shard=args.shard, progress=not args.no_progress, overwrite=args.overwrite,
             )  # fmt: skip
-            print(f"{split}: {report.images} images written, {report.units_skipped_done} shards already done, {report.seconds:.1f} s")
+            print(
+                f"{split}: {report.images} images written, {report.units_skipped_done} shards already done, {report.seconds:.1f} s"
+            )
     return 0
 
 
@@ -99,7 +107,9 @@ def _export_coco(args) -> int:
     from .synthetic import SyntheticConfig, export_coco
 
     config = SyntheticConfig(image_size=args.image_size)
-    print(export_coco(args.output_dir, args.num_images, config, seed=args.seed, image_format=args.image_format))
+    print(
+        export_coco(args.output_dir, args.num_images, config, seed=args.seed, image_format=args.image_format)
+    )
     return 0
 
 
@@ -110,10 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build (or resume) a dataset from a config file")
     p.add_argument("--config", required=True, help="YAML or JSON builder config (see dataset_builder.config)")
     p.add_argument("--output_dir", help="overrides output_dir of the config")
-    p.add_argument("--shard", help="i/N: process every N-th shard starting at i (default: all, or RANK/WORLD_SIZE)")
+    p.add_argument(
+        "--shard", help="i/N: process every N-th shard starting at i (default: all, or RANK/WORLD_SIZE)"
+    )
     p.add_argument("--num_proc", type=int, default=1, help="worker processes for the per-image work")
     p.add_argument("--limit", type=int, help="only the first N inputs (part of the configuration)")
-    p.add_argument("--overwrite", action="store_true", help="rebuild splits recorded with another configuration")
+    p.add_argument(
+        "--overwrite", action="store_true", help="rebuild splits recorded with another configuration"
+    )
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_build)
 
@@ -125,7 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML/JSON file with SyntheticConfig fields")
     p.add_argument("--image_size", type=int)
     p.add_argument("--decorrelate_luminance", action="store_true")
-    p.add_argument("--holdout", type=_holdout, action="append", metavar="COLOR:SHAPE", help="hold a pair out of train (repeatable)")
+    p.add_argument(
+        "--holdout",
+        type=_holdout,
+        action="append",
+        metavar="COLOR:SHAPE",
+        help="hold a pair out of train (repeatable)",
+    )
     p.add_argument("--shard_size", type=int, default=256)
     p.add_argument("--shard")
     p.add_argument("--num_proc", type=int, default=1)

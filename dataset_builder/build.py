@@ -60,7 +60,11 @@ def _resize(loaded: LoadedImage, max_side: int) -> LoadedImage:
     annotations = None
     if loaded.annotations is not None:
         annotations = [
-            Instance(np.asarray(Image.fromarray(a.mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127, a.label, a.score)
+            Instance(
+                np.asarray(Image.fromarray(a.mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127,
+                a.label,
+                a.score,
+            )
             for a in loaded.annotations
         ]
     return LoadedImage(loaded.id, loaded.source, image, None, annotations, loaded.extra)
@@ -92,7 +96,16 @@ class BuildProcessor:
         self.lexicon = default_lexicon("extended")
 
     def __call__(self, item: SourceItem) -> ItemResult:
-        counters = {k: Counter() for k in ("dropped_instances", "verification", "instance_captioners", "global_captioners", "caption_problems")}
+        counters = {
+            k: Counter()
+            for k in (
+                "dropped_instances",
+                "verification",
+                "instance_captioners",
+                "global_captioners",
+                "caption_problems",
+            )
+        }
         try:
             row = self.process(self.source.load(item), counters)
         except SkipItem as skip:
@@ -104,7 +117,9 @@ class BuildProcessor:
         kept = []
         for instance in instances:
             if instance.mask.shape != (height, width):
-                raise SkipItem("bad_annotation", f"a mask is {instance.mask.shape}, the image {(height, width)}")
+                raise SkipItem(
+                    "bad_annotation", f"a mask is {instance.mask.shape}, the image {(height, width)}"
+                )
             if instance.area < min_area:
                 counters["dropped_instances"]["too_small"] += 1
             else:
@@ -147,7 +162,10 @@ class BuildProcessor:
             captioners.append(captioner)
             verification.append(status)
         if len(kept) < self.options.min_instances:
-            raise SkipItem("no_instances", f"{loaded.id}: {len(kept)} usable instance(s) < min_instances={self.options.min_instances}")
+            raise SkipItem(
+                "no_instances",
+                f"{loaded.id}: {len(kept)} usable instance(s) < min_instances={self.options.min_instances}",
+            )
         labels = [i.label or strip_color_words(t, self.lexicon) or "object" for i, t in zip(kept, texts)]
         colors = [(self.lexicon.find(t)[0].word if self.lexicon.has_color(t) else "") for t in texts]
         global_result = self.global_chain.caption_global(image, kept, texts)
@@ -240,16 +258,28 @@ def build(
     if config.test_fraction > 0:
         by_split[config.test_split] = []
     for item in items:
-        by_split[config.test_split if assign_split(item.id, config.test_fraction) else config.split].append(item)
+        by_split[config.test_split if assign_split(item.id, config.test_fraction) else config.split].append(
+            item
+        )
     units = plan_units(by_split, config.shard_size)
     content = config.content()
     writer = DatasetWriter(config.output_dir)
     record = {"kind": "build", "fingerprint": fingerprint(content), "config": content}
     writer.register(
-        {split: {**record, "items": len(s_items), "units": sum(u.split == split for u in units)} for split, s_items in by_split.items()},
+        {
+            split: {**record, "items": len(s_items), "units": sum(u.split == split for u in units)}
+            for split, s_items in by_split.items()
+        },
         overwrite=overwrite,
     )
-    report = run_units(writer, units, _BuildFactory(config), shard, num_proc, progress, description=f"build {shard[0]}/{shard[1]}")
+    report = run_units(
+        writer,
+        units,
+        _BuildFactory(config),
+        shard,
+        num_proc,
+        progress,
+        description=f"build {shard[0]}/{shard[1]}",
+    )
     write_card(config.output_dir, pretty_name=config.name)
     return report
-

@@ -27,7 +27,6 @@ import ipaddress
 import json
 import logging
 import os
-import socket
 import time
 import urllib.error
 import urllib.parse
@@ -127,7 +126,10 @@ class Captioner(ABC):
 def _pairs(instances: list[InstanceInput], texts: list[str]) -> list[tuple[str, str]]:
     """(colour, label) per instance from its final text: "a light blue sky" -> ("light blue", "sky")."""
     lexicon = default_lexicon("extended")
-    return [(color_phrase(text, lexicon), instance.label or strip_color_words(text, lexicon) or "object") for instance, text in zip(instances, texts)]
+    return [
+        (color_phrase(text, lexicon), instance.label or strip_color_words(text, lexicon) or "object")
+        for instance, text in zip(instances, texts)
+    ]
 
 
 class RuleBasedCaptioner(Captioner):
@@ -145,7 +147,13 @@ class RuleBasedCaptioner(Captioner):
 
     name = "rule"
 
-    def __init__(self, naming_vocabulary: str = "natural", min_share: float = 0.2, max_pixels: int = 4096, max_global_objects: int = 12):
+    def __init__(
+        self,
+        naming_vocabulary: str = "natural",
+        min_share: float = 0.2,
+        max_pixels: int = 4096,
+        max_global_objects: int = 12,
+    ):
         self.namer = ColorNamer(naming_vocabulary, min_share, max_pixels)
         self.max_global_objects = int(max_global_objects)
 
@@ -157,7 +165,9 @@ class RuleBasedCaptioner(Captioner):
             texts.append(None if color is None else instance_phrase(color, instance.label or "object"))
         return texts
 
-    def caption_global(self, image: np.ndarray, instances: list[InstanceInput], instance_texts: list[str]) -> str | None:
+    def caption_global(
+        self, image: np.ndarray, instances: list[InstanceInput], instance_texts: list[str]
+    ) -> str | None:
         scheme = describe_scheme(image, self.namer)
         return compose_global_text(scheme, _pairs(instances, instance_texts), self.max_global_objects)
 
@@ -195,7 +205,9 @@ class Blip2Captioner(Captioner):
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
         if not os.path.isdir(model_path):
-            raise CaptionerConfigError(f"model_path={model_path!r} is not a folder; pass a local BLIP-2 model folder.")
+            raise CaptionerConfigError(
+                f"model_path={model_path!r} is not a folder; pass a local BLIP-2 model folder."
+            )
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
         if dtype == "auto":
@@ -206,7 +218,9 @@ class Blip2Captioner(Captioner):
             raise ValueError(f"dtype={dtype!r}; expected 'auto' or one of {sorted(dtypes)}.")
         self.processor = Blip2Processor.from_pretrained(model_path, local_files_only=True)
         self.processor.tokenizer.padding_side = "left"
-        self.model = Blip2ForConditionalGeneration.from_pretrained(model_path, local_files_only=True, dtype=self.dtype)
+        self.model = Blip2ForConditionalGeneration.from_pretrained(
+            model_path, local_files_only=True, dtype=self.dtype
+        )
         self.model.to(self.device).eval()
         self.name = f"blip2:{os.path.basename(os.path.normpath(model_path))}"
         self.max_new_tokens = int(max_new_tokens)
@@ -234,7 +248,9 @@ class Blip2Captioner(Captioner):
             with torch.inference_mode():
                 output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
             prompt_length = inputs["input_ids"].shape[1]
-            if output.shape[1] > prompt_length and torch.equal(output[:, :prompt_length].cpu(), inputs["input_ids"].cpu()):
+            if output.shape[1] > prompt_length and torch.equal(
+                output[:, :prompt_length].cpu(), inputs["input_ids"].cpu()
+            ):
                 output = output[:, prompt_length:]
             answers += [a.strip() for a in self.processor.batch_decode(output, skip_special_tokens=True)]
         return answers
@@ -243,7 +259,10 @@ class Blip2Captioner(Captioner):
         if not instances:
             return []
         crops = [crop_instance(image, i.mask, self.crop_fill) for i in instances]
-        prompts = [self.instance_prompt.format(label=i.label) if i.label else self.unlabeled_prompt for i in instances]
+        prompts = [
+            self.instance_prompt.format(label=i.label) if i.label else self.unlabeled_prompt
+            for i in instances
+        ]
         texts = []
         for instance, answer in zip(instances, self.generate(crops, prompts)):
             colors = list(dict.fromkeys(m.word for m in self.lexicon.find(answer)))
@@ -254,7 +273,9 @@ class Blip2Captioner(Captioner):
                 texts.append(answer or None)
         return texts
 
-    def caption_global(self, image: np.ndarray, instances: list[InstanceInput], instance_texts: list[str]) -> str | None:
+    def caption_global(
+        self, image: np.ndarray, instances: list[InstanceInput], instance_texts: list[str]
+    ) -> str | None:
         from PIL import Image
 
         (answer,) = self.generate([Image.fromarray(image)], [self.global_prompt])
@@ -348,11 +369,15 @@ class OpenAICompatibleCaptioner(Captioner):
             raise CaptionerConfigError(f"base_url={self.base_url!r} is not an http(s) URL.")
         self.model = model or _env("MTCOLOR_CAPTION_MODEL", "OPENAI_MODEL")
         if not self.model:
-            raise CaptionerConfigError("no model: set MTCOLOR_CAPTION_MODEL (or pass model in the captioner config).")
+            raise CaptionerConfigError(
+                "no model: set MTCOLOR_CAPTION_MODEL (or pass model in the captioner config)."
+            )
         names = (api_key_env,) if api_key_env else ("MTCOLOR_CAPTION_API_KEY", "OPENAI_API_KEY")
         self._api_key = _env(*names) or ""
         if timeout <= 0 or max_retries < 0 or backoff < 0:
-            raise ValueError(f"timeout={timeout}, max_retries={max_retries}, backoff={backoff}; expected positive values.")
+            raise ValueError(
+                f"timeout={timeout}, max_retries={max_retries}, backoff={backoff}; expected positive values."
+            )
         if requests_per_minute is not None and requests_per_minute <= 0:
             raise ValueError(f"requests_per_minute={requests_per_minute}; expected a positive rate or None.")
         self.timeout = float(timeout)
@@ -427,7 +452,10 @@ class OpenAICompatibleCaptioner(Captioner):
                 return self._answer(payload)
             except urllib.error.HTTPError as error:
                 detail = self._scrub(error.read(2000).decode("utf-8", "replace"))
-                if error.code == 400 and any(k in detail.lower() for k in ("content_policy", "content policy", "safety", "content_filter")):
+                if error.code == 400 and any(
+                    k in detail.lower()
+                    for k in ("content_policy", "content policy", "safety", "content_filter")
+                ):
                     self.counters["refusals"] += 1
                     return None
                 if error.code in (401, 403, 404):
@@ -443,16 +471,25 @@ class OpenAICompatibleCaptioner(Captioner):
                     retry_after = float(header) if header is not None else None
                 except ValueError:
                     retry_after = None
-            except (TimeoutError, socket.timeout) as error:
+            except TimeoutError as error:
                 last_problem = f"timeout after {self.timeout:g} s ({type(error).__name__})"
             except urllib.error.URLError as error:
                 last_problem = f"connection error ({self._scrub(str(error.reason))})"
             except (ConnectionError, json.JSONDecodeError, UnicodeDecodeError) as error:
                 last_problem = f"{type(error).__name__}: {self._scrub(str(error))[:200]}"
             if attempt < self.max_retries:
-                wait = min(self.max_backoff, retry_after if retry_after is not None else self.backoff * 2**attempt)
+                wait = min(
+                    self.max_backoff, retry_after if retry_after is not None else self.backoff * 2**attempt
+                )
                 self.counters["retries"] += 1
-                logger.warning("caption request to %s failed (%s); retry %d/%d in %.2f s", url, last_problem, attempt + 1, self.max_retries, wait)
+                logger.warning(
+                    "caption request to %s failed (%s); retry %d/%d in %.2f s",
+                    url,
+                    last_problem,
+                    attempt + 1,
+                    self.max_retries,
+                    wait,
+                )
                 time.sleep(wait)
         self.counters["failures"] += 1
         raise CaptionerError(f"{url} failed {self.max_retries + 1} times; last problem: {last_problem}")
@@ -487,10 +524,14 @@ class OpenAICompatibleCaptioner(Captioner):
         for instance in instances:
             hint = f" (a {instance.label})" if instance.label else ""
             crop = crop_instance(image, instance.mask, self.crop_fill)
-            texts.append(self._clean_phrase(self.complete(self.instance_prompt.format(label_hint=hint), crop)))
+            texts.append(
+                self._clean_phrase(self.complete(self.instance_prompt.format(label_hint=hint), crop))
+            )
         return texts
 
-    def caption_global(self, image: np.ndarray, instances: list[InstanceInput], instance_texts: list[str]) -> str | None:
+    def caption_global(
+        self, image: np.ndarray, instances: list[InstanceInput], instance_texts: list[str]
+    ) -> str | None:
         from PIL import Image
 
         hint = f" (the objects are: {'; '.join(instance_texts)})" if instance_texts else ""
@@ -538,7 +579,9 @@ class CaptionerChain:
                 problems[f"{captioner.name}:error"] += len(pending)
                 continue
             if len(answers) != len(pending):
-                raise ValueError(f"captioner {captioner.name} returned {len(answers)} texts for {len(pending)} instances.")
+                raise ValueError(
+                    f"captioner {captioner.name} returned {len(answers)} texts for {len(pending)} instances."
+                )
             still = []
             for index, answer in zip(pending, answers):
                 problem = text_problem(answer, self.lexicon)
@@ -550,7 +593,9 @@ class CaptionerChain:
             pending = still
         return ChainResult(texts, names, problems)
 
-    def caption_global(self, image: np.ndarray, instances: list[InstanceInput], instance_texts: list[str]) -> ChainResult:
+    def caption_global(
+        self, image: np.ndarray, instances: list[InstanceInput], instance_texts: list[str]
+    ) -> ChainResult:
         problems: Counter = Counter()
         for captioner in self.captioners:
             try:

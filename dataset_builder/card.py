@@ -32,7 +32,12 @@ FORMAT_TABLE = """| column | type | meaning |
 
 
 def _size_category(n: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+    for limit, name in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
         if n < limit:
             return name
     return "1M<n<10M"
@@ -51,7 +56,9 @@ def _table(title: str, counter: dict, total_label: str = "count") -> str:
     if not counter:
         return ""
     lines = [f"| {title} | {total_label} |", "| --- | ---: |"]
-    lines += [f"| {key} | {value} |" for key, value in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))]
+    lines += [
+        f"| {key} | {value} |" for key, value in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -71,7 +78,9 @@ def render_card(out_dir: str | Path, pretty_name: str = "mtcolor instance colori
         "tags": ["image-colorization", "instance-segmentation", "text-guided-colorization", "mtcolor"],
         "task_categories": ["image-to-image"],
         "size_categories": [_size_category(total_images)],
-        "configs": [{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in splits]}],
+        "configs": [
+            {"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in splits]}
+        ],
         "dataset_info": {
             "features": FEATURES._to_yaml_list(),
             "splits": [{"name": s, "num_examples": stats.get(s, {}).get("images", 0)} for s in splits],
@@ -80,7 +89,7 @@ def render_card(out_dir: str | Path, pretty_name: str = "mtcolor instance colori
     lines = ["---", yaml.safe_dump(metadata, sort_keys=False).rstrip(), "---", "", f"# {pretty_name}", ""]
     lines += [
         "Instance-level, text-guided colorization data in the `mtcolor` record format (GPT-Color style, "
-        "MT-Color section III.D): per image, instance masks (COCO RLE), one \"colour + object\" text per "
+        'MT-Color section III.D): per image, instance masks (COCO RLE), one "colour + object" text per '
         "instance, the object labels, a global text that opens with the overall colour scheme and "
         "enumerates the objects with their colours, and provenance (source, captioner of each text, "
         "verification of each text's colour against the measured pixels).",
@@ -110,7 +119,13 @@ def render_card(out_dir: str | Path, pretty_name: str = "mtcolor instance colori
         examples += s.get("skip_examples", [])
         for key in COUNTER_KEYS:
             counters_all[key].update(s.get(key, {}))
-    lines += ["", "Complete." if complete else "**In progress**: some shards are not finished yet (re-run the build to resume).", ""]
+    lines += [
+        "",
+        "Complete."
+        if complete
+        else "**In progress**: some shards are not finished yet (re-run the build to resume).",
+        "",
+    ]
     sections = [
         ("Skipped inputs", _table("reason", skipped_all)),
         ("Dropped instances", _table("reason", counters_all["dropped_instances"])),
@@ -123,7 +138,11 @@ def render_card(out_dir: str | Path, pretty_name: str = "mtcolor instance colori
         if body:
             lines += [f"## {title}", "", body]
     if examples:
-        lines += ["Examples of skipped inputs:", ""] + [f"- `{e[0]}`: {e[1]} ({e[2]})" for e in examples[:10]] + [""]
+        lines += (
+            ["Examples of skipped inputs:", ""]
+            + [f"- `{e[0]}`: {e[1]} ({e[2]})" for e in examples[:10]]
+            + [""]
+        )
     lines += [
         "## Format",
         "",

@@ -83,7 +83,11 @@ def naming_lexicon(vocabulary: str = "natural") -> ColorLexicon:
     if vocabulary != "natural":
         raise ValueError(f"vocabulary={vocabulary!r}; expected 'natural', 'basic' or 'extended'.")
     extended = default_lexicon("extended")
-    words = list(BASIC_COLORS) + [f"{m} {c}" for m in ("light", "dark") for c in _CHROMATIC] + list(NATURAL_EXTRAS)
+    words = (
+        list(BASIC_COLORS)
+        + [f"{m} {c}" for m in ("light", "dark") for c in _CHROMATIC]
+        + list(NATURAL_EXTRAS)
+    )
     return ColorLexicon([w for w in words if w in extended] + list(NEUTRAL_ANCHORS))
 
 
@@ -209,7 +213,11 @@ class ColorNamer:
     def pixel_categories(self, rgb: np.ndarray) -> np.ndarray:
         """uint8 RGB pixels (N, 3) -> index into :attr:`categories` (N,) of each pixel's nearest word."""
         rgb = np.asarray(rgb, dtype=np.uint8).reshape(-1, 3) >> (8 - _LUT_BITS)
-        bins = (rgb[:, 0].astype(np.int64) << (2 * _LUT_BITS)) | (rgb[:, 1].astype(np.int64) << _LUT_BITS) | rgb[:, 2]
+        bins = (
+            (rgb[:, 0].astype(np.int64) << (2 * _LUT_BITS))
+            | (rgb[:, 1].astype(np.int64) << _LUT_BITS)
+            | rgb[:, 2]
+        )
         return self._word_category[_word_lut()[bins]]
 
     def measure_pixels(self, rgb: np.ndarray) -> ColorMeasurement:
@@ -226,7 +234,9 @@ class ColorNamer:
             if share < self.min_share:
                 break
             mean = rgb_to_lab(rgb[votes == index]).mean(0)
-            clusters.append(ColorCluster(self.categories[index], float(share), tuple(round(float(v), 3) for v in mean)))
+            clusters.append(
+                ColorCluster(self.categories[index], float(share), tuple(round(float(v), 3) for v in mean))
+            )
         return ColorMeasurement(n, tuple(clusters))
 
     def measure(self, image: np.ndarray, mask: np.ndarray | None = None) -> ColorMeasurement:
@@ -348,7 +358,9 @@ def describe_scheme(image: np.ndarray, namer: ColorNamer, max_pixels: int = 1638
         quality = "natural colors"
     described = ", ".join(adjectives) + " image" if adjectives else "image"
     sentence = f"{article(described)} {described} with {quality}"
-    shares = np.bincount(namer.pixel_categories(pixels), minlength=len(namer.categories)) / max(len(pixels), 1)
+    shares = np.bincount(namer.pixel_categories(pixels), minlength=len(namer.categories)) / max(
+        len(pixels), 1
+    )
     dominant = [namer.categories[i] for i in np.argsort(-shares, kind="stable") if shares[i] >= 0.15][:3]
     if dominant:
         sentence += f", dominated by {join_words(dominant)}"
@@ -387,7 +399,18 @@ def strip_color_words(text: str, lexicon: ColorLexicon | None = None) -> str:
         last = match.end
     pieces.append(text[last:])
     words = " ".join("".join(pieces).split()).strip(" .,;:!\"'").split()
-    while words and words[0].lower() in ("a", "an", "the", "one", "and", "light", "dark", "pale", "bright", "deep"):
+    while words and words[0].lower() in (
+        "a",
+        "an",
+        "the",
+        "one",
+        "and",
+        "light",
+        "dark",
+        "pale",
+        "bright",
+        "deep",
+    ):
         words = words[1:]
     words = [w for w in words if w.lower() not in ("and", "colored", "coloured")]
     return " ".join(words).strip(" .,;:!\"'").lower()

@@ -71,7 +71,9 @@ def resolve_class(kind: str, registry: dict[str, str], what: str):
     """A built-in name of ``registry`` or ``"module:Class"`` -> the class."""
     target = registry.get(kind, kind)
     if ":" not in target:
-        raise ValueError(f"{what} type {kind!r} is unknown; use one of {sorted(registry)} or 'package.module:ClassName'.")
+        raise ValueError(
+            f"{what} type {kind!r} is unknown; use one of {sorted(registry)} or 'package.module:ClassName'."
+        )
     module_name, _, attribute = target.partition(":")
     try:
         return getattr(importlib.import_module(module_name), attribute)
@@ -82,7 +84,9 @@ def resolve_class(kind: str, registry: dict[str, str], what: str):
 def build_component(spec: dict, registry: dict[str, str], what: str):
     """Instantiate ``spec = {"type": ..., **kwargs}`` after checking the keys against the signature."""
     if not isinstance(spec, dict) or "type" not in spec:
-        raise ValueError(f"{what} spec {spec!r} must be a mapping with a 'type' key (one of {sorted(registry)}).")
+        raise ValueError(
+            f"{what} spec {spec!r} must be a mapping with a 'type' key (one of {sorted(registry)})."
+        )
     cls = resolve_class(spec["type"], registry, what)
     kwargs = {k: v for k, v in spec.items() if k != "type"}
     parameters = inspect.signature(cls.__init__).parameters
@@ -107,7 +111,9 @@ class InstanceOptions:
 
     def __post_init__(self):
         if not 0 <= self.min_area_fraction < 1:
-            raise ValueError(f"instances.min_area_fraction={self.min_area_fraction}; expected a fraction in [0, 1).")
+            raise ValueError(
+                f"instances.min_area_fraction={self.min_area_fraction}; expected a fraction in [0, 1)."
+            )
         if self.max_instances < 1 or self.min_instances < 0 or self.min_area < 1:
             raise ValueError(
                 f"instances: max_instances={self.max_instances}, min_instances={self.min_instances}, "
@@ -144,15 +150,21 @@ class BuildConfig:
                 "(e.g. MTCOLOR_CAPTION_API_KEY, or name the variable with api_key_env)."
             )
         if not isinstance(self.source, dict) or "type" not in self.source:
-            raise ValueError(f"source={self.source!r}; expected a mapping with a 'type' (image_folder, coco, hf, synthetic).")
+            raise ValueError(
+                f"source={self.source!r}; expected a mapping with a 'type' (image_folder, coco, hf, synthetic)."
+            )
         if isinstance(self.captioners, dict):
             self.captioners = [self.captioners]
         if isinstance(self.global_captioners, dict):
             self.global_captioners = [self.global_captioners]
         if not self.captioners:
             raise ValueError("captioners is empty; give at least one, e.g. [{type: rule}].")
-        if not re.fullmatch(r"[A-Za-z0-9_]+", self.split) or not re.fullmatch(r"[A-Za-z0-9_]+", self.test_split):
-            raise ValueError(f"split={self.split!r}, test_split={self.test_split!r}; split names use letters, digits and _.")
+        if not re.fullmatch(r"[A-Za-z0-9_]+", self.split) or not re.fullmatch(
+            r"[A-Za-z0-9_]+", self.test_split
+        ):
+            raise ValueError(
+                f"split={self.split!r}, test_split={self.test_split!r}; split names use letters, digits and _."
+            )
         if self.split == self.test_split and self.test_fraction > 0:
             raise ValueError(f"split and test_split are both {self.split!r}; give them different names.")
         if not 0 <= self.test_fraction < 1:
@@ -174,7 +186,9 @@ class BuildConfig:
         if unknown:
             raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(valid)}.")
         if "source" not in data:
-            raise ValueError("the config has no 'source'; add e.g. source: {type: image_folder, root: images/}.")
+            raise ValueError(
+                "the config has no 'source'; add e.g. source: {type: image_folder, root: images/}."
+            )
         return cls(**copy.deepcopy(data))
 
     @classmethod

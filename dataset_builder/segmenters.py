@@ -143,7 +143,9 @@ class SAMSegmenter(Segmenter):
         elif model_type in presets:
             arguments = presets[model_type]
         else:
-            raise ValueError(f"model_type={model_type!r}; expected one of {sorted(presets)} or a dict of encoder sizes.")
+            raise ValueError(
+                f"model_type={model_type!r}; expected one of {sorted(presets)} or a dict of encoder sizes."
+            )
         if not 0 <= min_area_fraction < 1:
             raise ValueError(f"min_area_fraction={min_area_fraction}; expected a fraction in [0, 1).")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -151,7 +153,9 @@ class SAMSegmenter(Segmenter):
         try:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         except FileNotFoundError as error:
-            raise ValueError(f"checkpoint={checkpoint!r} does not exist; pass the path of a local SAM checkpoint.") from error
+            raise ValueError(
+                f"checkpoint={checkpoint!r} does not exist; pass the path of a local SAM checkpoint."
+            ) from error
         sam.load_state_dict(state)
         self.model = sam.to(self.device).eval()
         self.generator = SamAutomaticMaskGenerator(
@@ -173,6 +177,8 @@ class SAMSegmenter(Segmenter):
         with torch.inference_mode():
             proposals = self.generator.generate(np.ascontiguousarray(image))
         proposals.sort(key=lambda p: (-(p["predicted_iou"] * p["stability_score"]), -int(p["area"])))
-        candidates = [Instance(p["segmentation"].astype(bool), None, float(p["predicted_iou"])) for p in proposals]
+        candidates = [
+            Instance(p["segmentation"].astype(bool), None, float(p["predicted_iou"])) for p in proposals
+        ]
         min_area = max(1, int(np.ceil(self.min_area_fraction * image.shape[0] * image.shape[1])))
         return filter_instances(candidates, min_area, self.max_overlap, self.max_instances, disjoint=True)

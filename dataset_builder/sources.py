@@ -127,7 +127,13 @@ class ImageFolderSource(Source):
 
     name = "image_folder"
 
-    def __init__(self, root: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, recursive: bool = True, max_pixels: int = 89_478_485):
+    def __init__(
+        self,
+        root: str,
+        extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+        recursive: bool = True,
+        max_pixels: int = 89_478_485,
+    ):
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"root={str(root)!r} is not a folder; pass the folder holding the images.")
@@ -137,7 +143,11 @@ class ImageFolderSource(Source):
 
     def list_items(self) -> list[SourceItem]:
         paths = self.root.rglob("*") if self.recursive else self.root.glob("*")
-        files = sorted(p.relative_to(self.root).as_posix() for p in paths if p.is_file() and p.suffix.lower() in self.extensions)
+        files = sorted(
+            p.relative_to(self.root).as_posix()
+            for p in paths
+            if p.is_file() and p.suffix.lower() in self.extensions
+        )
         return [SourceItem(f, f) for f in files]
 
     def load(self, item: SourceItem) -> LoadedImage:
@@ -189,14 +199,18 @@ class CocoSource(Source):
     ):
         files = [annotation_file] if isinstance(annotation_file, (str, Path)) else list(annotation_file)
         if not files:
-            raise ValueError("annotation_file is empty; pass a COCO annotation JSON path (or a list of them).")
+            raise ValueError(
+                "annotation_file is empty; pass a COCO annotation JSON path (or a list of them)."
+            )
         for f in files:
             if not Path(f).is_file():
                 raise ValueError(f"annotation_file {str(f)!r} does not exist; pass a COCO-style JSON file.")
         self.annotation_files = [str(f) for f in files]
         self.image_root = Path(image_root)
         if not self.image_root.is_dir():
-            raise ValueError(f"image_root={str(image_root)!r} is not a folder; pass the folder of the images.")
+            raise ValueError(
+                f"image_root={str(image_root)!r} is not a folder; pass the folder of the images."
+            )
         self.include_crowd = include_crowd
         self.exclude_categories = tuple(exclude_categories)
         self.clean_labels = clean_labels
@@ -214,7 +228,9 @@ class CocoSource(Source):
                 data = json.load(handle)
             for key in ("images", "annotations", "categories"):
                 if key not in data:
-                    raise ValueError(f"annotation_file {path!r} has no {key!r} list; is it a COCO-style file?")
+                    raise ValueError(
+                        f"annotation_file {path!r} has no {key!r} list; is it a COCO-style file?"
+                    )
             if index == 0:
                 images = {int(img["id"]): img for img in data["images"]}
             for cat in data["categories"]:
@@ -265,7 +281,9 @@ class CocoSource(Source):
             except (TypeError, ValueError, KeyError, AttributeError) as error:
                 raise SkipItem("bad_annotation", f"{item.id}: {type(error).__name__}: {error}") from error
             if mask.shape != (height, width):
-                raise SkipItem("annotation_size_mismatch", f"{item.id}: a mask is {mask.shape}, image {(height, width)}")
+                raise SkipItem(
+                    "annotation_size_mismatch", f"{item.id}: a mask is {mask.shape}, image {(height, width)}"
+                )
             instances.append(Instance(mask, label))
         return LoadedImage(item.id, f"{self.name}:{file_name}", image, encoded, instances)
 
@@ -316,13 +334,17 @@ class HFDatasetSource(Source):
                 if isinstance(loaded, datasets.DatasetDict):
                     loaded = loaded[self.split]
             else:
-                loaded = datasets.load_dataset(self.path, self.config_name, split=self.split, data_files=self.data_files)
+                loaded = datasets.load_dataset(
+                    self.path, self.config_name, split=self.split, data_files=self.data_files
+                )
             if self.image_column not in loaded.column_names:
                 raise ValueError(
                     f"image_column={self.image_column!r} is not a column of {self.path!r}; columns: {loaded.column_names}."
                 )
             if self.id_column is not None and self.id_column not in loaded.column_names:
-                raise ValueError(f"id_column={self.id_column!r} is not a column of {self.path!r}; columns: {loaded.column_names}.")
+                raise ValueError(
+                    f"id_column={self.id_column!r} is not a column of {self.path!r}; columns: {loaded.column_names}."
+                )
             feature = loaded.features[self.image_column]
             if isinstance(feature, datasets.Image):
                 loaded = loaded.cast_column(self.image_column, datasets.Image(decode=False))
@@ -340,7 +362,9 @@ class HFDatasetSource(Source):
             return [SourceItem(f"{self.path}:{self.split}:{i}", i) for i in range(len(dataset))]
         ids = [str(v) for v in dataset[self.id_column]]
         if len(set(ids)) != len(ids):
-            raise ValueError(f"id_column={self.id_column!r} has duplicate values; pick a column with unique ids.")
+            raise ValueError(
+                f"id_column={self.id_column!r} has duplicate values; pick a column with unique ids."
+            )
         return [SourceItem(v, i) for i, v in enumerate(ids)]
 
     def load(self, item: SourceItem) -> LoadedImage:
@@ -361,7 +385,9 @@ class HFDatasetSource(Source):
             from mtcolor.image_io import to_float_image
 
             floats = to_float_image(value, name=item.id)
-            image = np.clip(np.round(np.repeat(floats, 3 // floats.shape[-1], axis=-1) * 255), 0, 255).astype(np.uint8)
+            image = np.clip(np.round(np.repeat(floats, 3 // floats.shape[-1], axis=-1) * 255), 0, 255).astype(
+                np.uint8
+            )
             encoded = None
         return LoadedImage(item.id, f"{self.name}:{item.id}", image, encoded)
 

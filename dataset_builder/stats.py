@@ -14,13 +14,27 @@ from pathlib import Path
 
 import numpy as np
 
-TEXT_COLUMNS = ("instance_texts", "instance_labels", "instance_colors", "global_text", "verification", "instance_captioners", "global_captioner", "masks")
+TEXT_COLUMNS = (
+    "instance_texts",
+    "instance_labels",
+    "instance_colors",
+    "global_text",
+    "verification",
+    "instance_captioners",
+    "global_captioner",
+    "masks",
+)
 
 
 def _summary(values: list[float]) -> dict:
     if not values:
         return {"mean": 0.0, "median": 0.0, "min": 0, "max": 0}
-    return {"mean": round(statistics.fmean(values), 3), "median": statistics.median(values), "min": min(values), "max": max(values)}
+    return {
+        "mean": round(statistics.fmean(values), 3),
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+    }
 
 
 def _clip_token_counts(texts: list[str]) -> list[int] | None:
@@ -38,18 +52,30 @@ def load_clip(model_name: str, weights: str, config: str | None = None, device: 
     import torch
 
     if not Path(weights).is_file():
-        raise ValueError(f"clip_weights={weights!r} is not a file; pass a local open_clip checkpoint (no downloads here).")
+        raise ValueError(
+            f"clip_weights={weights!r} is not a file; pass a local open_clip checkpoint (no downloads here)."
+        )
     if config is not None:
         if not Path(config).is_file():
             raise ValueError(f"clip_config={config!r} is not a file; pass an open_clip model config JSON.")
         open_clip.add_model_config(config)
         model_name = Path(config).stem
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=weights, device=device)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        model_name, pretrained=weights, device=device
+    )
     return model.eval(), preprocess, open_clip.get_tokenizer(model_name)
 
 
-def clip_scores(dataset, model, preprocess, tokenizer, batch_size: int = 32, crop_fill: str | None = "black", max_images: int | None = None) -> dict:
+def clip_scores(
+    dataset,
+    model,
+    preprocess,
+    tokenizer,
+    batch_size: int = 32,
+    crop_fill: str | None = "black",
+    max_images: int | None = None,
+) -> dict:
     """Mean cosine similarity of (image, global text) and of (masked instance crop, instance text)."""
     import torch
 
@@ -114,7 +140,13 @@ def dataset_statistics(
     dataset = load_records(path, split)
     texts = dataset.select_columns(list(TEXT_COLUMNS))
     per_image, instance_words, global_words, globals_ = [], [], [], []
-    colors, labels, verification, captioners, global_captioners = Counter(), Counter(), Counter(), Counter(), Counter()
+    colors, labels, verification, captioners, global_captioners = (
+        Counter(),
+        Counter(),
+        Counter(),
+        Counter(),
+        Counter(),
+    )
     for row in texts:
         per_image.append(len(row["masks"]))
         colors.update(c or "(none)" for c in row["instance_colors"])
@@ -155,14 +187,30 @@ def dataset_statistics(
 def format_statistics(stats: dict) -> str:
     """Markdown rendering of :func:`dataset_statistics`."""
     lines = ["| statistic | value |", "| --- | --- |"]
-    for key in ("images", "instances", "agreement_rate", "global_text_over_77_tokens", "clip_score_global", "clip_score_instance"):
+    for key in (
+        "images",
+        "instances",
+        "agreement_rate",
+        "global_text_over_77_tokens",
+        "clip_score_global",
+        "clip_score_instance",
+    ):
         if key in stats:
             lines.append(f"| {key} | {stats[key]} |")
     for key in ("instances_per_image", "instance_text_words", "global_text_words", "global_text_clip_tokens"):
         if key in stats:
             s = stats[key]
-            lines.append(f"| {key} (mean / median / min / max) | {s['mean']} / {s['median']} / {s['min']} / {s['max']} |")
-    for key in ("color_words", "verification", "instance_captioners", "global_captioners", "instances_per_image_histogram", "labels_top"):
+            lines.append(
+                f"| {key} (mean / median / min / max) | {s['mean']} / {s['median']} / {s['min']} / {s['max']} |"
+            )
+    for key in (
+        "color_words",
+        "verification",
+        "instance_captioners",
+        "global_captioners",
+        "instances_per_image_histogram",
+        "labels_top",
+    ):
         if stats.get(key):
             lines.append(f"| {key} | {', '.join(f'{k}: {v}' for k, v in stats[key].items())} |")
     return "\n".join(lines)

@@ -93,24 +93,34 @@ class SyntheticConfig:
             raise ValueError(f"image_size={self.image_size}; expected >= 16 pixels.")
         if len(self.num_objects) != 2 or not 1 <= self.num_objects[0] <= self.num_objects[1]:
             raise ValueError(f"num_objects={self.num_objects}; expected (min, max) with 1 <= min <= max.")
-        for name, values, allowed in (("shapes", self.shapes, SHAPES), ("textures", self.textures, TEXTURES), ("backgrounds", self.backgrounds, BACKGROUNDS)):
+        for name, values, allowed in (
+            ("shapes", self.shapes, SHAPES),
+            ("textures", self.textures, TEXTURES),
+            ("backgrounds", self.backgrounds, BACKGROUNDS),
+        ):
             bad = [v for v in values if v not in allowed]
             if not values or bad:
                 raise ValueError(f"{name}={values}; expected a non-empty subset of {allowed}.")
         lexicon = default_lexicon("extended")
         bad = [c for c in self.colors if c not in lexicon]
         if len(set(self.colors)) < 2 or bad:
-            raise ValueError(f"colors={self.colors}; expected >= 2 distinct lexicon colour words (unknown: {bad}).")
+            raise ValueError(
+                f"colors={self.colors}; expected >= 2 distinct lexicon colour words (unknown: {bad})."
+            )
         if not 0 < self.size_range[0] <= self.size_range[1] <= 1:
             raise ValueError(f"size_range={self.size_range}; expected 0 < min <= max <= 1.")
         if not 0 <= self.max_occlusion < 1:
             raise ValueError(f"max_occlusion={self.max_occlusion}; expected a fraction in [0, 1).")
         for color, shape in self.holdout_pairs:
             if color not in self.colors or shape not in self.shapes:
-                raise ValueError(f"holdout pair {(color, shape)} uses a colour or shape not in colors/shapes.")
+                raise ValueError(
+                    f"holdout pair {(color, shape)} uses a colour or shape not in colors/shapes."
+                )
         for shape in self.shapes:
             if all((c, shape) in self.holdout_pairs for c in self.colors):
-                raise ValueError(f"every colour of shape {shape!r} is held out; the train split could not draw it.")
+                raise ValueError(
+                    f"every colour of shape {shape!r} is held out; the train split could not draw it."
+                )
 
     @classmethod
     def from_dict(cls, data: dict) -> SyntheticConfig:
@@ -123,7 +133,9 @@ class SyntheticConfig:
 
 def scene_seed(seed: int, split: str, index: int) -> int:
     """The seed of scene ``index`` of ``split`` in a job with base ``seed`` (stable across runs)."""
-    return int(np.random.SeedSequence([int(seed), zlib.crc32(split.encode()), int(index)]).generate_state(1)[0])
+    return int(
+        np.random.SeedSequence([int(seed), zlib.crc32(split.encode()), int(index)]).generate_state(1)[0]
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -160,7 +172,9 @@ def _namer() -> ColorNamer:
     return ColorNamer()
 
 
-def _shape_mask(kind: str, size: int, cx: float, cy: float, r: float, theta: float, aspect: float) -> np.ndarray:
+def _shape_mask(
+    kind: str, size: int, cx: float, cy: float, r: float, theta: float, aspect: float
+) -> np.ndarray:
     """Exact raster (pixel centres) of one shape: bool (size, size)."""
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     dx, dy = xs - cx, ys - cy
@@ -216,7 +230,9 @@ def _background(config: SyntheticConfig, rng: np.random.Generator) -> tuple[np.n
         cells = int(rng.integers(3, 7))
         from skimage.transform import resize
 
-        lab = resize(random_lab(cells * cells).reshape(cells, cells, 3), (size, size, 3), order=3, mode="edge")
+        lab = resize(
+            random_lab(cells * cells).reshape(cells, cells, 3), (size, size, 3), order=3, mode="edge"
+        )
     else:  # checker
         a, b = random_lab(2)
         cell = int(rng.integers(max(2, size // 16), max(3, size // 4) + 1))
@@ -302,7 +318,10 @@ def generate_scene(config: SyntheticConfig, seed: int, split: str = "train") -> 
             full = _shape_mask(kind, size, cx, cy, r, theta, rng.uniform(0.45, 0.7))
             if full.sum() < config.min_visible_pixels:
                 continue
-            if all((m & ~full).sum() >= max(config.min_visible_pixels, (1 - config.max_occlusion) * a) for m, a in zip(masks, areas)):
+            if all(
+                (m & ~full).sum() >= max(config.min_visible_pixels, (1 - config.max_occlusion) * a)
+                for m, a in zip(masks, areas)
+            ):
                 break
         else:
             continue
@@ -389,21 +408,49 @@ def build_synthetic(
         raise ValueError(f"num_images={num_images}; expected a count >= 0.")
     items = [SourceItem(f"synthetic-{split}-{i:07d}", i) for i in range(int(num_images))]
     units = plan_units({split: items}, shard_size)
-    content = {"synthetic": asdict(config), "seed": int(seed), "num_images": int(num_images), "split": split, "shard_size": shard_size}
+    content = {
+        "synthetic": asdict(config),
+        "seed": int(seed),
+        "num_images": int(num_images),
+        "split": split,
+        "shard_size": shard_size,
+    }
     from .config import fingerprint
 
     writer = DatasetWriter(out_dir)
     writer.register(
-        {split: {"kind": "synthetic", "fingerprint": fingerprint(content), "config": content, "items": len(items), "units": len(units)}},
+        {
+            split: {
+                "kind": "synthetic",
+                "fingerprint": fingerprint(content),
+                "config": content,
+                "items": len(items),
+                "units": len(units),
+            }
+        },
         overwrite=overwrite,
     )
     shard = parse_shard(shard) if not isinstance(shard, tuple) else shard
-    report = run_units(writer, units, functools.partial(_SyntheticProcessor, config, seed, split), shard, num_proc, progress, description=f"synthetic {split}")
+    report = run_units(
+        writer,
+        units,
+        functools.partial(_SyntheticProcessor, config, seed, split),
+        shard,
+        num_proc,
+        progress,
+        description=f"synthetic {split}",
+    )
     write_card(out_dir, pretty_name="mtcolor synthetic shapes")
     return report
 
 
-def export_coco(out_dir: str | Path, num_images: int, config: SyntheticConfig | None = None, seed: int = 0, image_format: str = "png") -> Path:
+def export_coco(
+    out_dir: str | Path,
+    num_images: int,
+    config: SyntheticConfig | None = None,
+    seed: int = 0,
+    image_format: str = "png",
+) -> Path:
     """Write synthetic scenes as a COCO-style collection (``images/`` + ``annotations.json`` with RLE
     segmentations and the shapes as categories): a fixture for the ``coco`` source, demos and
     benchmarks. Returns the annotation file path."""
@@ -420,13 +467,30 @@ def export_coco(out_dir: str | Path, num_images: int, config: SyntheticConfig | 
     for index in range(num_images):
         row = generate_scene(config, scene_seed(seed, "train", index))
         file_name = f"{index:07d}.{extension}"
-        row["image"].save(out_dir / "images" / file_name, **({"quality": 95} if image_format == "jpeg" else {}))
-        images.append({"id": index + 1, "file_name": file_name, "height": row["height"], "width": row["width"]})
+        row["image"].save(
+            out_dir / "images" / file_name, **({"quality": 95} if image_format == "jpeg" else {})
+        )
+        images.append(
+            {"id": index + 1, "file_name": file_name, "height": row["height"], "width": row["width"]}
+        )
         for mask, rle, label in zip(row["masks"], encode_masks(row["masks"]), row["instance_labels"]):
             ys, xs = np.nonzero(mask)
             bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": categories[label], "segmentation": rle, "area": int(mask.sum()), "bbox": bbox, "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": index + 1,
+                    "category_id": categories[label],
+                    "segmentation": rle,
+                    "area": int(mask.sum()),
+                    "bbox": bbox,
+                    "iscrowd": 0,
+                }
+            )
     path = out_dir / "annotations.json"
     categories_list = [{"id": i, "name": name, "supercategory": "shape"} for name, i in categories.items()]
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories_list}), encoding="utf-8")
+    path.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories_list}),
+        encoding="utf-8",
+    )
     return path

@@ -42,9 +42,12 @@ def is_refusal(text: str) -> bool:
 
 
 def text_problem(text: str | None, lexicon: ColorLexicon | None = None) -> str | None:
-    """Why a generated text is unusable (``"empty"``, ``"refusal"``, ``"no_color_word"``), or None."""
+    """Why a generated text is unusable (``"no_answer"``, ``"empty"``, ``"refusal"``,
+    ``"no_color_word"``), or None."""
     lexicon = lexicon or default_lexicon("extended")
-    if text is None or not text.strip():
+    if text is None:
+        return "no_answer"
+    if not text.strip():
         return "empty"
     if is_refusal(text):
         return "refusal"
@@ -105,7 +108,9 @@ class Verifier:
             return "agree"
         return "disagree" if not any(agreements) else "unknown"
 
-    def rewritten(self, text: str, label: str | None, measurement: ColorMeasurement, namer: ColorNamer) -> str | None:
+    def rewritten(
+        self, text: str, label: str | None, measurement: ColorMeasurement, namer: ColorNamer
+    ) -> str | None:
         """The namer's phrase for the measured colour ("a blue bus"), or None if nothing was measured."""
         color = namer.name(measurement)
         if color is None:

@@ -31,7 +31,13 @@ from pathlib import Path
 from .sources import SourceItem
 
 logger = logging.getLogger(__name__)
-COUNTER_KEYS = ("dropped_instances", "verification", "instance_captioners", "global_captioners", "caption_problems")
+COUNTER_KEYS = (
+    "dropped_instances",
+    "verification",
+    "instance_captioners",
+    "global_captioners",
+    "caption_problems",
+)
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,9 @@ class DatasetWriter:
 
         from mtcolor.records import FEATURES
 
-        self.atomic_write_bytes(self.stats_dir / f"{unit.name}.json", json.dumps(stats, indent=1, sort_keys=True).encode())
+        self.atomic_write_bytes(
+            self.stats_dir / f"{unit.name}.json", json.dumps(stats, indent=1, sort_keys=True).encode()
+        )
         final = self.shard_path(unit)
         if not rows:
             return final
@@ -172,10 +180,14 @@ class DatasetWriter:
                         f"(fingerprint {old.get('fingerprint')} != {record['fingerprint']}); use a new output "
                         "folder, or --overwrite to delete that split's shards and rebuild it."
                     )
-                for path in list(self.data_dir.glob(f"{split}-*.parquet")) + list(self.stats_dir.glob(f"{split}-*.json")):
+                for path in list(self.data_dir.glob(f"{split}-*.parquet")) + list(
+                    self.stats_dir.glob(f"{split}-*.json")
+                ):
                     path.unlink()
             configs[split] = record
-        self.atomic_write_bytes(self.config_path, json.dumps(configs, indent=1, sort_keys=True, default=str).encode())
+        self.atomic_write_bytes(
+            self.config_path, json.dumps(configs, indent=1, sort_keys=True, default=str).encode()
+        )
 
     def collect_stats(self) -> dict[str, dict]:
         """Per split: sums over finished units (a stats file counts only if its parquet exists or it
@@ -185,7 +197,18 @@ class DatasetWriter:
             stats = json.loads(path.read_text(encoding="utf-8"))
             if stats.get("images") != 0 and not (self.data_dir / f"{path.stem}.parquet").is_file():
                 continue
-            total = totals.setdefault(stats["split"], {"units_done": 0, "items": 0, "images": 0, "instances": 0, "skipped": Counter(), "skip_examples": [], "seconds": 0.0})
+            total = totals.setdefault(
+                stats["split"],
+                {
+                    "units_done": 0,
+                    "items": 0,
+                    "images": 0,
+                    "instances": 0,
+                    "skipped": Counter(),
+                    "skip_examples": [],
+                    "seconds": 0.0,
+                },
+            )
             total["units_done"] += 1
             for key in ("items", "images", "instances", "seconds"):
                 total[key] += stats.get(key, 0)
@@ -274,7 +297,12 @@ def run_units(
         else:
             import multiprocessing
 
-            executor = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(factory,))
+            executor = ProcessPoolExecutor(
+                num_proc,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(factory,),
+            )
             results = _ordered(executor, items, window=4 * num_proc)
         for unit in todo:
             unit_start = time.perf_counter()
@@ -290,7 +318,9 @@ def run_units(
                 merge_counters(counters, result.counters)
                 bar.update(1)
                 if skipped:
-                    bar.set_postfix(skipped=sum(skipped.values()) + sum(report.skipped.values()), refresh=False)
+                    bar.set_postfix(
+                        skipped=sum(skipped.values()) + sum(report.skipped.values()), refresh=False
+                    )
             stats = {
                 "unit": unit.name,
                 "split": unit.split,

@@ -115,7 +115,10 @@ def encode_masks(masks) -> list[dict]:
     if masks.shape[0] == 0:
         return []
     fortran = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))  # (H, W, n)
-    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in mask_utils.encode(fortran)]
+    return [
+        {"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")}
+        for r in mask_utils.encode(fortran)
+    ]
 
 
 def decode_masks(rles: list[dict], size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -132,7 +135,9 @@ def decode_masks(rles: list[dict], size: tuple[int, int] | None = None) -> torch
     prepared = []
     for i, rle in enumerate(rles):
         if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
-            raise ValueError(f"rles[{i}] = {rle!r:.80}; expected a COCO RLE dict {{'size': [H, W], 'counts': ...}}.")
+            raise ValueError(
+                f"rles[{i}] = {rle!r:.80}; expected a COCO RLE dict {{'size': [H, W], 'counts': ...}}."
+            )
         counts = rle["counts"]
         if isinstance(counts, list):  # uncompressed RLE -> compressed
             counts = mask_utils.frPyObjects(rle, *rle["size"])["counts"]
@@ -141,7 +146,9 @@ def decode_masks(rles: list[dict], size: tuple[int, int] | None = None) -> torch
         prepared.append({"size": [int(s) for s in rle["size"]], "counts": counts})
     sizes = {tuple(r["size"]) for r in prepared}
     if len(sizes) != 1:
-        raise ValueError(f"rles have different sizes {sorted(sizes)}; all masks of a record share the image size.")
+        raise ValueError(
+            f"rles have different sizes {sorted(sizes)}; all masks of a record share the image size."
+        )
     if size is not None and tuple(size) != next(iter(sizes)):
         raise ValueError(f"size={tuple(size)} but the RLEs have size {next(iter(sizes))}.")
     decoded = mask_utils.decode(prepared)  # (H, W, n) uint8, Fortran order
@@ -160,7 +167,9 @@ def _image_to_storage(image, image_format: str = "png") -> dict:
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
-        raise TypeError(f"row['image'] has type {type(image).__name__}; expected a PIL image, uint8 array or bytes.")
+        raise TypeError(
+            f"row['image'] has type {type(image).__name__}; expected a PIL image, uint8 array or bytes."
+        )
     if image.mode != "RGB":
         image = image.convert("RGB")
     buffer = io.BytesIO()
@@ -201,7 +210,9 @@ def validate_row(row: dict) -> None:
             )
     bad = [v for v in row["verification"] if v not in VERIFICATION_VALUES]
     if bad:
-        raise ValueError(f"record {row['id']!r}: verification values {bad}; expected one of {VERIFICATION_VALUES}.")
+        raise ValueError(
+            f"record {row['id']!r}: verification values {bad}; expected one of {VERIFICATION_VALUES}."
+        )
 
 
 def encode_record(row: dict, image_format: str = "png") -> dict:
@@ -232,9 +243,17 @@ def encode_record(row: dict, image_format: str = "png") -> dict:
             if isinstance(m["counts"], bytes):
                 m["counts"] = m["counts"].decode("ascii")
             if list(m["size"]) != [height, width]:
-                raise ValueError(f"record {row['id']!r}: RLE size {m['size']} != image size [{height}, {width}].")
+                raise ValueError(
+                    f"record {row['id']!r}: RLE size {m['size']} != image size [{height}, {width}]."
+                )
     out["width"], out["height"] = int(width), int(height)
-    for column in ("instance_texts", "instance_labels", "instance_colors", "instance_captioners", "verification"):
+    for column in (
+        "instance_texts",
+        "instance_labels",
+        "instance_colors",
+        "instance_captioners",
+        "verification",
+    ):
         out[column] = [str(v) for v in row[column]]
     return {name: out[name] for name in _features()}
 
@@ -329,7 +348,9 @@ def decode_record(row: dict, size: int | tuple[int, int] | None = None) -> Recor
 
             image = image.resize((target[1], target[0]), Image.BILINEAR, reducing_gap=None)
             if masks.shape[0]:
-                masks = torch.nn.functional.interpolate(masks[None].float(), size=target, mode="nearest-exact")[0].bool()
+                masks = torch.nn.functional.interpolate(
+                    masks[None].float(), size=target, mode="nearest-exact"
+                )[0].bool()
             else:
                 masks = torch.zeros((0, *target), dtype=torch.bool)
             height, width = target
@@ -394,7 +415,9 @@ def _check_complete(root: Path, split: str, files: list[Path]) -> None:
             )
 
 
-def load_records(path_or_hub_id: str | Path, split: str | None = None, *, streaming: bool = False, cache_dir=None):
+def load_records(
+    path_or_hub_id: str | Path, split: str | None = None, *, streaming: bool = False, cache_dir=None
+):
     """Load a record dataset.
 
     Args:
@@ -419,19 +442,27 @@ def load_records(path_or_hub_id: str | Path, split: str | None = None, *, stream
     elif path.is_dir():
         files = shard_files(path)
         if not files:
-            raise ValueError(f"path_or_hub_id={str(path)!r} is a folder without parquet shards (looked in data/).")
+            raise ValueError(
+                f"path_or_hub_id={str(path)!r} is a folder without parquet shards (looked in data/)."
+            )
         if split is None:
             if "train" in files or len(files) == 1:
                 chosen = "train" if "train" in files else next(iter(files))
             else:
-                raise ValueError(f"split=None is ambiguous: {str(path)!r} has splits {sorted(files)}; pass split=...")
+                raise ValueError(
+                    f"split=None is ambiguous: {str(path)!r} has splits {sorted(files)}; pass split=..."
+                )
         elif split not in files:
-            raise ValueError(f"split={split!r} not found in {str(path)!r}; available splits: {sorted(files)}.")
+            raise ValueError(
+                f"split={split!r} not found in {str(path)!r}; available splits: {sorted(files)}."
+            )
         else:
             chosen = split
         _check_complete(path, chosen, files[chosen])
     else:
-        return load_dataset(str(path_or_hub_id), split=split or "train", streaming=streaming, cache_dir=cache_dir)
+        return load_dataset(
+            str(path_or_hub_id), split=split or "train", streaming=streaming, cache_dir=cache_dir
+        )
     return load_dataset(
         "parquet",
         data_files={"train": [str(f) for f in files[chosen]]},

@@ -67,7 +67,7 @@ def test_text_problems():
     assert text_problem("Unable to provide color description, image is too blurred and unclear.") == "refusal"
     assert text_problem("I'm sorry, I can't help with that.") == "refusal"
     assert text_problem("a big apple") == "no_color_word"
-    assert text_problem("  ") == "empty" and text_problem(None) == "empty"
+    assert text_problem("  ") == "empty" and text_problem(None) == "no_answer"
     assert text_problem("a dark gray chair") is None
 
 
@@ -85,7 +85,17 @@ def _write_coco_fixture(folder: Path):
     images = []
 
     def add(ann_id, image_id, category, segmentation, crowd=0):
-        annotations.append({"id": ann_id, "image_id": image_id, "category_id": category, "segmentation": segmentation, "iscrowd": crowd, "area": 1, "bbox": [0, 0, 1, 1]})
+        annotations.append(
+            {
+                "id": ann_id,
+                "image_id": image_id,
+                "category_id": category,
+                "segmentation": segmentation,
+                "iscrowd": crowd,
+                "area": 1,
+                "bbox": [0, 0, 1, 1],
+            }
+        )
 
     # image 1: a red polygon (label "apple") and a blue compressed-RLE square ("brick wall")
     image = np.full((h, w, 3), 200, np.uint8)
@@ -136,7 +146,11 @@ def test_coco_ingestion_end_to_end(tmp_path):
     config = BuildConfig.from_dict(
         {
             "output_dir": str(tmp_path / "out"),
-            "source": {"type": "coco", "annotation_file": str(annotation_file), "image_root": str(tmp_path / "coco" / "images")},
+            "source": {
+                "type": "coco",
+                "annotation_file": str(annotation_file),
+                "image_root": str(tmp_path / "coco" / "images"),
+            },
             "captioners": [{"type": "rule"}],
             "shard_size": 4,
         }
@@ -150,7 +164,7 @@ def test_coco_ingestion_end_to_end(tmp_path):
         record = decode_record(row)
         want = expected[row["id"]]
         assert record.instance_labels == [label for _, label, _ in want]
-        for mask, (expected_mask, label, color) in zip(record.masks.numpy(), want):
+        for mask, (expected_mask, _, _) in zip(record.masks.numpy(), want):
             assert np.array_equal(mask, expected_mask)  # annotation masks survive exactly
         assert record.instance_colors == [color for *_, color in want]
         assert record.instance_texts == [f"a {c} {label}" for _, label, c in want]
@@ -167,10 +181,20 @@ def test_coco_ingestion_end_to_end(tmp_path):
 
 def test_config_rejects_secrets_and_unknown_options(tmp_path):
     with pytest.raises(ValueError, match="secret-looking keys"):
-        BuildConfig.from_dict({"source": {"type": "image_folder", "root": "."}, "captioners": [{"type": "openai", "api_key": "sk-123"}]})
+        BuildConfig.from_dict(
+            {
+                "source": {"type": "image_folder", "root": "."},
+                "captioners": [{"type": "openai", "api_key": "sk-123"}],
+            }
+        )
     with pytest.raises(ValueError, match="unknown config key"):
         BuildConfig.from_dict({"source": {"type": "image_folder", "root": "."}, "shards": 3})
-    config = BuildConfig.from_dict({"output_dir": str(tmp_path / "o"), "source": {"type": "image_folder", "root": str(tmp_path), "colour": 1}})
+    config = BuildConfig.from_dict(
+        {
+            "output_dir": str(tmp_path / "o"),
+            "source": {"type": "image_folder", "root": str(tmp_path), "colour": 1},
+        }
+    )
     with pytest.raises(ValueError, match="has no option\\(s\\) \\['colour'\\]"):
         build(config, progress=False)
     assert parse_shard("2/5") == (2, 5)
@@ -195,7 +219,12 @@ def _synthetic_config(out_dir, num_images=12, shard_size=2):
     return BuildConfig.from_dict(
         {
             "output_dir": str(out_dir),
-            "source": {"type": "synthetic", "num_images": num_images, "seed": 3, "config": {"image_size": 32}},
+            "source": {
+                "type": "synthetic",
+                "num_images": num_images,
+                "seed": 3,
+                "config": {"image_size": 32},
+            },
             "captioners": [{"type": "rule"}],
             "shard_size": shard_size,
             "test_fraction": 0.25,
@@ -234,7 +263,9 @@ def test_kill_and_resume_gives_the_same_dataset(tmp_path):
     data_dir = tmp_path / "killed" / "data"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
-        if data_dir.is_dir() and any(p.suffix == ".parquet" and not p.name.startswith(".") for p in data_dir.iterdir()):
+        if data_dir.is_dir() and any(
+            p.suffix == ".parquet" and not p.name.startswith(".") for p in data_dir.iterdir()
+        ):
             break
         time.sleep(0.01)
     assert process.poll() is None, process.stderr.read().decode()[-2000:]
@@ -269,11 +300,17 @@ def test_real_photo_voc_instances(tmp_path):
     ]
     categories = [{"id": i, "name": name} for i, name in enumerate(voc["class_names"])]
     images = [{"id": 1, "file_name": "voc.png", "height": h, "width": w}]
-    (folder / "ann.json").write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    (folder / "ann.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
     config = BuildConfig.from_dict(
         {
             "output_dir": str(tmp_path / "out"),
-            "source": {"type": "coco", "annotation_file": str(folder / "ann.json"), "image_root": str(folder / "images")},
+            "source": {
+                "type": "coco",
+                "annotation_file": str(folder / "ann.json"),
+                "image_root": str(folder / "images"),
+            },
             "instances": {"min_area_fraction": 0.0, "min_area": 1},
         }
     )
@@ -319,7 +356,11 @@ def test_image_folder_source_and_plugin_segmenter(tmp_path):
         assert report.images == 3 and dict(report.skipped) == {"unreadable_image": 1}
         dataset = load_records(tmp_path / "out")
         assert sorted(dataset["id"]) == ["sub/img0.png", "sub/img1.png", "sub/img2.png"]
-        assert [t[0] for t in dataset.sort("id")["instance_texts"]] == ["a red box", "a green box", "a yellow box"]
+        assert [t[0] for t in dataset.sort("id")["instance_texts"]] == [
+            "a red box",
+            "a green box",
+            "a yellow box",
+        ]
         masks = decode_masks(dataset[0]["masks"])
         assert masks.shape == (1, 24, 32) and masks[0, 6:18, 8:24].all() and masks.sum() == 12 * 16
     finally:
@@ -333,7 +374,9 @@ def test_hf_dataset_source_and_statistics(tmp_path):
     from dataset_builder.synthetic import SyntheticConfig, generate_scene
 
     scenes = [generate_scene(SyntheticConfig(image_size=32), seed) for seed in range(4)]
-    hf = datasets.Dataset.from_dict({"picture": [s["image"] for s in scenes], "name": [f"s{i}" for i in range(4)]})
+    hf = datasets.Dataset.from_dict(
+        {"picture": [s["image"] for s in scenes], "name": [f"s{i}" for i in range(4)]}
+    )
     hf = hf.cast_column("picture", datasets.Image())
     hf.save_to_disk(str(tmp_path / "hf"))
     sys.path.insert(0, str(Path(__file__).parent / "fixtures_dataset"))
@@ -341,7 +384,12 @@ def test_hf_dataset_source_and_statistics(tmp_path):
         config = BuildConfig.from_dict(
             {
                 "output_dir": str(tmp_path / "out"),
-                "source": {"type": "hf", "path": str(tmp_path / "hf"), "image_column": "picture", "id_column": "name"},
+                "source": {
+                    "type": "hf",
+                    "path": str(tmp_path / "hf"),
+                    "image_column": "picture",
+                    "id_column": "name",
+                },
                 "segmenter": {"type": "plugins:CenterBoxSegmenter"},
                 "instances": {"min_area": 1, "min_area_fraction": 0},
             }
@@ -379,11 +427,15 @@ def test_clip_score_statistics_with_local_weights(tmp_path):
     torch.manual_seed(0)
     model = open_clip.create_model("tiny-clip")
     torch.save(model.state_dict(), tmp_path / "tiny.pt")
-    stats = dataset_statistics(tmp_path / "data", clip_weights=str(tmp_path / "tiny.pt"), clip_config=str(config_path), device="cpu")
+    stats = dataset_statistics(
+        tmp_path / "data", clip_weights=str(tmp_path / "tiny.pt"), clip_config=str(config_path), device="cpu"
+    )
     assert stats["clip_images"] == 3 and stats["clip_instances"] == stats["instances"]
     assert -1 <= stats["clip_score_global"] <= 1 and -1 <= stats["clip_score_instance"] <= 1
     with pytest.raises(ValueError, match="clip_weights"):
-        dataset_statistics(tmp_path / "data", clip_model="ViT-B-32", clip_weights=str(tmp_path / "missing.pt"))
+        dataset_statistics(
+            tmp_path / "data", clip_model="ViT-B-32", clip_weights=str(tmp_path / "missing.pt")
+        )
 
 
 def test_basic_words_have_categories():

@@ -24,7 +24,9 @@ def test_masks_survive_rle_exactly():
     assert decoded.dtype == torch.bool
     assert torch.equal(decoded, torch.from_numpy(masks))
     # tensors in, bytes counts accepted back
-    again = decode_masks([{"size": r["size"], "counts": r["counts"].encode()} for r in encode_masks(torch.from_numpy(masks))])
+    again = decode_masks(
+        [{"size": r["size"], "counts": r["counts"].encode()} for r in encode_masks(torch.from_numpy(masks))]
+    )
     assert torch.equal(again, decoded)
 
 
@@ -68,12 +70,17 @@ def test_encode_decode_record_round_trip(tmp_path):
     masks[2, 5:15, 20:40] = True  # overlaps both: smaller mask wins in the label map
     encoded = encode_record(_row(masks, image))
     assert encoded["width"] == 53 and encoded["height"] == 37
-    pq.write_table(pa.Table.from_pylist([encoded], schema=FEATURES.arrow_schema), tmp_path / "train-00000-of-00001.parquet")
+    pq.write_table(
+        pa.Table.from_pylist([encoded], schema=FEATURES.arrow_schema),
+        tmp_path / "train-00000-of-00001.parquet",
+    )
     dataset = load_records(tmp_path, split="train")
     assert dataset.features == FEATURES
     record = decode_record(dataset[0])
     assert torch.equal(record.masks, torch.from_numpy(masks))
-    assert torch.equal(record.image, torch.from_numpy(image).permute(2, 0, 1).float() / 255)  # PNG is lossless
+    assert torch.equal(
+        record.image, torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    )  # PNG is lossless
     assert record.gray.shape == (1, 37, 53) and 0 <= record.gray.min() and record.gray.max() <= 1
     areas = masks.sum((1, 2))
     assert areas[2] < areas[1] < areas[0]
@@ -109,7 +116,10 @@ def test_load_records_split_selection(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     for split in ("train", "test"):
-        pq.write_table(pa.Table.from_pylist([encoded], schema=FEATURES.arrow_schema), data / f"{split}-00000-of-00002.parquet")
+        pq.write_table(
+            pa.Table.from_pylist([encoded], schema=FEATURES.arrow_schema),
+            data / f"{split}-00000-of-00002.parquet",
+        )
     (data / ".train-00001-of-00002.parquet.tmp-host-1").write_bytes(b"partial")  # in-flight: ignored
     with pytest.warns(UserWarning, match="1 of 2 shards"):
         assert len(load_records(tmp_path)) == 1  # "train" by default
