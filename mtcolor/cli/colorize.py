@@ -1,0 +1,467 @@
+"""``mtcolor colorize GRAY --mask M --text T ... --out OUT.png``: colorize one gray image.
+
+Instances come from ``--mask`` files, SAM ``--box`` / ``--point`` prompts (with ``--sam-checkpoint``)
+or a ``--spec`` JSON/YAML file; each gets one ``--text``, in command-line order. Every input is
+checked before the model is loaded, and the output is written to a temporary file in the output's
+directory and renamed at the end, so a failed run never leaves a partial ``OUT`` behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+_MASK_MODES = ("1", "L", "I;16", "I", "F")
+_SPEC_KEYS = ("image", "prompt", "negative_prompt", "instances")
+_INSTANCE_KEYS = ("text", "mask", "box", "points")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+@dataclass
+class _Instance:
+    """One instance: its text and exactly one mask source (a mask file, or SAM box and/or points)."""
+
+    text: str
+    where: str  # for error messages: "--box #2", "instances[1] of spec.json"
+    mask: str | None = None
+    box: tuple[float, float, float, float] | None = None
+    points: list[tuple[float, float]] | None = None
+
+
+class _AppendInstance(argparse.Action):
+    """Append ``(kind, value)`` to one shared list so --mask/--box/--point keep their command-line order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = list(getattr(namespace, self.dest) or [])
+        items.append((self.const, values))
+        setattr(namespace, self.dest, items)
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "colorize",
+        help="colorize a gray image from instance masks / SAM prompts and texts",
+        description="Colorize one gray image from instance masks (or SAM box/point prompts) and instance texts. "
+        "Inputs are checked before the model loads; OUT is written atomically. See docs/cli.md.",
+    )
+    parser.add_argument(
+        "image", nargs="?", metavar="GRAY", help="gray image (any size, 8/16-bit; colour -> its luminance)"
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="OUT", help="output image path (format from its extension)"
+    )
+    group = parser.add_argument_group("instances (one --text per --mask/--box/--point, in the same order)")
+    group.add_argument(
+        "--mask",
+        dest="instances",
+        action=_AppendInstance,
+        const="mask",
+        metavar="M.png",
+        help="instance mask image aligned with GRAY (white, > 50%%, = instance)",
+    )
+    group.add_argument(
+        "--box",
+        dest="instances",
+        action=_AppendInstance,
+        const="box",
+        metavar="x0,y0,x1,y1",
+        help="SAM box prompt in GRAY's pixels (needs --sam-checkpoint)",
+    )
+    group.add_argument(
+        "--point",
+        dest="instances",
+        action=_AppendInstance,
+        const="point",
+        metavar="x,y[;x,y...]",
+        help="SAM foreground point(s) of one instance in GRAY's pixels (needs --sam-checkpoint; quote the ';')",
+    )
+    group.add_argument(
+        "--text", dest="texts", action="append", metavar="TEXT", help='instance text, e.g. "a red car"'
+    )
+    group.add_argument(
+        "--spec",
+        metavar="SPEC",
+        help="JSON/YAML file with image, prompt and instances (paths relative to it)",
+    )
+    group.add_argument("--sam-checkpoint", metavar="PATH", help="local Segment Anything checkpoint (.pth)")
+    group.add_argument(
+        "--sam-model-type", default="vit_b", choices=("vit_b", "vit_l", "vit_h"), help="SAM size"
+    )
+    parser.add_argument("--prompt", help="global text prompt (overrides the spec's)")
+    parser.add_argument("--negative-prompt", help="negative prompt (overrides the spec's)")
+    parser.add_argument(
+        "--model", help="MTColorPipeline folder or hub id (default: the embedded mtcolor-tiny)"
+    )
+    parser.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    parser.add_argument(
+        "--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default 7.5)"
+    )
+    parser.add_argument("--alpha", type=float, default=0.2, help="share of instance-sampling steps in [0, 1]")
+    parser.add_argument("--beta", type=float, default=0.2, help="global latent weight in the fusion (>= 0)")
+    parser.add_argument(
+        "--fusion", default="paper", choices=("paper", "normalized", "no_crop"), help="fusion rule"
+    )
+    parser.add_argument("--seed", type=int, help="random seed (default: random)")
+    parser.add_argument("--working-resolution", type=int, default=512, help="short side the model runs at")
+    parser.add_argument(
+        "--no-preserve-luminance",
+        dest="preserve_luminance",
+        action="store_false",
+        help="return the decoded image instead of GRAY's own L + predicted colour",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parsing and validation (no model loaded)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _numbers(value: str, count: int, flag: str, form: str, example: str) -> tuple[float, ...]:
+    try:
+        numbers = tuple(float(part) for part in value.split(","))
+    except ValueError:
+        numbers = ()
+    if len(numbers) != count:
+        raise ValueError(
+            f"{flag} {value!r} is not {form} (comma-separated numbers in pixels), e.g. {flag} {example}."
+        )
+    return numbers
+
+
+def _parse_box(value: str, flag: str = "--box") -> tuple[float, float, float, float]:
+    return _numbers(value, 4, flag, "x0,y0,x1,y1", "10,20,200,160")  # type: ignore[return-value]
+
+
+def _parse_points(value: str, flag: str = "--point") -> list[tuple[float, float]]:
+    points = []
+    for part in value.split(";"):
+        try:
+            points.append(_numbers(part.strip(), 2, flag, "x,y", "120,80"))
+        except ValueError as err:
+            raise ValueError(
+                f"{flag} {value!r} is not x,y[;x,y...] in pixels, e.g. {flag} '120,80;130,95'."
+            ) from err
+    return points  # type: ignore[return-value]
+
+
+def _load_spec(path: str) -> dict:
+    import json
+
+    import yaml
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--spec {path!r} does not exist; pass a JSON or YAML instance file.")
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in (".json", ".yaml", ".yml"):
+        raise ValueError(f"--spec {path!r} has extension {extension!r}; use a .json, .yaml or .yml file.")
+    with open(path, encoding="utf-8") as handle:
+        try:
+            spec = json.load(handle) if extension == ".json" else yaml.safe_load(handle)
+        except (json.JSONDecodeError, yaml.YAMLError) as err:
+            raise ValueError(f"--spec {path!r} is not valid {extension[1:].upper()}: {err}") from err
+    if not isinstance(spec, dict):
+        raise ValueError(
+            f"--spec {path!r} holds a {type(spec).__name__}; expected an object with keys {_SPEC_KEYS}."
+        )
+    unknown = sorted(set(spec) - set(_SPEC_KEYS))
+    if unknown:
+        raise ValueError(f"--spec {path!r} has unknown keys {unknown}; allowed keys: {list(_SPEC_KEYS)}.")
+    for key in ("image", "prompt", "negative_prompt"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            raise ValueError(f"--spec {path!r} has {key} {spec[key]!r}; expected a string.")
+    return spec
+
+
+def _spec_instances(spec: dict, path: str) -> list[_Instance]:
+    base = os.path.dirname(os.path.abspath(path))
+    entries = spec.get("instances") or []
+    if not isinstance(entries, list):
+        raise ValueError(
+            f"'instances' in --spec {path!r} is a {type(entries).__name__}; expected a list of objects."
+        )
+    instances = []
+    for i, entry in enumerate(entries):
+        where = f"instances[{i}] of --spec {path!r}"
+        if not isinstance(entry, dict):
+            raise ValueError(
+                f'{where} is {entry!r}; expected an object such as {{"mask": "m1.png", "text": "a red car"}}.'
+            )
+        unknown = sorted(set(entry) - set(_INSTANCE_KEYS))
+        if unknown:
+            raise ValueError(f"{where} has unknown keys {unknown}; allowed keys: {list(_INSTANCE_KEYS)}.")
+        text = entry.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f'{where} has text {text!r}; every instance needs a non-empty "text".')
+        has_sam = entry.get("box") is not None or entry.get("points") is not None
+        if (entry.get("mask") is not None) == has_sam:
+            raise ValueError(
+                f'{where} needs exactly one of "mask" or SAM "box"/"points"; got keys {sorted(entry)}.'
+            )
+        instance = _Instance(text=text, where=where)
+        if entry.get("mask") is not None:
+            if not isinstance(entry["mask"], str):
+                raise ValueError(
+                    f"{where} has mask {entry['mask']!r}; expected a file path (relative to the spec)."
+                )
+            instance.mask = os.path.join(base, os.fspath(entry["mask"]))
+        if entry.get("box") is not None:
+            box = entry["box"]
+            if not isinstance(box, (list, tuple)) or len(box) != 4:
+                raise ValueError(f"{where} has box {box!r}; expected [x0, y0, x1, y1] in pixels.")
+            instance.box = tuple(box)
+        if entry.get("points") is not None:
+            points = entry["points"]
+            if not isinstance(points, (list, tuple)) or not points:
+                raise ValueError(f"{where} has points {points!r}; expected [[x, y], ...] in pixels.")
+            instance.points = [tuple(p) if isinstance(p, (list, tuple)) else p for p in points]
+        instances.append(instance)
+    return instances
+
+
+def _command_line_instances(args) -> list[_Instance]:
+    sources = args.instances or []
+    texts = args.texts or []
+    if len(sources) != len(texts):
+        raise ValueError(
+            f"got {len(sources)} instances (--mask/--box/--point) but {len(texts)} --text; give exactly one "
+            "--text per instance, in the same order."
+        )
+    counters: dict[str, int] = {}
+    instances = []
+    for (kind, value), text in zip(sources, texts):
+        counters[kind] = counters.get(kind, 0) + 1
+        where = f"--{kind} #{counters[kind]}"
+        if kind == "mask":
+            instances.append(_Instance(text=text, where=where, mask=value))
+        elif kind == "box":
+            instances.append(_Instance(text=text, where=where, box=_parse_box(value)))
+        else:
+            instances.append(_Instance(text=text, where=where, points=_parse_points(value)))
+    return instances
+
+
+def _check_options(args) -> None:
+    if args.steps < 1:
+        raise ValueError(f"--steps is {args.steps}; pass a positive number of denoising steps (e.g. 50).")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha is {args.alpha}; it is a share of the steps, pass a value in [0, 1].")
+    if args.beta < 0:
+        raise ValueError(f"--beta is {args.beta}; pass a weight >= 0.")
+    if args.guidance_scale < 0:
+        raise ValueError(
+            f"--guidance-scale is {args.guidance_scale}; pass a value >= 0 (<= 1 disables guidance)."
+        )
+    if args.working_resolution < 8:
+        raise ValueError(
+            f"--working-resolution is {args.working_resolution}; pass a short side >= 8 (e.g. 512)."
+        )
+
+
+def _output_format(out: str) -> str:
+    import PIL.Image
+
+    PIL.Image.init()
+    extension = os.path.splitext(out)[1].lower()
+    image_format = PIL.Image.registered_extensions().get(extension)
+    if image_format is None or image_format not in PIL.Image.SAVE:
+        raise ValueError(
+            f"--out {out!r} has extension {extension!r}, which Pillow cannot write; use .png, .jpg or .tif."
+        )
+    directory = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"--out {out!r}: directory {directory!r} does not exist; create it first.")
+    if os.path.isdir(out):
+        raise ValueError(
+            f"--out {out!r} is a directory; pass a file name such as {os.path.join(out, 'color.png')!r}."
+        )
+    return image_format
+
+
+def _open_image(path: str, flag: str):
+    import PIL.Image
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} {path!r} does not exist.")
+    try:
+        image = PIL.Image.open(path)
+        image.load()
+    except (PIL.UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"{flag} {path!r} is not a readable image: {err}") from err
+    return image
+
+
+def _resolve_model(model: str | None) -> str:
+    if model is None:
+        import importlib.util
+
+        if importlib.util.find_spec("mtcolor.embedded") is None:
+            raise ValueError(
+                "--model is required: this installation has no embedded default model (mtcolor-tiny) yet; pass "
+                "--model PATH, a folder written by MTColorPipeline.save_pretrained."
+            )
+        import mtcolor
+
+        return os.fspath(mtcolor.embedded_model("mtcolor-tiny"))
+    if os.path.isdir(model):
+        if not os.path.isfile(os.path.join(model, "model_index.json")):
+            raise ValueError(
+                f"--model {model!r} has no model_index.json; pass a folder written by MTColorPipeline.save_pretrained."
+            )
+        return model
+    if os.path.exists(model) or not _HUB_ID.fullmatch(model):
+        raise FileNotFoundError(f"--model {model!r} is neither a pipeline folder nor a hub id (owner/name).")
+    return model
+
+
+def _device(requested: str | None) -> str:
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device is 'cuda' but PyTorch sees no CUDA device; use --device cpu.")
+    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Run
+# ----------------------------------------------------------------------------------------------------
+
+
+def _write_atomically(image, out: str, image_format: str) -> None:
+    """Save ``image`` to a temporary file beside ``out`` and rename it onto ``out``."""
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(out))
+    handle, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(out)}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            image.save(stream, format=image_format)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _colorize(args) -> int:
+    # 1. Collect the request (command line or spec file)
+    _check_options(args)
+    image_path, prompt, negative_prompt = args.image, args.prompt, args.negative_prompt
+    if args.spec is not None:
+        if args.instances or args.texts:
+            raise ValueError(
+                "--spec is given together with --mask/--box/--point/--text; put the instances either in the spec "
+                "file or on the command line."
+            )
+        spec = _load_spec(args.spec)
+        instances = _spec_instances(spec, args.spec)
+        if image_path is None and spec.get("image") is not None:
+            image_path = os.path.join(os.path.dirname(os.path.abspath(args.spec)), os.fspath(spec["image"]))
+        prompt = prompt if prompt is not None else spec.get("prompt")
+        negative_prompt = negative_prompt if negative_prompt is not None else spec.get("negative_prompt")
+    else:
+        instances = _command_line_instances(args)
+    if image_path is None:
+        raise ValueError('no input image: pass GRAY (or "image" in --spec).')
+
+    # 2. Check every file and prompt before loading any model
+    image_format = _output_format(args.out)
+    image = _open_image(image_path, "GRAY")
+    width, height = image.size
+    masks: list = [None] * len(instances)
+    for i, instance in enumerate(instances):
+        if instance.mask is None:
+            continue
+        mask = _open_image(instance.mask, f"{instance.where}:")
+        if mask.size != image.size:
+            raise ValueError(
+                f"{instance.where}: mask {instance.mask!r} is {mask.size[0]}x{mask.size[1]} but GRAY is "
+                f"{width}x{height} (W x H); masks must be aligned with the gray image."
+            )
+        masks[i] = mask if mask.mode in _MASK_MODES else mask.convert("L")
+    sam_rows = [i for i, instance in enumerate(instances) if instance.mask is None]
+    if sam_rows:
+        from mtcolor.sam import check_prompts
+
+        if args.sam_checkpoint is None:
+            first = instances[sam_rows[0]].where
+            raise ValueError(
+                f"{first} is a SAM prompt but --sam-checkpoint is missing; pass a local SAM checkpoint "
+                "(see docs/cli.md) or give a --mask instead."
+            )
+        if not os.path.isfile(args.sam_checkpoint):
+            raise FileNotFoundError(
+                f"--sam-checkpoint {args.sam_checkpoint!r} does not exist; download an official checkpoint from "
+                "https://github.com/facebookresearch/segment-anything#model-checkpoints and pass its local path."
+            )
+        sam_points = [instances[i].points for i in sam_rows]
+        sam_boxes = [instances[i].box for i in sam_rows]
+        try:
+            check_prompts(sam_points, sam_boxes, height, width)
+        except ValueError as err:  # name the flag instead of the internal index
+            index = int(m.group(1)) if (m := re.search(r"\[(\d+)\]", str(err))) else 0
+            raise ValueError(f"{instances[sam_rows[index]].where}: {err}") from err
+    model = _resolve_model(args.model)
+    device = _device(args.device)
+
+    # 3. SAM masks for the box/point instances
+    if sam_rows:
+        from mtcolor.sam import masks_from_sam
+
+        sam_masks = masks_from_sam(
+            image,
+            points=sam_points,
+            boxes=sam_boxes,
+            checkpoint=args.sam_checkpoint,
+            model_type=args.sam_model_type,
+            device=device,
+        )
+        for i, mask in zip(sam_rows, sam_masks):
+            masks[i] = mask
+
+    # 4. Load the pipeline and colorize (the pipeline shows its own progress bar)
+    import torch
+
+    from mtcolor import MTColorPipeline
+
+    pipe = MTColorPipeline.from_pretrained(model).to(device)
+    generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
+    result = pipe(
+        image,
+        masks=masks or None,
+        texts=[instance.text for instance in instances] or None,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        alpha=args.alpha,
+        beta=args.beta,
+        fusion=args.fusion,
+        working_resolution=args.working_resolution,
+        generator=generator,
+        preserve_luminance=args.preserve_luminance,
+        output_type="pil",
+    )
+
+    # 5. Write atomically
+    colorized = result.images[0]
+    _write_atomically(colorized, args.out, image_format)
+    print(f"wrote {args.out} ({colorized.size[0]}x{colorized.size[1]})")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Colorize; user errors (bad input, missing files or packages) print one line and return 2."""
+    try:
+        return _colorize(args)
+    except (ValueError, TypeError, OSError, ImportError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"mtcolor colorize: error: {message}", file=sys.stderr)
+        return 2

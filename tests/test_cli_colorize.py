@@ -1,0 +1,257 @@
+"""`mtcolor colorize`: validation before loading, end-to-end runs with a tiny saved pipeline, atomic output."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import yaml
+
+from mtcolor.cli import main
+from mtcolor.sam import clear_sam_cache, masks_from_sam
+
+H, W = 48, 64
+RUN = ["--steps", "2", "--working-resolution", "64", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from mtcolor import MTColorPipeline
+    from mtcolor.testing import randomize_adapter, tiny_components
+
+    components = tiny_components(0, tokenizer_cache=str(tmp_path_factory.mktemp("tok")))
+    randomize_adapter(components["adapter"], seed=1, gate=0.5, scale=0.05)  # instance texts matter
+    folder = tmp_path_factory.mktemp("model")
+    MTColorPipeline(**components).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def scene(tmp_path):
+    """A 64x48 gray PNG and two aligned instance masks (8-bit PNGs) in tmp_path."""
+    rng = np.random.default_rng(0)
+    PIL.Image.fromarray((rng.random((H, W)) * 255).astype(np.uint8)).save(tmp_path / "gray.png")
+    left = np.zeros((H, W), np.uint8)
+    left[:, : W // 2] = 255
+    corner = np.zeros((H, W), np.uint8)
+    corner[H // 2 :, W // 2 + 4 :] = 255
+    PIL.Image.fromarray(left).save(tmp_path / "m1.png")
+    PIL.Image.fromarray(corner).save(tmp_path / "m2.png")
+    return tmp_path
+
+
+def cli(argv, capsys):
+    code = main(["colorize", *map(str, argv)])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("mtcolor colorize: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def leftovers(folder) -> list[str]:
+    return sorted(name for name in os.listdir(folder) if name.startswith(".") and name.endswith(".tmp"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation: runs before any model is loaded (the --model given here does not exist)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_count_mismatch_names_both_counts(scene, capsys):
+    s = scene
+    code, err = cli(
+        [s / "gray.png", "--mask", s / "m1.png", "--mask", s / "m2.png", "--text", "a red car", "--out", s / "o.png",
+         "--model", s / "no-model"],
+        capsys,
+    )  # fmt: skip
+    assert code == 2
+    assert "got 2 instances (--mask/--box/--point) but 1 --text" in error_line(err)
+    assert not (s / "o.png").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--mask", "missing.png", "--text", "a"], "--mask #1: 'missing.png' does not exist"),
+        (["--box", "1,2,3", "--text", "a"], "--box '1,2,3' is not x0,y0,x1,y1"),
+        (["--point", "1,2;x,3", "--text", "a"], "--point '1,2;x,3' is not x,y[;x,y...]"),
+        (["--box", "0,0,10,10", "--text", "a"], "--box #1 is a SAM prompt but --sam-checkpoint is missing"),
+        (
+            ["--box", "0,0,10,10", "--text", "a", "--sam-checkpoint", "none.pth"],
+            "--sam-checkpoint 'none.pth' does not exist",
+        ),
+        (["--steps", "0"], "--steps is 0"),
+        (["--alpha", "1.5"], "--alpha is 1.5"),
+        (["--spec", "s.json", "--text", "a"], "--spec is given together with"),
+        (["--model", "no/such/model"], "--model 'no/such/model' is neither a pipeline folder nor a hub id"),
+    ],
+)
+def test_user_errors_are_one_line(scene, capsys, monkeypatch, extra, message):
+    monkeypatch.chdir(scene)
+    model = [] if "--model" in extra else ["--model", "no-model"]
+    code, err = cli(["gray.png", *extra, *model, "--out", "o.png"], capsys)
+    assert code == 2
+    assert message in error_line(err)
+
+
+def test_mask_size_and_out_checks(scene, capsys):
+    s = scene
+    PIL.Image.new("L", (W, H + 1)).save(s / "tall.png")
+    code, err = cli([s / "gray.png", "--mask", s / "tall.png", "--text", "a", "--out", s / "o.png"], capsys)
+    assert code == 2 and f"is 64x49 but GRAY is {W}x{H}" in error_line(err)
+    code, err = cli([s / "gray.png", "--out", s / "o.xyz"], capsys)
+    assert code == 2 and "Pillow cannot write" in error_line(err)
+    code, err = cli([s / "gray.png", "--out", s / "no-dir" / "o.png"], capsys)
+    assert code == 2 and "does not exist; create it first" in error_line(err)
+
+
+def test_sam_box_outside_image_names_flag(scene, capsys, tmp_path):
+    (tmp_path / "sam.pth").write_bytes(b"")
+    argv = [
+        scene / "gray.png",
+        "--mask",
+        scene / "m1.png",
+        "--text",
+        "a",
+        "--box",
+        f"0,0,{W + 1},10",
+        "--text",
+        "b",
+    ]
+    code, err = cli([*argv, "--sam-checkpoint", tmp_path / "sam.pth", "--out", tmp_path / "o.png"], capsys)
+    assert code == 2
+    assert f"--box #1: boxes[0] is (x0=0, y0=0, x1={W + 1}, y1=10)" in error_line(err)
+
+
+def test_spec_paths_are_relative_to_the_spec(scene, capsys):
+    sub = scene / "specs"
+    sub.mkdir()
+    spec = {"image": "../gray.png", "instances": [{"mask": "m1.png", "text": "a red car"}]}
+    (sub / "scene.yaml").write_text(yaml.safe_dump(spec))
+    code, err = cli(["--spec", sub / "scene.yaml", "--model", "no-model", "--out", scene / "o.png"], capsys)
+    assert code == 2
+    assert f"instances[0] of --spec '{sub / 'scene.yaml'}': '{sub / 'm1.png'}' does not exist" in error_line(
+        err
+    )
+    (sub / "bad.yaml").write_text(
+        yaml.safe_dump({**spec, "instances": [{"box": [1, 2, 3, 4], "mask": "x.png"}]})
+    )
+    code, err = cli(["--spec", sub / "bad.yaml", "--out", scene / "o.png"], capsys)
+    assert code == 2 and "has text None" in error_line(err)
+
+
+def test_model_required_without_embedded_model(scene, capsys, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "mtcolor.embedded" else real_find_spec(name, *a),
+    )
+    code, err = cli([scene / "gray.png", "--out", scene / "o.png"], capsys)
+    assert code == 2 and "--model is required" in error_line(err)
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end with a tiny saved pipeline
+# --------------------------------------------------------------------------------------------------
+
+
+def test_end_to_end_and_spec_file(scene, model_dir, capsys):
+    s = scene
+    argv = [s / "gray.png", "--mask", s / "m1.png", "--text", "a red car", "--mask", s / "m2.png",
+            "--text", "a blue sky", "--prompt", "a street", "--model", model_dir, *RUN]  # fmt: skip
+    code, err = cli([*argv, "--out", s / "cli.png"], capsys)
+    assert code == 0, err
+    out = PIL.Image.open(s / "cli.png")
+    assert out.size == (W, H) and out.mode == "RGB"
+    assert leftovers(s) == []
+
+    sub = s / "spec"
+    sub.mkdir()
+    spec = {
+        "image": "../gray.png",
+        "prompt": "a street",
+        "instances": [
+            {"mask": "../m1.png", "text": "a red car"},
+            {"mask": "../m2.png", "text": "a blue sky"},
+        ],
+    }
+    (sub / "scene.json").write_text(json.dumps(spec))
+    code, err = cli(
+        ["--spec", sub / "scene.json", "--model", model_dir, *RUN, "--out", s / "spec.png"], capsys
+    )
+    assert code == 0, err
+    np.testing.assert_array_equal(np.asarray(PIL.Image.open(s / "spec.png")), np.asarray(out))
+
+
+def test_pipeline_failure_leaves_no_output(scene, model_dir, capsys):
+    s = scene
+    PIL.Image.new("L", (W, H), 0).save(s / "empty.png")  # the pipeline refuses a mask without pixels
+    (s / "o.png").write_bytes(b"previous result")
+    code, err = cli([s / "gray.png", "--mask", s / "empty.png", "--text", "a", "--model", model_dir, *RUN,
+                     "--out", s / "o.png"], capsys)  # fmt: skip
+    assert code == 2
+    assert "masks[0] is empty" in error_line(err)
+    assert (s / "o.png").read_bytes() == b"previous result"
+    assert leftovers(s) == []
+
+
+def test_failed_write_leaves_no_partial_file(scene, model_dir, capsys, monkeypatch):
+    s = scene
+
+    def broken_save(self, fp, format=None, **params):
+        fp.write(b"\x89PNG partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(PIL.Image.Image, "save", broken_save)
+    code, err = cli(
+        [s / "gray.png", "--model", model_dir, *RUN, "--guidance-scale", "1", "--out", s / "o.png"], capsys
+    )
+    assert code == 2 and "No space left on device" in error_line(err)
+    assert not (s / "o.png").exists()
+    assert leftovers(s) == []
+
+
+@pytest.mark.filterwarnings("ignore:instance masks overlap")  # a random tiny SAM segments half the image
+def test_sam_box_instance_reaches_pipeline_as_sam_mask(scene, model_dir, capsys, monkeypatch):
+    """A --box instance is segmented by SAM (checkpoint loaded by mtcolor.sam) and passed on as that mask."""
+    from segment_anything.build_sam import sam_model_registry
+    from test_sam import tiny_sam
+
+    from mtcolor import MTColorPipeline
+
+    s = scene
+    torch.save(tiny_sam(0).state_dict(), s / "sam_tiny.pth")
+    monkeypatch.setitem(sam_model_registry, "vit_b", lambda checkpoint=None: tiny_sam(7))
+    box = (4, 6, 40, 44)
+    (expected,) = masks_from_sam(PIL.Image.open(s / "gray.png"), boxes=[box], model=tiny_sam(0))
+    assert expected.any() and not expected.all()
+
+    received = []
+    real_call = MTColorPipeline.__call__
+
+    def spy(self, image, masks=None, texts=None, *args, **kwargs):
+        received.append((masks, texts))
+        return real_call(self, image, masks, texts, *args, **kwargs)
+
+    monkeypatch.setattr(MTColorPipeline, "__call__", spy)
+    clear_sam_cache()
+    argv = [s / "gray.png", "--mask", s / "m2.png", "--text", "a blue sky", "--box", ",".join(map(str, box)),
+            "--text", "a red car", "--sam-checkpoint", s / "sam_tiny.pth", "--device", "cpu", "--model", model_dir,
+            *RUN, "--guidance-scale", "1", "--out", s / "sam.png"]  # fmt: skip
+    code, err = cli(argv, capsys)
+    clear_sam_cache()
+    assert code == 0, err
+    ((masks, texts),) = received
+    assert texts == ["a blue sky", "a red car"]
+    np.testing.assert_array_equal(np.asarray(masks[0]), np.asarray(PIL.Image.open(s / "m2.png")))
+    np.testing.assert_array_equal(masks[1], expected)
+    assert PIL.Image.open(s / "sam.png").size == (W, H)
