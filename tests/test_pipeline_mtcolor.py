@@ -107,7 +107,7 @@ def test_output_types_and_return_dict(pipe):
     assert arr.shape == (1, 48, 64, 3) and arr.dtype == np.float32
     kw["generator"] = torch.Generator().manual_seed(0)
     (latent,) = pipe(gray, masks, texts, output_type="latent", return_dict=False, **kw)
-    assert latent.shape == (1, 4, 8, 8)
+    assert latent.shape == (1, 4, 8, 11)  # 48 x 64 -> working 64 x 88 -> latents 8 x 11
     assert np.abs(np.asarray(pil.images[0]) / 255.0 - arr[0]).max() < 1 / 255 + 1e-6
 
 
@@ -163,7 +163,7 @@ def test_num_images_per_prompt_and_callbacks(pipe):
         generator=[torch.Generator().manual_seed(i) for i in range(2)],
         **STEPS,
     ).images
-    assert out.shape == (2, 4, 8, 8) and seen == [(0, (2, 4, 8, 8)), (1, (2, 4, 8, 8)), (2, (2, 4, 8, 8))]
+    assert out.shape == (2, 4, 8, 11) and seen == [(0, (2, 4, 8, 11)), (1, (2, 4, 8, 11)), (2, (2, 4, 8, 11))]
     assert torch.count_nonzero(out) == 0  # the callback's latents were used
 
     def stop(p, step, t, tensors):
@@ -184,7 +184,7 @@ def test_set_attn_processor_does_not_drop_mtcolor(pipe):
     assert not p.adapter.is_installed(p.unet)
     again = _run(p, gray, masks, texts)
     assert p.adapter.is_installed(p.unet)
-    assert (again - reference).abs().max() < 1e-4
+    assert (again - reference).abs().max() < 1e-3  # AttnProcessor vs AttnProcessor2_0 numerics
 
 
 def test_save_load_round_trip_and_model_card(pipe, tmp_path):
