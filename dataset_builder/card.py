@@ -71,7 +71,7 @@ def render_card(out_dir: str | Path, pretty_name: str = "mtcolor instance colori
     writer = DatasetWriter(out_dir)
     configs = writer.read_configs()
     stats = writer.collect_stats()
-    splits = list(configs) or sorted(stats)
+    splits = sorted(set(configs) | set(stats), key=lambda split: (split != "train", split))
     total_images = sum(s["images"] for s in stats.values())
     metadata = {
         "pretty_name": pretty_name,

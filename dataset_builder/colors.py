@@ -176,12 +176,39 @@ _LUT_BITS = 6  # 64 levels per channel: 262,144 bins, quantisation error <= 2 ui
 
 @functools.lru_cache(maxsize=1)
 def _word_lut() -> np.ndarray:
-    """Nearest extended-lexicon word of every RGB bin centre (lookup table, built once per process)."""
+    """Nearest measurement-lexicon word of every RGB bin centre (a lookup table).
+
+    Built once (about a second) and cached in ``$MTCOLOR_CACHE`` (default ``~/.cache/mtcolor``) under
+    a name that hashes the prototypes, so worker processes load it in milliseconds.
+    """
+    import hashlib
+    import os
+    from pathlib import Path
+
+    prototypes = measurement_lexicon().lab.numpy().astype(np.float32)
+    digest = hashlib.sha256(prototypes.tobytes() + bytes([_LUT_BITS])).hexdigest()[:16]
+    path = (
+        Path(os.environ.get("MTCOLOR_CACHE", Path.home() / ".cache" / "mtcolor")) / f"color_lut_{digest}.npy"
+    )
+    try:
+        table = np.load(path)
+        if table.shape == (1 << (3 * _LUT_BITS),) and table.dtype == np.uint8:
+            return table
+    except (OSError, ValueError):
+        pass
     levels = 1 << _LUT_BITS
     step = 256 // levels
     centres = (np.arange(levels, dtype=np.float32) * step + (step - 1) / 2.0) / 255.0
     grid = np.stack(np.meshgrid(centres, centres, centres, indexing="ij"), -1).reshape(-1, 3)
-    return _nearest(rgb_to_lab(grid), measurement_lexicon().lab.numpy()).astype(np.uint8)
+    table = _nearest(rgb_to_lab(grid), prototypes).astype(np.uint8)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+        np.save(tmp, table)
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: keep the table in memory only
+        pass
+    return table
 
 
 class ColorNamer:
@@ -209,6 +236,10 @@ class ColorNamer:
         index = {c: i for i, c in enumerate(self.categories)}
         # Pixel vote of every measurement word: its first category.
         self._word_category = np.array([index[color_categories(w)[0]] for w in self.measure_lexicon.words])
+        self._naming_words: dict[str, tuple[list[str], np.ndarray]] = {}
+        for category in self.categories:
+            words = [w for w in self.naming.words if color_categories(w)[0] == category]
+            self._naming_words[category] = (words, np.stack([self.naming.lab_of(w).numpy() for w in words]))
 
     def pixel_categories(self, rgb: np.ndarray) -> np.ndarray:
         """uint8 RGB pixels (N, 3) -> index into :attr:`categories` (N,) of each pixel's nearest word."""
@@ -245,8 +276,7 @@ class ColorNamer:
 
     def name_cluster(self, cluster: ColorCluster) -> str:
         """The naming word nearest to the cluster's mean Lab among the words of its category."""
-        words = [w for w in self.naming.words if color_categories(w)[0] == cluster.category]
-        prototypes = np.stack([self.naming.lab_of(w).numpy() for w in words])
+        words, prototypes = self._naming_words[cluster.category]
         return output_word(words[int(_nearest(np.asarray(cluster.lab), prototypes)[0])])
 
     def name(self, measurement: ColorMeasurement) -> str | None:

@@ -17,6 +17,8 @@ run loses only the units in flight and rows are never duplicated.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import os
@@ -234,6 +236,21 @@ def _run_item(item: SourceItem) -> ItemResult:
 _PROCESSOR = None
 
 
+@contextlib.contextmanager
+def _single_threaded_children():
+    """One OpenMP/BLAS thread per worker process (unless the user set it): N workers on N cores
+    must not each start N threads."""
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    added = [n for n in names if n not in os.environ]
+    for name in added:
+        os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
 def _ordered(executor: ProcessPoolExecutor, items: Iterable[SourceItem], window: int) -> Iterator[ItemResult]:
     """``executor.map`` with at most ``window`` items in flight (bounded memory), results in order."""
     iterator = iter(items)
@@ -257,6 +274,7 @@ class JobReport:
     images: int
     skipped: Counter
     seconds: float
+    startup_seconds: float = 0.0  # until the first result (includes starting the workers)
 
 
 def run_units(
@@ -303,12 +321,17 @@ def run_units(
                 initializer=_init_worker,
                 initargs=(factory,),
             )
-            results = _ordered(executor, items, window=4 * num_proc)
+            ordered = _ordered(executor, items, window=4 * num_proc)
+            with _single_threaded_children():  # workers start with the first submissions
+                first = next(ordered)
+            results = itertools.chain([first], ordered)
         for unit in todo:
             unit_start = time.perf_counter()
             rows, skipped, examples, counters = [], Counter(), [], {}
             for _ in unit.items:
                 result = next(results)
+                if not report.startup_seconds:
+                    report.startup_seconds = time.perf_counter() - start
                 if result.row is not None:
                     rows.append(result.row)
                 else:
