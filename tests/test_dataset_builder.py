@@ -441,3 +441,10 @@ def test_clip_score_statistics_with_local_weights(tmp_path):
 def test_basic_words_have_categories():
     for word in default_lexicon("extended").words:
         assert set(color_categories(word)) <= set(BASIC_COLORS)
+
+
+def test_benchmark_runs(capsys):
+    from mtcolor.bench.dataset import main
+
+    assert main(["--num_images", "3", "--image_size", "48", "--num_proc", "1"]) == 0
+    assert "| 1 | 3 |" in capsys.readouterr().out
