@@ -30,9 +30,12 @@ EXTRA_COLORS = (
     "coral", "mustard", "crimson", "aqua", "mauve", "lilac", "rust", "ochre", "tangerine",
 )  # fmt: skip
 MODIFIERS = ("light", "dark", "pale", "bright", "deep")
-SYNONYMS = {"grey": "gray", "golden": "gold", "navy blue": "navy"}
-# XKCD names for the canonical words where the plain name is missing or spelled differently.
-_XKCD_ALIASES = {"gray": "grey", "silver": "silver", "crimson": "crimson", "ochre": "ochre"}
+SYNONYMS = {"golden": "gold", "navy blue": "navy"}  # plus "grey" -> "gray" inside any word
+
+
+def _xkcd_name(word: str, table: dict) -> str:
+    """The XKCD table's spelling of a canonical word (XKCD spells gray "grey")."""
+    return word if word in table else word.replace("gray", "grey")
 
 
 def _xkcd_table() -> dict[str, str]:
@@ -78,21 +81,22 @@ class ColorLexicon:
         elif vocabulary == "extended":
             words = list(BASIC_COLORS) + list(EXTRA_COLORS)
             bases = list(BASIC_COLORS) + list(EXTRA_COLORS)
-            words += [f"{m} {b}" for m in MODIFIERS for b in bases if f"{m} {b}" in table]
+            words += [f"{m} {b}" for m in MODIFIERS for b in bases if _xkcd_name(f"{m} {b}", table) in table]
         elif isinstance(vocabulary, str):
             raise ValueError(f"vocabulary={vocabulary!r}; expected 'basic', 'extended' or a list of words.")
         else:
-            words = [SYNONYMS.get(w.lower(), w.lower()) for w in vocabulary]
-        missing = [w for w in words if _XKCD_ALIASES.get(w, w) not in table]
+            words = [self.canonical(w) for w in vocabulary]
+        missing = [w for w in words if _xkcd_name(w, table) not in table]
         if missing:
             raise ValueError(
                 f"colour words {missing} have no XKCD prototype; pick names from the XKCD table."
             )
         self.words: tuple[str, ...] = tuple(dict.fromkeys(words))
-        self.rgb = torch.tensor([_hex_to_rgb(table[_XKCD_ALIASES.get(w, w)]) for w in self.words])  # (K, 3)
+        self.rgb = torch.tensor([_hex_to_rgb(table[_xkcd_name(w, table)]) for w in self.words])  # (K, 3)
         self.lab = srgb_to_lab(self.rgb)  # (K, 3)
         self._index = {w: i for i, w in enumerate(self.words)}
-        surface = sorted(set(self.words) | {s for s, c in SYNONYMS.items() if c in self._index}, key=len)
+        surface = set(self.words) | {s for s, c in SYNONYMS.items() if c in self._index}
+        surface = sorted(surface | {w.replace("gray", "grey") for w in surface}, key=len)
         alternation = "|".join(re.escape(s).replace(r"\ ", r"\s+") for s in reversed(surface))
         self._pattern = re.compile(rf"\b({alternation})\b", re.IGNORECASE)
 
@@ -104,7 +108,7 @@ class ColorLexicon:
 
     def canonical(self, word: str) -> str:
         """Lower-case, collapse spaces and map spelling variants (``Grey`` -> ``gray``)."""
-        word = " ".join(word.lower().split())
+        word = " ".join(word.lower().split()).replace("grey", "gray")
         return SYNONYMS.get(word, word)
 
     def lab_of(self, word: str) -> torch.Tensor:

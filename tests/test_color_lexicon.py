@@ -22,6 +22,7 @@ def test_find_longest_match_and_synonyms():
     assert [m.word for m in found] == ["light blue", "gray", "navy"]
     assert "A Light Blue car, a grey dog and a navy blue hat"[found[2].start : found[2].end] == "navy blue"
     assert not lexicon.has_color("a car on a street")
+    assert [m.word for m in lexicon.find("a dark grey cat, a light gray dog")] == ["dark gray", "light gray"]
 
 
 def test_replace_changes_every_colour_word_to_a_distant_one():
