@@ -42,10 +42,9 @@ NATURAL_EXTRAS = (
     "cyan", "magenta", "khaki",
 )  # fmt: skip
 _CHROMATIC = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown")
-#: Neutral anchors added to the measurement/naming vocabularies (the extended lexicon has no dark or
-#: light gray, so dark neutral pixels would otherwise be named "dark teal"). XKCD spells them "grey";
-#: texts use "gray" (:func:`output_word`).
-NEUTRAL_ANCHORS = ("dark grey", "light grey")
+#: Neutral anchors of the natural naming vocabulary (without them dark neutral pixels would be named
+#: "dark teal"); the shared lexicon spells them "gray" like every other gray word.
+NEUTRAL_ANCHORS = ("dark gray", "light gray")
 
 
 def color_categories(word: str) -> tuple[str, ...]:
@@ -61,15 +60,10 @@ def color_categories(word: str) -> tuple[str, ...]:
     raise KeyError(f"{word!r} has no basic colour category; add it to EXTRA_CATEGORIES.")
 
 
-def output_word(word: str) -> str:
-    """A lexicon word as written in texts ("dark grey" -> "dark gray")."""
-    return word.replace("grey", "gray")
-
-
 @functools.lru_cache(maxsize=1)
 def measurement_lexicon() -> ColorLexicon:
-    """The per-pixel vocabulary: the extended lexicon + :data:`NEUTRAL_ANCHORS`."""
-    return ColorLexicon(list(default_lexicon("extended").words) + list(NEUTRAL_ANCHORS))
+    """The per-pixel vocabulary: the extended lexicon (which includes :data:`NEUTRAL_ANCHORS`)."""
+    return default_lexicon("extended")
 
 
 @functools.lru_cache(maxsize=4)
@@ -277,7 +271,7 @@ class ColorNamer:
     def name_cluster(self, cluster: ColorCluster) -> str:
         """The naming word nearest to the cluster's mean Lab among the words of its category."""
         words, prototypes = self._naming_words[cluster.category]
-        return output_word(words[int(_nearest(np.asarray(cluster.lab), prototypes)[0])])
+        return words[int(_nearest(np.asarray(cluster.lab), prototypes)[0])]
 
     def name(self, measurement: ColorMeasurement) -> str | None:
         """Name of the dominant colour, or None when nothing was measured (or no category reaches
