@@ -9,7 +9,8 @@
 A training step is the full ``training/train_lcoins.py`` step: luminance augmentation, pseudo
 captions, text encoder on true + pseudo captions, the model's two batched passes, LC eq. 16,
 backward and AdamW. Inference is ``LCoInsPipeline.__call__`` on one 512x384 gray image (resize to
-the working size, model, ab resized back and recombined with the input's L). Medians over
+the working size, text encoder, model, ab resized back and recombined with the input's L), and the
+model's forward alone at its working size. Medians over
 ``--iterations`` timed repetitions after one warm-up. Figures depend on the machine and its load.
 """
 
@@ -85,6 +86,10 @@ def measure(name: str, batch_size: int, iterations: int) -> dict:
     pipe.set_progress_bar_config(disable=True)
     gray = torch.rand(1, 384, 512, generator=generator)
     latency = _median_time(lambda: pipe(gray, CAPTIONS[0], output_type="pt"), iterations)
+    with torch.no_grad():
+        hidden, mask = pipe.encode_caption([CAPTIONS[0]], report=False)
+        lightness = torch.rand(1, 1, size, size, generator=generator) * 100
+        forward = _median_time(lambda: model(lightness, hidden, mask), iterations)
     return {
         "name": name,
         "params": (
@@ -96,6 +101,7 @@ def measure(name: str, batch_size: int, iterations: int) -> dict:
         "step": step,
         "samples_per_s": batch_size / step,
         "latency": latency,
+        "forward": forward,
     }
 
 
@@ -122,12 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"L-CoIns on {torch.get_num_threads()} CPU thread(s), fp32, torch {torch.__version__}; medians of "
           f"{args.iterations} after 1 warm-up\n")  # fmt: skip
     print("| config | model / text encoder params | working size | train batch | train step (s) | "
-          "train samples/s | inference latency, 1 image 512x384 (s) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+          "train samples/s | pipeline latency, 1 image 512x384 (s) | model forward, 1 image (s) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['name']} | {r['params'][0] / 1e6:.2f} M / {r['params'][1] / 1e6:.2f} M | {r['size']} | {r['batch']} | "
-            f"{r['step']:.3f} | {r['samples_per_s']:.2f} | {r['latency']:.3f} |"
+            f"{r['step']:.3f} | {r['samples_per_s']:.2f} | {r['latency']:.3f} | {r['forward']:.3f} |"
         )
     if len(rows) == 2:
         tiny, paper = rows
