@@ -14,10 +14,12 @@ image, in CIE Lab chroma (a, b) with **Chebyshev (square) pixel distances** to t
   median, so a leak reaching into part of the ring does not move it); band pixels whose region has fewer than ``min_pixels`` ring pixels, or whose ``c_j`` is
   within ``min_contrast`` of ``c_k`` (same colour: no leak can be seen), are not counted;
 * for each counted band pixel ``p`` with chroma ``x_p``:
-  ``t_p = clamp(<x_p - c_j, c_k - c_j> / |c_k - c_j|^2, 0, 1)``, the fraction of the way from the
-  neighbour's colour to the instance's colour (0 = the neighbour's own colour, 1 = the instance's).
+  ``t_p = <x_p - c_j, c_k - c_j> / |c_k - c_j|^2``, the fraction of the way from the neighbour's
+  colour to the instance's colour (0 = the neighbour's own colour, 1 = the instance's).
 
-Reported per instance: **leak** = mean ``t_p`` over its counted band pixels, and **share** = the
+Reported per instance: **leak** = ``clamp(mean t_p, 0, 1)`` over its counted band pixels (the
+mean of the unclamped ``t_p``, so that pixel noise averages out instead of adding a positive
+floor), and **share** = the
 fraction of counted band pixels with ``t_p > 0.5``, i.e. whose ab is closer to the instance's colour
 than to the neighbour's own (the two are the same test: the bisector of ``c_j c_k``). Image and
 dataset values are averages weighted by counted band pixels. 0 means a clean boundary; a smear of
@@ -45,7 +47,7 @@ class InstanceBleeding:
 
     Attributes:
         image_index, instance: which image and which instance label (1-based).
-        leak: mean projection ``t`` over counted band pixels (in [0, 1]).
+        leak: mean projection ``t`` over counted band pixels, clamped to [0, 1].
         share: fraction of counted band pixels closer to the instance's colour (in [0, 1]).
         counted: number of band pixels that entered the averages.
         band_pixels: number of band pixels in total.
@@ -176,8 +178,7 @@ def color_bleeding(
                 if contrast < min_contrast:
                     continue
                 x = flat_ab[:, band_mask & (flat_labels == neighbour)]  # (2, m)
-                t = ((x - c_j[:, None]) * direction[:, None]).sum(0) / contrast**2
-                t_values.append(t.clamp(0, 1))
+                t_values.append(((x - c_j[:, None]) * direction[:, None]).sum(0) / contrast**2)
             if not t_values:
                 reason = (
                     "no band pixels" if band_total == 0 else "no neighbour with a distinct, measurable colour"
@@ -189,7 +190,7 @@ def color_bleeding(
                 InstanceBleeding(
                     image_index=index,
                     instance=label,
-                    leak=float(t_all.mean()),
+                    leak=float(t_all.mean().clamp(0, 1)),
                     share=float((t_all > 0.5).float().mean()),
                     counted=int(t_all.numel()),
                     band_pixels=band_total,

@@ -1,0 +1,143 @@
+"""``mtcolor evaluate``: the papers' metrics plus colour adherence and bleeding, as one table.
+
+Example::
+
+    mtcolor evaluate --pred ours=out/mtcolor --pred ddcolor=out/ddcolor --gt data/test_gt \\
+        --records data/gptcolor --split test --weights-dir ~/weights --clip-weights ~/clip-vit-b-32 \\
+        --out eval/
+
+prints the Markdown table and writes ``<out>/metrics.json`` and ``<out>/metrics.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+_WEIGHT_OPTIONS = (
+    # (option, settings key, help)
+    ("--musiq-weights", "musiq", "MUSIQ-KonIQ checkpoint (musiq_koniq_ckpt-e95806b9.pth)"),
+    ("--maniqa-weights", "maniqa", "MANIQA-KonIQ checkpoint (ckpt_koniq10k.pt)"),
+    ("--topiq-weights", "topiq_nr", "TOPIQ-NR checkpoint (cfanet_nr_koniq_res50-9a73138b.pth)"),
+    ("--lpips-weights", "lpips", "LPIPS v0.1 AlexNet linear layers (LPIPS_v0.1_alex-df73285e.pth)"),
+    ("--lpips-backbone-weights", "lpips_backbone", "torchvision AlexNet weights (alexnet-owt-7be5be79.pth)"),
+    ("--fid-weights", "fid", "FID Inception weights (pt_inception-2015-12-05-6726825d.pth)"),
+    ("--clip-weights", "clip", "open_clip model folder (open_clip_config.json + weights) or state-dict file"),
+)
+
+
+def _prediction(value: str) -> tuple[str, str]:
+    name, sep, folder = value.partition("=")
+    return (name, folder) if sep and name else ("", value)
+
+
+#: The metric names of :data:`mtcolor.metrics.evaluation.METRICS` (repeated here so that building the
+#: parser does not import torch; a test keeps the two equal).
+METRICS = (
+    "colorfulness", "psnr", "ssim", "fid", "niqe", "musiq", "maniqa", "topiq_nr", "lpips",
+    "clip_score", "instance_clip_score", "adherence", "bleeding",
+)  # fmt: skip
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score folders of colorizations (MT-Color Table I metrics, CLIP-scores, adherence, bleeding)",
+        description=(
+            "Score predicted colorizations against ground truths. Predictions and ground truths are matched by "
+            "file stem, records (masks + instance texts) by record id == file stem. Metrics whose weights are "
+            "not available locally are listed as skipped with the file to provide; nothing is downloaded."
+        ),
+    )
+    parser.add_argument(
+        "--pred", action="append", required=True, type=_prediction, metavar="[NAME=]DIR",
+        help="folder of predictions (repeat for several methods; NAME defaults to the folder name)",
+    )  # fmt: skip
+    parser.add_argument("--gt", help="folder of ground-truth images (default: the records' images)")
+    parser.add_argument(
+        "--records", help="dataset-builder record dataset (masks, instance texts, global text)"
+    )
+    parser.add_argument("--split", help="split of --records (default: train, or the only split)")
+    parser.add_argument("--out", default="evaluation", help="output folder for metrics.json / metrics.md")
+    parser.add_argument(
+        "--metrics", default=",".join(METRICS),
+        help=f"comma-separated subset of: {', '.join(METRICS)} (default: all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--resize", choices=("pred", "gt"), default="pred",
+        help="pred: resize ground truths (and masks) to each prediction, as MT-Color does for 256-px methods "
+        "(default); gt: resize predictions to the ground truth",
+    )  # fmt: skip
+    parser.add_argument("--weights-dir", help="folder searched for the standard weight file names")
+    for option, _, text in _WEIGHT_OPTIONS:
+        parser.add_argument(option, metavar="PATH", help=text)
+    parser.add_argument(
+        "--clip-model", help="open_clip architecture when --clip-weights is a file (e.g. ViT-B-32)"
+    )
+    parser.add_argument(
+        "--clip-fill", choices=("mean", "black", "keep"), default="mean",
+        help="instance crops: what replaces box pixels outside the instance (default: CLIP's mean gray)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tolerance", type=float, default=20.0, help="colour-adherence tolerance in Lab units"
+    )
+    parser.add_argument("--band", type=int, help="colour-bleeding band in pixels (default: short side / 64)")
+    parser.add_argument(
+        "--device", help="device for the learned metrics (default: cuda if available, else cpu)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from mtcolor.metrics.evaluation import EvaluationSettings, evaluate, format_markdown, to_json
+
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    predictions = {}
+    for name, folder in args.pred:
+        name = name or Path(folder).resolve().name
+        if name in predictions:
+            print(
+                f"error: two --pred folders are named {name!r}; name them with --pred NAME=DIR.",
+                file=sys.stderr,
+            )
+            return 2
+        predictions[name] = folder
+    if args.gt is None and args.records is None:
+        print("note: neither --gt nor --records given: only no-reference metrics can run.", file=sys.stderr)
+    weights = {key: getattr(args, option[2:].replace("-", "_")) for option, key, _ in _WEIGHT_OPTIONS}
+    settings = EvaluationSettings(
+        metrics=metrics,
+        resize=args.resize,
+        weights={k: v for k, v in weights.items() if v},
+        weights_dir=args.weights_dir,
+        clip_model=args.clip_model,
+        clip_fill=args.clip_fill,
+        tolerance=args.tolerance,
+        band=args.band,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    try:
+        report = evaluate(
+            predictions,
+            args.gt,
+            args.records,
+            args.split,
+            settings,
+            log=lambda message: print(f"warning: {message}", file=sys.stderr),
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    table = format_markdown(report)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(to_json(report), indent=2, allow_nan=False) + "\n")
+    (out / "metrics.md").write_text(table)
+    print(table)
+    print(f"wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
+    return 0
