@@ -278,7 +278,7 @@ def test_stage2_trains_controlnet_and_pmam_then_exports_a_working_pipeline(asset
                    "--pretrained_model_name_or_path", stage1_pipeline,
                    "--controlnet_model_name_or_path", assets.controlnet, "--report_to", "tensorboard",
                    "--num_validation_samples", 1, "--validation_steps", 3, "--validation_inference_steps", 2,
-                   "--validation_guidance_scale", 1.0),
+                   "--validation_guidance_scale", 1.0, "--mixed_precision", "bf16", "--gradient_checkpointing"),
     )  # fmt: skip
     assert result.global_step == 3 and all(torch.isfinite(torch.tensor(result.losses)))
     pipeline = result.pipeline_dir
@@ -288,6 +288,8 @@ def test_stage2_trains_controlnet_and_pmam_then_exports_a_working_pipeline(asset
         assert torch.equal(before[key], after[key]) != key.startswith("pmams."), key
     controlnet_before = _tensors(assets.controlnet, "diffusion_pytorch_model.safetensors")
     controlnet_after = _tensors(pipeline / "controlnet", "diffusion_pytorch_model.safetensors")
+    trained = _tensors(out / "checkpoint-2" / "controlnet", "diffusion_pytorch_model.safetensors")
+    assert {t.dtype for t in trained.values()} == {torch.float32}  # bf16 autocast, fp32 trainable weights
     assert all(not torch.equal(controlnet_before[k], controlnet_after[k]) for k in controlnet_before)
     unet_before = _tensors(assets.base / "unet", "diffusion_pytorch_model.safetensors")
     unet_after = _tensors(pipeline / "unet", "diffusion_pytorch_model.safetensors")

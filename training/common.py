@@ -441,6 +441,35 @@ def _peak_memory(device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
 
 
+def start_run(args):
+    """Accelerator + logging + seed (not device-specific: fresh modules initialise identically on
+    every process) + output folder + TF32."""
+    from accelerate.utils import set_seed
+
+    accelerator = make_accelerator(args)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    logger.info(accelerator.state)
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    if getattr(args, "allow_tf32", False) and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+    return accelerator
+
+
+def make_dataloader(args, dataset):
+    """The (not yet prepared) training loader; ``accelerator.prepare`` shards it by process and
+    replaces its sampler by a seeded one (the order is a function of seed and epoch)."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.train_batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        num_workers=args.dataloader_num_workers,
+        drop_last=False,
+    )
+
+
 def make_accelerator(args):
     """The Accelerator of a run (seedable data sampler, trackers under ``output_dir/logging_dir``)."""
     from accelerate import Accelerator
@@ -544,19 +573,7 @@ def train(args, stage: int, build_components, script: str) -> TrainResult:
             initialise identically on every process).
         script: the script's name, for the model card.
     """
-    from accelerate.utils import set_seed
-    from diffusers.optimization import get_scheduler
-    from tqdm.auto import tqdm
-
-    accelerator = make_accelerator(args)
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    logger.info(accelerator.state)
-    set_seed(args.seed)  # not device-specific: fresh modules initialise identically on every process
-    output_dir = Path(args.output_dir)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    if args.allow_tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
+    accelerator = start_run(args)
 
     # 1. Models: frozen parts in the mixed-precision dtype, trainable weights in fp32
     c = build_components(args)
@@ -630,167 +647,65 @@ def train(args, stage: int, build_components, script: str) -> TrainResult:
     check_resolution(args.resolution, c.vae, c.unet)
     records = load_training_records(args.train_data, args.train_split, args.cache_dir)
     dataset = InstanceColorizationDataset(records, augment, seed=args.seed)
-    train_dataloader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=args.train_batch_size,
-        shuffle=True,
-        collate_fn=collate,
-        num_workers=args.dataloader_num_workers,
-        drop_last=False,
-    )
+    train_dataloader = make_dataloader(args, dataset)
     val_records = validation_records(args, records)
 
-    # 4. Schedule (accelerate steps the scheduler once per process per optimizer step)
-    updates_per_epoch = math.ceil(
-        len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps
-    )
-    if args.max_train_steps is not None:
-        max_train_steps = args.max_train_steps
-    elif args.num_train_epochs is not None:
-        max_train_steps = args.num_train_epochs * updates_per_epoch
-    else:
-        max_train_steps = PAPER_STEPS[stage]
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_train_steps * accelerator.num_processes,
-        num_cycles=args.lr_num_cycles,
-        power=args.lr_power,
-    )
+    # 4. Schedule, prepare, resume and train
+    max_train_steps = resolve_max_train_steps(args, accelerator, len(train_dataloader), PAPER_STEPS[stage])
+    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator, max_train_steps)
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, lr_scheduler
     )
     if ema is not None:
         ema.to(accelerator.device)
-    updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
     if accelerator.is_main_process:
         config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers(args.tracker_project_name, config=config)
 
-    # 5. Resume: weights, optimiser, scheduler, RNG (load_state) + data position (skip batches)
-    global_step = 0
-    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
-    if args.resume_from_checkpoint and checkpoint is None:
-        logger.info(f"no complete checkpoint in {output_dir}; starting a new run")
-    run_info = {
-        "stage": stage,
-        "num_processes": accelerator.num_processes,
-        "train_batch_size": args.train_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "seed": args.seed,
-    }
-    if checkpoint is not None:
-        marker = json.loads((checkpoint / CHECKPOINT_MARKER).read_text(encoding="utf-8"))
-        changed = {k: (marker.get(k), v) for k, v in run_info.items() if marker.get(k) != v}
-        if "stage" in changed:
-            raise ValueError(
-                f"{checkpoint} is a stage-{marker.get('stage')} checkpoint; this is stage {stage}."
-            )
-        if changed:
-            logger.warning(f"resuming with changed settings {changed}: the data position is only approximate")
-        accelerator.load_state(str(checkpoint))
-        global_step = int(marker["step"])
-        logger.info(f"resumed from {checkpoint} at step {global_step}")
-    first_epoch = global_step // updates_per_epoch
-    skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
-
-    # 6. Train
-    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    logger.info(
-        f"***** stage {stage}: {len(dataset)} records, {max_train_steps} steps, {updates_per_epoch} steps/epoch, "
-        f"batch {args.train_batch_size} x {accelerator.num_processes} processes x "
-        f"{args.gradient_accumulation_steps} accumulation = {total_batch} *****"
-    )
     prediction_type = args.prediction_type or c.noise_scheduler.config.prediction_type
     shape = latent_shape(c.vae, args.resolution)
     update_rows = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    result = TrainResult(
-        output_dir, None, global_step, trainable_parameters=num_trainable, total_parameters=num_total
-    )
-    progress = tqdm(
-        range(max_train_steps),
-        initial=global_step,
-        desc="steps",
-        disable=not accelerator.is_local_main_process,
-    )
-    window_losses: list[torch.Tensor] = []
-    micro_step = 0
-    tic = time.perf_counter()
-    for epoch in range(first_epoch, num_epochs):
-        if global_step >= max_train_steps:
-            break
-        dataset.set_epoch(epoch)
-        train_dataloader.set_epoch(epoch)
-        loader = train_dataloader
-        if epoch == first_epoch and skip_batches:
-            loader = accelerator.skip_first_batches(train_dataloader, skip_batches)
-        for batch in loader:
-            micro_position = micro_step * accelerator.num_processes + accelerator.process_index
-            draws = draw_step(
-                args.seed,
-                global_step,
-                shape,
-                c.noise_scheduler.config.num_train_timesteps,
-                update_rows,
-                micro_position * args.train_batch_size,
-                batch["pixel_values"].shape[0],
-            )
-            with accelerator.accumulate(model), accelerator.autocast():
-                loss = compute_loss(
-                    model,
-                    c,
-                    batch,
-                    draws,
-                    stage=stage,
-                    weight_dtype=weight_dtype,
-                    prediction_type=prediction_type,
-                )
-                accelerator.backward(loss)
-                if result.steps_run == 0 and micro_step == 0:
-                    check_gradients(accelerator, trainable)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(trainable_params, args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            window_losses.append(loss.detach())
-            micro_step += 1
-            if not accelerator.sync_gradients:
-                continue
-            if ema is not None:
-                ema.step(trainable_params)
-            step_loss = accelerator.gather(torch.stack(window_losses).mean()[None]).mean().item()
-            window_losses, micro_step = [], 0
-            global_step += 1
-            result.losses.append(step_loss)
-            result.steps_run += 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.4f}")
-            accelerator.log({"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
-            paused = time.perf_counter()
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(
-                    accelerator,
-                    output_dir,
-                    global_step,
-                    args.checkpoints_total_limit,
-                    {**run_info, "epoch": epoch},
-                )
-            if val_records and global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                log_validation(
-                    accelerator, model, c, val_records, args, global_step, weight_dtype, ema, trainable_params
-                )
-            tic += time.perf_counter() - paused
-            if global_step >= max_train_steps:
-                break
-    result.train_seconds = time.perf_counter() - tic
-    result.global_step = global_step
-    result.peak_memory_bytes = _peak_memory(accelerator.device)
-    check_replicas_in_sync(accelerator, trainable_params)
 
-    # 7. Final validation and the pipeline folder with its model card
+    def loss_fn(batch, step, micro_position):
+        draws = draw_step(
+            args.seed,
+            step,
+            shape,
+            c.noise_scheduler.config.num_train_timesteps,
+            update_rows,
+            micro_position * args.train_batch_size,
+            batch["pixel_values"].shape[0],
+        )
+        return compute_loss(
+            model, c, batch, draws, stage=stage, weight_dtype=weight_dtype, prediction_type=prediction_type
+        )
+
+    def validate(step):
+        return log_validation(
+            accelerator, model, c, val_records, args, step, weight_dtype, ema, trainable_params
+        )
+
+    result = run_training_loop(
+        accelerator,
+        args,
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        dataloader=train_dataloader,
+        dataset=dataset,
+        loss_fn=loss_fn,
+        trainable=trainable,
+        max_train_steps=max_train_steps,
+        run_info={"stage": stage},
+        ema=ema,
+        validate=validate if val_records else None,
+        description=f"stage {stage}",
+    )
+    result.trainable_parameters, result.total_parameters = num_trainable, num_total
+    global_step = result.global_step
+    total_batch = update_rows
+
+    # 5. Final validation and the pipeline folder with its model card
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         metrics = {}
@@ -863,3 +778,168 @@ def _hyperparameters(args) -> dict:
         for k, v in sorted(vars(args).items())
         if k not in skip and isinstance(v, (int, float, str, bool, type(None), list, dict))
     }
+
+
+def resolve_max_train_steps(args, accelerator, num_batches: int, default: int) -> int:
+    """``--max_train_steps``, else ``--num_train_epochs`` x steps per epoch, else ``default``."""
+    if args.max_train_steps is not None:
+        return args.max_train_steps
+    if args.num_train_epochs is not None:
+        per_process = math.ceil(num_batches / accelerator.num_processes)
+        return args.num_train_epochs * math.ceil(per_process / args.gradient_accumulation_steps)
+    return default
+
+
+def make_lr_scheduler(args, optimizer, accelerator, max_train_steps: int):
+    """diffusers' ``get_scheduler``; accelerate steps it once per process per optimizer step."""
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+        num_cycles=args.lr_num_cycles,
+        power=args.lr_power,
+    )
+
+
+def run_training_loop(
+    accelerator,
+    args,
+    *,
+    model,
+    optimizer,
+    lr_scheduler,
+    dataloader,
+    dataset,
+    loss_fn,
+    trainable: list[tuple[str, nn.Parameter]],
+    max_train_steps: int,
+    run_info: dict,
+    ema=None,
+    validate=None,
+    description: str = "training",
+) -> TrainResult:
+    """The optimisation loop shared by every trainer of this folder (after ``accelerator.prepare``).
+
+    Resumes from ``--resume_from_checkpoint`` (weights, optimiser, scheduler and RNG through
+    ``accelerator.load_state``; the data position by skipping the consumed batches of the epoch),
+    accumulates gradients, clips, steps, updates the EMA, logs the loss, checkpoints every
+    ``--checkpointing_steps`` and calls ``validate(step)`` (main process) every ``--validation_steps``.
+
+    Args:
+        loss_fn: ``f(batch, step, micro_position) -> loss``; ``micro_position`` is the index of this
+            process's micro-batch within the optimizer step (``micro * processes + process``), so
+            random draws can be made independent of the process count (see ``draw_step``).
+        trainable: ``(name, parameter)`` pairs that the optimiser updates.
+        run_info: facts stored in every checkpoint marker; resuming a checkpoint whose ``stage`` or
+            ``phase`` differs raises, other differences are logged.
+    """
+    from tqdm.auto import tqdm
+
+    output_dir = Path(args.output_dir)
+    params = [p for _, p in trainable]
+    run_info = {
+        **run_info,
+        "num_processes": accelerator.num_processes,
+        "train_batch_size": args.train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "seed": args.seed,
+    }
+    updates_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
+    global_step = 0
+    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
+    if args.resume_from_checkpoint and checkpoint is None:
+        logger.info(f"no complete checkpoint in {output_dir}; starting a new run")
+    if checkpoint is not None:
+        marker = json.loads((checkpoint / CHECKPOINT_MARKER).read_text(encoding="utf-8"))
+        changed = {k: (marker.get(k), v) for k, v in run_info.items() if marker.get(k) != v}
+        for key in ("stage", "phase"):
+            if key in changed:
+                raise ValueError(
+                    f"{checkpoint} was written with {key}={changed[key][0]!r}; this run has {key}={changed[key][1]!r}."
+                )
+        if changed:
+            logger.warning(f"resuming with changed settings {changed}: the data position is only approximate")
+        accelerator.load_state(str(checkpoint))
+        global_step = int(marker["step"])
+        logger.info(f"resumed from {checkpoint} at step {global_step}")
+    first_epoch = global_step // updates_per_epoch
+    skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info(
+        f"***** {description}: {len(dataset)} records, {max_train_steps} steps, {updates_per_epoch} steps/epoch, "
+        f"batch {args.train_batch_size} x {accelerator.num_processes} processes x "
+        f"{args.gradient_accumulation_steps} accumulation = {total_batch} *****"
+    )
+    result = TrainResult(output_dir, None, global_step)
+    progress = tqdm(
+        range(max_train_steps),
+        initial=global_step,
+        desc="steps",
+        disable=not accelerator.is_local_main_process,
+    )
+    window_losses: list[torch.Tensor] = []
+    micro_step = 0
+    tic = time.perf_counter()
+    for epoch in range(first_epoch, num_epochs):
+        if global_step >= max_train_steps:
+            break
+        dataset.set_epoch(epoch)
+        dataloader.set_epoch(epoch)
+        loader = dataloader
+        if epoch == first_epoch and skip_batches:
+            loader = accelerator.skip_first_batches(dataloader, skip_batches)
+        for batch in loader:
+            micro_position = micro_step * accelerator.num_processes + accelerator.process_index
+            with accelerator.accumulate(model), accelerator.autocast():
+                loss = loss_fn(batch, global_step, micro_position)
+                accelerator.backward(loss)
+                if result.steps_run == 0 and micro_step == 0:
+                    check_gradients(accelerator, trainable)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            window_losses.append(loss.detach())
+            micro_step += 1
+            if not accelerator.sync_gradients:
+                continue
+            if ema is not None:
+                ema.step(params)
+            step_loss = accelerator.gather(torch.stack(window_losses).mean()[None]).mean().item()
+            window_losses, micro_step = [], 0
+            global_step += 1
+            result.losses.append(step_loss)
+            result.steps_run += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{step_loss:.4f}")
+            accelerator.log({"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
+            paused = time.perf_counter()
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(
+                    accelerator,
+                    output_dir,
+                    global_step,
+                    args.checkpoints_total_limit,
+                    {**run_info, "epoch": epoch},
+                )
+            if (
+                validate is not None
+                and global_step % args.validation_steps == 0
+                and accelerator.is_main_process
+            ):
+                validate(global_step)
+            tic += time.perf_counter() - paused
+            if global_step >= max_train_steps:
+                break
+    progress.close()
+    result.train_seconds = time.perf_counter() - tic
+    result.global_step = global_step
+    result.peak_memory_bytes = _peak_memory(accelerator.device)
+    check_replicas_in_sync(accelerator, params)
+    return result
