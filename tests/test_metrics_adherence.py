@@ -40,9 +40,10 @@ def _at_lightness(word: str, lightness: float) -> torch.Tensor:
 
 
 def test_lexicon_painted_scenes_adhere_perfectly_and_a_repaint_fails():
-    words = list(LEXICON.words)
     per_scene = 4
-    scenes = [words[i : i + per_scene] for i in range(0, len(words) - per_scene + 1, per_scene)]
+    words = list(LEXICON.words)
+    words += words[: -len(words) % per_scene]  # every word of the lexicon, in full scenes of 4
+    scenes = [words[i : i + per_scene] for i in range(0, len(words), per_scene)]
     label_map = _label_map(per_scene)
     images = torch.stack([_paint(label_map, [_rgb(w) for w in scene]) for scene in scenes])
     texts = [[f"a {w} object" for w in scene] for scene in scenes]

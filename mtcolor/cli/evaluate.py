@@ -26,8 +26,9 @@ _WEIGHT_OPTIONS = (
 
 
 def _prediction(value: str) -> tuple[str, str]:
+    """``NAME=DIR`` -> (NAME, DIR); a plain ``DIR`` (even one containing "=" after a "/") -> ("", DIR)."""
     name, sep, folder = value.partition("=")
-    return (name, folder) if sep and name else ("", value)
+    return (name, folder) if sep and name and "/" not in name else ("", value)
 
 
 #: The metric names of :data:`mtcolor.metrics.evaluation.METRICS` (repeated here so that building the

@@ -146,6 +146,7 @@ def _build_metrics(settings: EvaluationSettings, have_gt: bool, have_records: bo
     """Instantiate the requested metrics; returns (callables by name, skip reasons by name)."""
     from .weights import MetricWeightsError
 
+    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
     built, skipped = {}, {}
     for name in settings.metrics:
         if name in _NEEDS_GT and not have_gt:
@@ -163,20 +164,20 @@ def _build_metrics(settings: EvaluationSettings, have_gt: bool, have_records: bo
                     settings.weights.get(name),
                     backbone_weights=settings.weights.get("lpips_backbone"),
                     weights_dir=settings.weights_dir,
-                    device=settings.device,
+                    device=device,
                 )
             elif name == "fid":
                 from .fid import InceptionFeatures
 
                 built[name] = InceptionFeatures.from_weights(
-                    settings.weights.get("fid"), settings.weights_dir, device=settings.device
+                    settings.weights.get("fid"), settings.weights_dir, device=device
                 )
             elif name in ("clip_score", "instance_clip_score"):
                 if "clip" not in built:
                     from .clip import ClipScorer
 
                     built["clip"] = ClipScorer.from_pretrained(
-                        settings.weights.get("clip"), settings.clip_model, device=settings.device
+                        settings.weights.get("clip"), settings.clip_model, device=device
                     )
                 built[name] = built["clip"]
             else:
