@@ -56,10 +56,12 @@ class ClipScorer:
         """Wrap an open_clip model; ``model_name`` (``"ViT-B-32"``, ``"local-dir:PATH"`` ...) picks the tokenizer."""
         import open_clip
 
-        cfg = model.visual.preprocess_cfg
+        cfg = getattr(model.visual, "preprocess_cfg", {})  # open_clip < 2.24 has none: OpenAI's values
         size = cfg.get("size", model.visual.image_size)
         size = size[0] if isinstance(size, (tuple, list)) else size
-        return cls(model, open_clip.get_tokenizer(model_name), size, cfg["mean"], cfg["std"])
+        mean = cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)
+        std = cfg.get("std", open_clip.OPENAI_DATASET_STD)
+        return cls(model, open_clip.get_tokenizer(model_name), size, mean, std)
 
     @classmethod
     def from_pretrained(cls, weights, model_name: str | None = None, device=None) -> ClipScorer:
