@@ -345,3 +345,30 @@ def test_accelerate_launch_with_two_cpu_processes_matches_one_process(assets, st
     assert not torch.equal(two["null_token"], initial["null_token"])
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=0, atol=2e-6, msg=key)
+
+
+def test_train_base_writes_an_sd_layout_model_that_stage1_loads(assets):
+    from training import train_base
+    from training.mtcolor_model import load_base_models
+
+    out = assets.root / "base_model"
+    common_argv = ["--train_data", assets.data, "--output_dir", out, "--cache_dir", assets.cache,
+                   "--train_batch_size", 2, "--max_train_steps", 2, "--checkpointing_steps", 2,
+                   "--report_to", "none", "--num_validation_samples", 1, "--validation_steps", 2,
+                   "--validation_inference_steps", 2]  # fmt: skip
+    vae = run_stage(train_base, ["--phase", "vae", *common_argv])
+    unet = run_stage(train_base, ["--phase", "unet", *common_argv])
+    assert vae.global_step == unet.global_step == 2
+    assert all(torch.isfinite(torch.tensor(vae.losses + unet.losses)))
+    assert (out / "vae_training" / "checkpoint-2").is_dir() and (
+        out / "unet_training" / "checkpoint-2"
+    ).is_dir()
+    model = out / "model"
+    args = stage1.parse_args(
+        [str(a) for a in ["--pretrained_model_name_or_path", model, "--train_data", assets.data]]
+    )
+    vae_model, text_encoder, tokenizer, unet_model, scheduler = load_base_models(args)
+    assert vae_model.config.scaling_factor != 0.18215  # measured on the data
+    assert unet_model.config.cross_attention_dim == text_encoder.config.hidden_size
+    assert tokenizer.pad_token_id == 49407 and scheduler.config.prediction_type == "epsilon"
+    assert "StableDiffusionPipeline" in (model / "README.md").read_text()

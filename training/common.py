@@ -65,6 +65,20 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
 # arguments
 def build_parser(description: str, stage: int) -> argparse.ArgumentParser:
     """The flags every MT-Color trainer shares; stage scripts add their own groups."""
+    parser = new_parser(description)
+    add_model_arguments(parser)
+    add_data_arguments(parser, instances=True)
+    add_training_arguments(
+        parser,
+        output_dir=f"mtcolor-stage{stage}",
+        project=f"mtcolor_stage{stage}",
+        steps_help=f"the paper's {PAPER_STEPS[stage]}",
+    )
+    return parser
+
+
+def new_parser(description: str) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` with ``--config`` (a YAML file of flag values)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--config",
@@ -72,6 +86,11 @@ def build_parser(description: str, stage: int) -> argparse.ArgumentParser:
         default=None,
         help="YAML file whose keys are flag names; command-line flags override it.",
     )
+    return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the SD-1.5-layout base model comes from, and the masked attention options."""
     group = parser.add_argument_group("model")
     group.add_argument(
         "--pretrained_model_name_or_path",
@@ -81,9 +100,6 @@ def build_parser(description: str, stage: int) -> argparse.ArgumentParser:
     )
     group.add_argument("--revision", type=str, default=None, help="Revision of the hub model.")
     group.add_argument("--variant", type=str, default=None, help="Weight variant to load, e.g. fp16.")
-    group.add_argument(
-        "--cache_dir", type=str, default=None, help="Cache folder for hub models and datasets."
-    )
     group.add_argument(
         "--attention_mode",
         default=None,
@@ -96,7 +112,13 @@ def build_parser(description: str, stage: int) -> argparse.ArgumentParser:
         help="Masked attention implementation (mtcolor.attention.kernels).",
     )
 
+
+def add_data_arguments(parser: argparse.ArgumentParser, instances: bool = True) -> None:
+    """Training / validation data and augmentation (``instances``: the MT-Color instance flags)."""
     group = parser.add_argument_group("data")
+    group.add_argument(
+        "--cache_dir", type=str, default=None, help="Cache folder for hub models and datasets."
+    )
     group.add_argument(
         "--train_data", type=str, default=None, help="Record dataset folder (parquet shards) or hub id."
     )
@@ -124,37 +146,43 @@ def build_parser(description: str, stage: int) -> argparse.ArgumentParser:
     )
     group.add_argument("--random_flip", type=float, default=0.0, help="Probability of a horizontal flip.")
     group.add_argument(
-        "--instance_dropout",
-        type=float,
-        default=PAPER_INSTANCE_DROPOUT,
-        help="Probability of the null instance condition (no masks, no instance texts); paper: 0.5.",
-    )
-    group.add_argument(
         "--prompt_dropout",
         type=float,
         default=0.1,
         help="Probability that the global prompt is replaced by ''.",
     )
-    group.add_argument(
-        "--max_instances", type=int, default=None, help="Keep at most this many (largest) instances."
-    )
-    group.add_argument(
-        "--min_instance_pixels",
-        type=int,
-        default=1,
-        help="Drop instances smaller than this at the training resolution.",
-    )
+    if instances:
+        group.add_argument(
+            "--instance_dropout",
+            type=float,
+            default=PAPER_INSTANCE_DROPOUT,
+            help="Probability of the null instance condition (no masks, no instance texts); paper: 0.5.",
+        )
+        group.add_argument(
+            "--max_instances", type=int, default=None, help="Keep at most this many (largest) instances."
+        )
+        group.add_argument(
+            "--min_instance_pixels",
+            type=int,
+            default=1,
+            help="Drop instances smaller than this at the training resolution.",
+        )
     group.add_argument("--dataloader_num_workers", type=int, default=0)
 
+
+def add_training_arguments(
+    parser: argparse.ArgumentParser, *, output_dir: str, project: str, steps_help: str
+) -> None:
+    """Optimisation, mixed precision, logging, checkpoint and validation flags."""
     group = parser.add_argument_group("optimisation")
-    group.add_argument("--output_dir", type=str, default=f"mtcolor-stage{stage}")
+    group.add_argument("--output_dir", type=str, default=output_dir)
     group.add_argument("--seed", type=int, default=0, help="Seed of initialisation, data order and noise.")
     group.add_argument("--train_batch_size", type=int, default=4, help="Batch size per process.")
     group.add_argument(
         "--max_train_steps",
         type=int,
         default=None,
-        help=f"Optimizer steps (default: --num_train_epochs if given, else the paper's {PAPER_STEPS[stage]}).",
+        help=f"Optimizer steps (default: --num_train_epochs if given, else {steps_help}).",
     )
     group.add_argument(
         "--num_train_epochs", type=int, default=None, help="Epochs, when --max_train_steps is unset."
@@ -207,7 +235,7 @@ def build_parser(description: str, stage: int) -> argparse.ArgumentParser:
     group = parser.add_argument_group("logging, checkpoints, validation")
     group.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none.")
     group.add_argument("--logging_dir", default="logs", help="Tracker folder, relative to --output_dir.")
-    group.add_argument("--tracker_project_name", default=f"mtcolor_stage{stage}")
+    group.add_argument("--tracker_project_name", default=project)
     group.add_argument(
         "--checkpointing_steps", type=int, default=500, help="save_state every N optimizer steps."
     )
@@ -226,7 +254,6 @@ def build_parser(description: str, stage: int) -> argparse.ArgumentParser:
     )
     group.add_argument("--validation_inference_steps", type=int, default=20)
     group.add_argument("--validation_guidance_scale", type=float, default=7.5)
-    return parser
 
 
 def load_config_file(path: str, parser: argparse.ArgumentParser) -> dict:
@@ -260,7 +287,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
         parser.set_defaults(**load_config_file(known.config, parser))
     args = parser.parse_args(argv)
 
-    if not args.pretrained_model_name_or_path:
+    if hasattr(args, "pretrained_model_name_or_path") and not args.pretrained_model_name_or_path:
         parser.error("--pretrained_model_name_or_path is required (an SD-1.5-layout folder or hub id).")
     if not args.train_data:
         parser.error("--train_data is required (a dataset_builder record folder or a datasets hub id).")
@@ -273,7 +300,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
         if getattr(args, name) < 1:
             parser.error(f"--{name}={getattr(args, name)}; pass a positive integer.")
     for name in ("max_train_steps", "num_train_epochs", "checkpoints_total_limit", "max_instances"):
-        value = getattr(args, name)
+        value = getattr(args, name, None)
         if value is not None and value < (0 if name == "max_instances" else 1):
             parser.error(f"--{name}={value}; pass a positive integer or leave it unset.")
     if args.resolution < 8 or args.resolution % 8:
@@ -283,10 +310,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
             f"--crop_scale_min={args.crop_scale_min} --crop_scale_max={args.crop_scale_max}; need 0 < min <= max <= 1."
         )
     for name in ("random_flip", "instance_dropout", "prompt_dropout"):
-        if not 0 <= getattr(args, name) <= 1:
+        if not 0 <= getattr(args, name, 0) <= 1:
             parser.error(f"--{name}={getattr(args, name)}; pass a probability in [0, 1].")
     if args.learning_rate <= 0:
-        parser.error(f"--learning_rate={args.learning_rate}; pass a positive value (paper: 5e-5).")
+        parser.error(f"--learning_rate={args.learning_rate}; pass a positive value (MT-Color paper: 5e-5).")
     if args.lr_warmup_steps < 0:
         parser.error(f"--lr_warmup_steps={args.lr_warmup_steps}; pass >= 0 (paper: 500).")
     if args.num_validation_samples < 0:
@@ -295,7 +322,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
         )
     if not 0 < args.ema_decay < 1:
         parser.error(f"--ema_decay={args.ema_decay}; pass a value in (0, 1).")
-    if args.min_instance_pixels < 1:
+    if getattr(args, "min_instance_pixels", 1) < 1:
         parser.error(f"--min_instance_pixels={args.min_instance_pixels}; pass >= 1.")
     if args.dataloader_num_workers < 0:
         parser.error(f"--dataloader_num_workers={args.dataloader_num_workers}; pass >= 0.")
@@ -428,7 +455,7 @@ class TrainResult:
         return self.steps_run / self.train_seconds if self.train_seconds > 0 else float("nan")
 
 
-def _weight_dtype(accelerator) -> torch.dtype:
+def weight_dtype_of(accelerator) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
 
@@ -494,7 +521,7 @@ def make_accelerator(args):
     return accelerator
 
 
-def _make_optimizer(args, parameters, accelerator):
+def make_optimizer(args, parameters, accelerator):
     learning_rate = args.learning_rate
     if args.scale_lr:
         learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
@@ -516,10 +543,32 @@ def _make_optimizer(args, parameters, accelerator):
     )
 
 
-def _register_hooks(accelerator, ema, trainable_params):
-    """save_state / load_state store the adapter (and ControlNet) as save_pretrained folders and
-    the EMA as safetensors, instead of the whole wrapper (which holds the frozen UNet)."""
+def register_ema_hooks(accelerator, ema, params) -> None:
+    """save_state / load_state keep the EMA as ``ema.safetensors`` + ``ema.json`` (no pickle)."""
     from safetensors.torch import load_file, save_file
+
+    def save_hook(models, weights, folder):
+        if accelerator.is_main_process:
+            state = ema.state_dict()
+            shadow = state.pop("shadow_params")
+            tensors = {f"{i:05d}": t.detach().contiguous().cpu() for i, t in enumerate(shadow)}
+            save_file(tensors, os.path.join(folder, "ema.safetensors"))
+            Path(folder, "ema.json").write_text(json.dumps(state), encoding="utf-8")
+
+    def load_hook(models, folder):
+        tensors = load_file(os.path.join(folder, "ema.safetensors"))
+        state = json.loads(Path(folder, "ema.json").read_text(encoding="utf-8"))
+        state["shadow_params"] = [tensors[k] for k in sorted(tensors)]
+        ema.load_state_dict(state)
+        ema.to(params[0].device)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def register_adapter_hooks(accelerator) -> None:
+    """save_state / load_state store the adapter (and ControlNet) of the :class:`MTColorTrainingModel`
+    as ``save_pretrained`` folders instead of the whole wrapper (which holds the frozen UNet)."""
 
     def save_hook(models, weights, folder):
         if accelerator.is_main_process:
@@ -528,14 +577,6 @@ def _register_hooks(accelerator, ema, trainable_params):
                 model.adapter.save_pretrained(os.path.join(folder, "adapter"))
                 if model.controlnet is not None:
                     model.controlnet.save_pretrained(os.path.join(folder, "controlnet"))
-            if ema is not None:
-                state = ema.state_dict()
-                shadow = state.pop("shadow_params")
-                save_file(
-                    {f"{i:05d}": t.detach().contiguous().cpu() for i, t in enumerate(shadow)},
-                    os.path.join(folder, "ema.safetensors"),
-                )
-                Path(folder, "ema.json").write_text(json.dumps(state), encoding="utf-8")
         while weights:  # everything is saved above; do not let accelerate save the frozen UNet too
             weights.pop()
 
@@ -544,7 +585,7 @@ def _register_hooks(accelerator, ema, trainable_params):
 
         from mtcolor.models.adapter import MTColorAdapter
 
-        while models:
+        while models:  # (empty under DeepSpeed, which restores its own checkpoint)
             model = accelerator.unwrap_model(models.pop())
             loaded = MTColorAdapter.from_pretrained(os.path.join(folder, "adapter"))
             model.adapter.load_state_dict(loaded.state_dict())
@@ -552,15 +593,20 @@ def _register_hooks(accelerator, ema, trainable_params):
                 loaded = ControlNetModel.from_pretrained(os.path.join(folder, "controlnet"))
                 model.controlnet.load_state_dict(loaded.state_dict())
             del loaded
-        if ema is not None:
-            tensors = load_file(os.path.join(folder, "ema.safetensors"))
-            state = json.loads(Path(folder, "ema.json").read_text(encoding="utf-8"))
-            state["shadow_params"] = [tensors[k] for k in sorted(tensors)]
-            ema.load_state_dict(state)
-            ema.to(trainable_params[0].device)
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
+
+
+def make_ema(args, accelerator, params):
+    """diffusers' ``EMAModel`` of ``params`` when ``--use_ema`` (checkpointed as safetensors), else None."""
+    if not args.use_ema:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    ema = EMAModel(params, decay=args.ema_decay)
+    register_ema_hooks(accelerator, ema, params)
+    return ema
 
 
 def train(args, stage: int, build_components, script: str) -> TrainResult:
@@ -595,7 +641,7 @@ def train(args, stage: int, build_components, script: str) -> TrainResult:
         c.unet.enable_gradient_checkpointing()
         if c.controlnet is not None:
             c.controlnet.enable_gradient_checkpointing()
-    weight_dtype = _weight_dtype(accelerator)
+    weight_dtype = weight_dtype_of(accelerator)
     for frozen in (c.vae, c.text_encoder, c.unet):
         frozen.requires_grad_(False)
         if weight_dtype == torch.float32:
@@ -623,15 +669,11 @@ def train(args, stage: int, build_components, script: str) -> TrainResult:
         f"stage {stage}: {len(trainable)} trainable tensors, {num_trainable:,} of {num_total:,} parameters"
     )
 
-    ema = None
-    if args.use_ema:
-        from diffusers.training_utils import EMAModel
-
-        ema = EMAModel(trainable_params, decay=args.ema_decay)
-    _register_hooks(accelerator, ema, trainable_params)
+    register_adapter_hooks(accelerator)
+    ema = make_ema(args, accelerator, trainable_params)
 
     # 2. Optimiser
-    optimizer = _make_optimizer(args, trainable_params, accelerator)
+    optimizer = make_optimizer(args, trainable_params, accelerator)
 
     # 3. Data
     augment = AugmentConfig(
