@@ -67,23 +67,28 @@ def fit_chroma_to_gamut(lightness: torch.Tensor, ab: torch.Tensor, iterations: i
     Returns:
         ab (..., 2, H, W) scaled by the largest factor in [0, 1] (found by bisection to
         ``2**-iterations``) whose colour lies in the sRGB gamut, so that converting to RGB needs no
-        clipping and keeps L.
+        clipping and keeps L. Only out-of-gamut pixels are bisected.
     """
 
-    def inside(scale: torch.Tensor) -> torch.Tensor:
-        rgb = kornia.color.lab_to_rgb(torch.cat([lightness, ab * scale], dim=-3), clip=False)
-        return ((rgb >= -1e-4) & (rgb <= 1 + 1e-4)).all(dim=-3, keepdim=True)
+    def inside(lab: torch.Tensor) -> torch.Tensor:  # lab (3, K, 1) -> (K, 1) bool
+        rgb = kornia.color.lab_to_rgb(lab, clip=False)
+        return ((rgb >= -1e-4) & (rgb <= 1 + 1e-4)).all(dim=0)
 
-    ones = torch.ones_like(lightness)
-    ok = inside(ones)
-    if bool(ok.all()):
+    lab = torch.cat([lightness, ab], dim=-3).movedim(-3, 0).reshape(3, -1, 1)  # (3, K, 1) pixels
+    bad = (~inside(lab)).flatten().nonzero().flatten()
+    if bad.numel() == 0:
         return ab
-    lo, hi = torch.zeros_like(lightness), ones
+    pixels = lab[:, bad]  # (3, k, 1)
+    lo = torch.zeros(1, bad.numel(), 1, dtype=lab.dtype, device=lab.device)
+    hi = torch.ones_like(lo)
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        good = inside(mid)
+        good = inside(torch.cat([pixels[:1], pixels[1:] * mid]))[None]
         lo, hi = torch.where(good, mid, lo), torch.where(good, hi, mid)
-    return ab * torch.where(ok, ones, lo)
+    scale = torch.ones(lab.shape[1], dtype=lab.dtype, device=lab.device)
+    scale[bad] = lo.flatten()
+    scale = scale.view(*lightness.shape[:-3], *lightness.shape[-2:]).unsqueeze(-3)  # (..., 1, H, W)
+    return ab * scale
 
 
 def recombine_luminance(lightness: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
