@@ -47,7 +47,7 @@ def build_parser():
     group.add_argument(
         "--controlnet_conditioning_channels",
         type=int,
-        nargs=4,
+        nargs="+",
         default=None,
         help="conditioning_embedding_out_channels of a new ControlNet (default: diffusers' 16 32 96 256).",
     )
