@@ -51,7 +51,8 @@ def explicit_dense(q, k, v, q_labels, k_labels, mode):
 
 
 def label_cases():
-    """(name, q_labels, k_labels, num_q, num_k)."""
+    """(name, q_labels, k_labels); "own_label" has more labels (16) than the head dim (8), so paper
+    mode needs two one-hot chunks."""
     batch = 2
     return [
         ("random", random_labels(batch, 24, 4, 1), random_labels(batch, 24, 4, 2)),

@@ -400,7 +400,14 @@ def _token_major(x: torch.Tensor) -> torch.Tensor:
 
 def _segments(q, k, v, partition: LabelPartition, scale: float) -> torch.Tensor:
     batch, heads, num_q, _ = q.shape
-    dv = v.shape[-1]
+    pieces = _segment_outputs(q, k, v, partition, scale)  # sorted order; the sorted inputs are freed
+    out = _Permute.apply(torch.cat(pieces), partition.q_inverse, partition.q_order)
+    return out.view(batch, num_q, heads, v.shape[-1]).transpose(1, 2)
+
+
+def _segment_outputs(q, k, v, partition: LabelPartition, scale: float) -> list[torch.Tensor]:
+    """One ``(n, H, dv)`` output per ``(b, label)`` group that has queries, in sorted query order."""
+    heads, dv = q.shape[1], v.shape[-1]
     k_order, k_inverse = partition.k_order, partition.k_inverse
     # Sorted (B * N, H, d) copies, split into per-(b, label) views (one SplitBackward, not one
     # full-size zero tensor per slice).
@@ -424,8 +431,7 @@ def _segments(q, k, v, partition: LabelPartition, scale: float) -> torch.Tensor:
             scale=scale,
         )
         pieces.append(out.squeeze(0).transpose(0, 1))
-    out = _Permute.apply(torch.cat(pieces), partition.q_inverse, partition.q_order)
-    return out.view(batch, num_q, heads, dv).transpose(1, 2)
+    return pieces
 
 
 def _own_label_mass(q, k, partition: LabelPartition, scale: float) -> torch.Tensor:

@@ -160,7 +160,9 @@ def _variants(tokens: int, reference_max: int, backward: bool) -> list[_Variant]
     return variants
 
 
-def _run_size(tokens: int, repeats: int, reference_max: int, backward: bool, peak: _PeakRSS) -> list[str]:
+def _run_size(
+    tokens: int, repeats: int, reference_max: int, backward: bool, peak: _PeakRSS, clock: Callable[[], float]
+) -> list[str]:
     labels = benchmark_labels(BATCH, tokens)
     start = time.perf_counter()
     LabelPartition.build(labels, labels)
@@ -178,9 +180,9 @@ def _run_size(tokens: int, repeats: int, reference_max: int, backward: bool, pea
     for _ in range(repeats):
         for variant in variants:
             with torch.set_grad_enabled(variant.passes == "fwd+bwd"):
-                start = time.perf_counter()
+                start = clock()
                 variant.fn()
-                variant.times.append(time.perf_counter() - start)
+                variant.times.append(clock() - start)
     base = {v.passes: statistics.median(v.times) for v in variants if v.impl == "unmasked"}
     rows = []
     for variant in variants:
@@ -207,18 +209,31 @@ def main(argv: list[str]) -> int:
         "--reference-max", type=int, default=4096, help="largest N at which the dense reference is timed"
     )
     parser.add_argument("--no-backward", action="store_true", help="skip the forward+backward rows")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: unchanged)"
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: time.perf_counter; cpu: process CPU time (robust on a shared machine with --threads 1)",
+    )
     args = parser.parse_args(argv)
-    if args.repeats < 1 or any(n < 1 for n in args.sizes):
-        parser.error("--repeats and --sizes must be positive")
+    if args.repeats < 1 or any(n < 1 for n in args.sizes) or (args.threads is not None and args.threads < 1):
+        parser.error("--repeats, --sizes and --threads must be positive")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     peak = _PeakRSS()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, B={BATCH}, heads={HEADS}, "
-        f"head dim={HEAD_DIM}, inputs in (B, N, H, d) memory, {args.repeats} timed interleaved rounds; "
+        f"head dim={HEAD_DIM}, inputs in (B, N, H, d) memory, {args.repeats} timed interleaved rounds, "
+        f"{args.clock} clock; "
         "peak memory = peak RSS during the first (untimed) call minus RSS before it"
     )
     rows = []
     for tokens in args.sizes:
-        rows.extend(_run_size(tokens, args.repeats, args.reference_max, not args.no_backward, peak))
+        rows.extend(_run_size(tokens, args.repeats, args.reference_max, not args.no_backward, peak, clock))
     print()
     print("| N | mode | impl | pass | median ms | x unmasked | peak MiB |")
     print("|---|---|---|---|---|---|---|")
