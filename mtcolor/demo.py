@@ -91,12 +91,14 @@ def demo_scenes(config, num_scenes: int, seed: int) -> list[dict]:
         recolor = dict(scene)
         colors = list(config.colors)
         new_colors = []
-        for k, old in enumerate(scene["instance_colors"]):
+        for old in scene["instance_colors"]:
             choice = rng.choice([c for c in colors if c != old and c not in new_colors])
             new_colors.append(choice)
         # two instances of the same shape get different colours by construction (all distinct)
         recolor["instance_colors"] = new_colors
-        recolor["instance_texts"] = [f"a {c} {label}" for c, label in zip(new_colors, scene["instance_labels"])]
+        recolor["instance_texts"] = [
+            f"a {c} {label}" for c, label in zip(new_colors, scene["instance_labels"])
+        ]
         recolor["kind"] = "recolor"
         recolor["id"] = scene["id"] + "-recolor"
         scenes.append(recolor)
@@ -232,7 +234,12 @@ def run_demo(
                 "kind": scene["kind"],
                 "note": note,
                 "texts": scene["instance_texts"][:8] + (["..."] if len(scene["instance_texts"]) > 8 else []),
-                "panels": [PIL.Image.fromarray(gray).convert("RGB"), PIL.Image.fromarray(_overlay(gray, masks)), output, image],
+                "panels": [
+                    PIL.Image.fromarray(gray).convert("RGB"),
+                    PIL.Image.fromarray(_overlay(gray, masks)),
+                    output,
+                    image,
+                ],
             }
         )
     agree = [a for r in records if r["kind"] != "real photo" for a in r["instances_agree"]]

@@ -13,7 +13,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         "and a real photo; write a contact sheet PNG and a metrics JSON.",
     )
     parser.add_argument("--out", default="mtcolor-demo", help="output folder (default: ./mtcolor-demo)")
-    parser.add_argument("--model", default=None, help="MT-Color pipeline folder (default: the embedded model)")
+    parser.add_argument(
+        "--model", default=None, help="MT-Color pipeline folder (default: the embedded model)"
+    )
     parser.add_argument("--scenes", type=int, default=4, help="held-out synthetic scenes (default 4)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     parser.add_argument("--seed", type=int, default=0)

@@ -57,7 +57,7 @@ CONTROLNET_CHANNELS = ["8", "16", "16"]
 #: (train images, test images)
 DATA = (4000, 200)
 #: steps of every stage at --scale 1
-STEPS = {"base_vae": 1500, "base_unet": 3000, "stage1": 1500, "stage2": 1500, "lcoins": 1500}
+STEPS = {"base_vae": 600, "base_unet": 1500, "stage1": 800, "stage2": 800, "lcoins": 800}
 
 
 def synthetic_config():
@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         build_synthetic(data, n_test, config, seed=args.seed, split="test", progress=True)
         done("data", time.perf_counter() - start)
 
-    common = ["--seed", str(args.seed), "--report_to", "none", "--resolution", str(SYNTHETIC["image_size"])]
+    common = ["--seed", str(args.seed), "--report_to", "none"]
+    resolution = ["--resolution", str(SYNTHETIC["image_size"])]
     for phase in ("vae", "unet"):
         name = f"base_{phase}"
         if "base" in args.stages and name not in times:
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 [py, "training/train_base.py", "--phase", phase, "--train_data", str(data),
                  "--output_dir", str(out / "base"), "--max_train_steps", str(_steps(name, args.scale)),
                  "--train_batch_size", "16", "--vae_config", json.dumps(VAE_CONFIG),
-                 "--checkpointing_steps", "500", "--checkpoints_total_limit", "1", *common],
+                 "--checkpointing_steps", "500", "--checkpoints_total_limit", "1", *resolution, *common],
                 logs,
                 args.threads,
             )  # fmt: skip
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
              "--pretrained_model_name_or_path", str(out / "base" / "model"), "--train_data", str(data),
              "--validation_data", str(data), "--validation_split", "test",
              "--output_dir", str(out / "stage1"), "--max_train_steps", str(_steps("stage1", args.scale)),
-             "--train_batch_size", "16", *common],
+             "--train_batch_size", "16", *resolution, *common],
             logs,
             args.threads,
         )  # fmt: skip
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
              "--validation_data", str(data), "--validation_split", "test",
              "--output_dir", str(out / "stage2"), "--max_train_steps", str(_steps("stage2", args.scale)),
              "--controlnet_conditioning_channels", *CONTROLNET_CHANNELS,
-             "--train_batch_size", "16", *common],
+             "--train_batch_size", "16", *resolution, *common],
             logs,
             args.threads,
         )  # fmt: skip
@@ -200,7 +201,7 @@ def export(out: Path, times: dict, args) -> None:
     )
     targets = {
         "mtcolor-tiny": (MTColorPipeline, out / "stage2" / "pipeline"),
-        "lcoins-tiny": (LCoInsPipeline, out / "lcoins" / "pipeline"),
+        "lcoins-tiny": (LCoInsPipeline, out / "lcoins"),
     }
     for name, (cls, source) in targets.items():
         if not (source / "model_index.json").is_file():
