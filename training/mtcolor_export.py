@@ -189,8 +189,6 @@ def export_pipeline(
     (folder / TRAINING_INFO).write_text(
         json.dumps({"stages": stages}, indent=1, default=str), encoding="utf-8"
     )
-    if unwrapped.unet is not unet:  # the pipeline installed the adapter on the fp32 copy; restore ours
-        unwrapped.adapter.install(unwrapped.unet)
     logger.info(f"saved the pipeline to {folder}")
     return folder
 

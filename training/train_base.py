@@ -257,7 +257,15 @@ def train_vae(args, accelerator) -> common.TrainResult:
     validation = [dataset[i]["pixel_values"] for i in range(min(args.num_validation_samples, len(dataset)))]
 
     def validate(step):
-        return _validate_vae(accelerator, accelerator.unwrap_model(vae).vae, validation, step, ema, params)
+        return _validate_vae(
+            accelerator,
+            accelerator.unwrap_model(vae).vae,
+            validation,
+            step,
+            ema,
+            params,
+            Path(phase.output_dir),
+        )
 
     result = common.run_training_loop(
         accelerator, phase, model=vae, optimizer=optimizer, lr_scheduler=lr_scheduler, dataloader=dataloader,
@@ -275,14 +283,16 @@ def train_vae(args, accelerator) -> common.TrainResult:
         )
         model.register_to_config(scaling_factor=1.0 / std)
         if validation:
-            _validate_vae(accelerator, model, validation, result.global_step, None, params)
+            _validate_vae(
+                accelerator, model, validation, result.global_step, None, params, Path(phase.output_dir)
+            )
         model.save_pretrained(Path(args.output_dir) / "vae")
         logger.info(f"saved the VAE (scaling_factor {1.0 / std:.5f}) to {Path(args.output_dir) / 'vae'}")
     return result
 
 
 @torch.no_grad()
-def _validate_vae(accelerator, vae, images: list[torch.Tensor], step: int, ema, params) -> dict:
+def _validate_vae(accelerator, vae, images: list[torch.Tensor], step: int, ema, params, folder: Path) -> dict:
     """Log reconstructions (input | reconstruction) and their PSNR."""
     if ema is not None:
         ema.store([p for _, p in params])
@@ -297,14 +307,21 @@ def _validate_vae(accelerator, vae, images: list[torch.Tensor], step: int, ema, 
     mse = ((reconstruction - x.float()) ** 2).flatten(1).mean(1)
     metrics = {"val_psnr": float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())}
     grid = torch.cat([x.float(), reconstruction], dim=-1).cpu()  # (B, 3, H, 2W)
-    _log_images(accelerator, "vae_reconstruction", grid, step)
+    _log_images(accelerator, folder, "vae_reconstruction", grid, step)
     accelerator.log(metrics, step=step)
     logger.info(f"step {step}: VAE reconstruction PSNR {metrics['val_psnr']:.2f} dB")
     return metrics
 
 
-def _log_images(accelerator, tag: str, images: torch.Tensor, step: int) -> None:
+def _log_images(accelerator, folder: Path, tag: str, images: torch.Tensor, step: int) -> None:
+    """Images (B, 3, H, W) in [0, 1] -> the tracker and ``<folder>/validation/<tag>-<step>.png`` (stacked)."""
+    import PIL.Image
+
     array = (images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    (Path(folder) / "validation").mkdir(parents=True, exist_ok=True)
+    PIL.Image.fromarray(np.concatenate(list(array), axis=0)).save(
+        Path(folder) / "validation" / f"{tag}-{step:07d}.png"
+    )
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.writer.add_images(tag, array, step, dataformats="NHWC")
@@ -427,7 +444,7 @@ def _validate_unet(accelerator, pipe, prompts: list[str], args, step: int, ema, 
         ).images  # fmt: skip
     if ema is not None:
         ema.restore([p for _, p in params])
-    _log_images(accelerator, "text_to_image", images.float().cpu(), step)
+    _log_images(accelerator, _phase_args(args).output_dir, "text_to_image", images.float().cpu(), step)
     return {}
 
 

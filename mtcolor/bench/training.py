@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--images", type=int, default=32, help="Synthetic records to train on.")
+    parser.add_argument("--threads", type=int, default=None, help="torch / OpenMP threads of the stage runs.")
     parser.add_argument("--skip_sd15", action="store_true", help="Skip the SD-1.5-size parameter counts.")
     parser.add_argument("--worker", type=int, choices=[1, 2], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=str, default=None, help=argparse.SUPPRESS)
@@ -59,8 +61,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _rss_bytes() -> int:
     """Current resident set size (Linux /proc; 0 elsewhere)."""
-    import os
-
     try:
         with open("/proc/self/statm") as handle:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -86,8 +86,12 @@ def _stage_argv(args, root: Path, stage: int) -> list[str]:
 
 def _worker(args) -> int:
     """Run one stage in this process and print its measurements as JSON (last line)."""
+    import torch
+
     from training import stage1, stage2
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     module = stage1 if args.worker == 1 else stage2
     parsed = module.parse_args(_stage_argv(args, Path(args.root), args.worker))
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel  # noqa: F401 (imported before
@@ -127,7 +131,11 @@ def _prepare(args, root: Path) -> None:
 def _run_stage(args, root: Path, stage: int) -> dict:
     command = [sys.executable, "-m", "mtcolor.bench", "training", "--worker", str(stage), "--root", str(root),
                "--steps", str(args.steps), "--batch_size", str(args.batch_size), "--resolution", str(args.resolution)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = dict(os.environ)
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"stage {stage} benchmark run failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -173,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from mtcolor.bench._util import machine_line
 
-    print(f"# MT-Color training benchmark\n\n{machine_line()}\n")
+    threads = args.threads or torch.get_num_threads()
+    print(f"# MT-Color training benchmark\n\n{machine_line()}; stage runs with {threads} thread(s)\n")
     with tempfile.TemporaryDirectory(prefix="mtcolor-bench-training-") as folder:
         root = Path(folder)
         _prepare(args, root)
