@@ -185,6 +185,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def data_fingerprint(seed: int, count: int = 4) -> list[str]:
+    """sha256 of the first ``count`` training scenes' pixels and masks (the recipe's first step)."""
+    import hashlib
+
+    import numpy as np
+
+    from dataset_builder.synthetic import generate_scene, scene_seed
+
+    config = synthetic_config()
+    digests = []
+    for i in range(count):
+        scene = generate_scene(config, scene_seed(seed, "train", i), "train")
+        digest = hashlib.sha256(np.asarray(scene["image"]).tobytes())
+        digest.update(np.asarray(scene["masks"]).tobytes())
+        digest.update("|".join(scene["instance_texts"]).encode())
+        digests.append(digest.hexdigest())
+    return digests
+
+
 def export(out: Path, times: dict, args) -> None:
     """Copy the trained pipelines into ``mtcolor/embedded/`` with the recipe facts in their cards."""
     from pipelines.pipeline_lcoins import LCoInsPipeline
@@ -218,6 +237,16 @@ def export(out: Path, times: dict, args) -> None:
             with open(tmp / "README.md", "a") as card:
                 card.write(f"\n## Recipe\n\n{recipe}\n")
         (tmp / "synthetic_config.json").write_text(json.dumps(asdict(config), indent=2))
+        facts = {
+            "recipe": "python -m training.recipes.tiny",
+            "seed": args.seed,
+            "scale": args.scale,
+            "steps": {k: _steps(k, args.scale) for k in STEPS},
+            "data": {"train": DATA[0], "test": DATA[1], "synthetic": SYNTHETIC},
+            "wall_time_s": times,
+            "first_scenes_sha256": data_fingerprint(args.seed),
+        }
+        (tmp / "recipe.json").write_text(json.dumps(facts, indent=2, default=list))
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
         size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 2**20

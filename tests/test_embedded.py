@@ -1,0 +1,58 @@
+"""The shipped models: they load, run, and come from the recipe in the repository."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mtcolor import LCoInsPipeline, MTColorPipeline
+from mtcolor.embedded import available_models, embedded_model
+from training.recipes.tiny import data_fingerprint
+
+
+def test_embedded_models_are_shipped_within_budget():
+    assert {"mtcolor-tiny", "lcoins-tiny"} <= set(available_models())
+    from mtcolor.embedded import EMBEDDED_DIR
+
+    size = sum(f.stat().st_size for f in EMBEDDED_DIR.rglob("*") if f.is_file())
+    assert size <= 30 * 2**20
+    assert not list(EMBEDDED_DIR.rglob("*.bin")) and not list(EMBEDDED_DIR.rglob("*.pt"))  # safetensors only
+    with pytest.raises(FileNotFoundError, match="python -m training.recipes.tiny"):
+        embedded_model("no-such-model")
+
+
+def test_recipe_first_steps_reproduce_the_shipped_data():
+    folder = embedded_model("mtcolor-tiny")
+    with open(f"{folder}/recipe.json") as handle:
+        facts = json.load(handle)
+    assert facts["first_scenes_sha256"] == data_fingerprint(facts["seed"])
+    assert set(facts["steps"]) == {"base_vae", "base_unet", "stage1", "stage2", "lcoins"}
+    with open(f"{folder}/README.md") as handle:
+        card = handle.read()
+    assert "training.recipes.tiny" in card and "wall time" in card
+
+
+@torch.no_grad()
+def test_shipped_pipelines_load_and_run():
+    pipe = MTColorPipeline.from_pretrained(embedded_model("mtcolor-tiny"))
+    pipe.set_progress_bar_config(disable=True)
+    gray = np.random.RandomState(0).rand(40, 56).astype(np.float32)
+    mask = np.zeros((40, 56), bool)
+    mask[5:25, 5:30] = True
+    out = pipe(
+        gray, [mask], ["a red circle"], num_inference_steps=2, working_resolution=64, output_type="pt"
+    ).images
+    assert out.shape == (1, 3, 40, 56) and torch.isfinite(out).all()
+    lcoins = LCoInsPipeline.from_pretrained(embedded_model("lcoins-tiny"))
+    out = lcoins(gray, "a red circle on a gray background", output_type="pt").images
+    assert tuple(out.shape[-2:]) == (40, 56)
+
+
+def test_demo_writes_contact_sheet_and_metrics(tmp_path):
+    from mtcolor.cli import main
+
+    assert main(["demo", "--out", str(tmp_path), "--scenes", "1", "--steps", "1", "--no-photo"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["trained"] and len(metrics["scenes"]) == 2  # one held-out scene + its recolour request
+    assert (tmp_path / "contact_sheet.png").stat().st_size > 0
