@@ -231,3 +231,29 @@ def test_shipped_configs_parse():
         module = stage1 if path.name.startswith("stage1") else stage2
         values = common.load_config_file(str(path), module.build_parser())
         assert values, path
+
+
+def test_save_checkpoint_is_atomic_and_keeps_the_limit(tmp_path):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    try:
+        accelerator = Accelerator(cpu=True)
+        model = accelerator.prepare(torch.nn.Linear(2, 2))
+        (tmp_path / "checkpoint-0.tmp").mkdir()  # left by a kill during an earlier save
+        for step in (1, 2, 3):
+            with torch.no_grad():
+                model.weight.fill_(step)
+            common.save_checkpoint(accelerator, tmp_path, step, 2, {"stage": 1})
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-3"]
+        marker = json.loads((tmp_path / "checkpoint-3" / common.CHECKPOINT_MARKER).read_text())
+        assert marker == {"stage": 1, "step": 3}
+        with torch.no_grad():
+            model.weight.zero_()
+        accelerator.load_state(str(common.resolve_checkpoint("latest", tmp_path)))
+        assert bool((model.weight == 3).all())
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
