@@ -12,8 +12,9 @@ from mtcolor import LCoInsPipeline
 from mtcolor.color import rgb_to_lab
 from mtcolor.models.lcoins_losses import smooth_l1_loss
 from pipelines.pipeline_lcoins import tokenize_captions
+from training.common import list_checkpoints, resolve_checkpoint
 from training.lcoins_data import collate, load_caption_dataset
-from training.train_lcoins import build_components, list_checkpoints, main, parse_args, resolve_checkpoint
+from training.train_lcoins import build_components, main, parse_args
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 40, 220), "green": (30, 190, 40), "yellow": (240, 225, 40)}
 
@@ -126,7 +127,7 @@ def test_smoke_training_lowers_the_loss_and_saves_the_pipeline(tmp_path, records
     after = fixed_batch_loss(pipe.model, pipe.text_encoder, pipe.tokenizer, batch)
     assert after < before
     assert [p.name for p in list_checkpoints(folder)] == ["checkpoint-2", "checkpoint-3"]  # limit 2
-    assert not list(folder.glob(".tmp-checkpoint-*"))
+    assert not list(folder.glob("checkpoint-*.tmp"))
     assert (folder / "checkpoint-3" / "model" / "config.json").is_file()
     assert len(list((folder / "validation" / "step-2").glob("*.png"))) == 2
     card = (folder / "README.md").read_text()
@@ -139,7 +140,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, pairs_data):
     straight = main(tiny_args(pairs_data, tmp_path / "a", "--max_train_steps", "4", *common))
     main(tiny_args(pairs_data, tmp_path / "b", "--max_train_steps", "2", *common))
     # a crash while writing checkpoint 3 leaves only a temporary folder: `latest` must skip it
-    broken = tmp_path / "b" / ".tmp-checkpoint-3"
+    broken = tmp_path / "b" / "checkpoint-3.tmp"
     broken.mkdir()
     (broken / "optimizer.bin").write_bytes(b"half")
     assert resolve_checkpoint("latest", tmp_path / "b").name == "checkpoint-2"

