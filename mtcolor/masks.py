@@ -199,7 +199,7 @@ def resize_label_map(label_map: torch.Tensor, size: tuple[int, int]) -> torch.Te
     rows = _cell_index(height, h).to(device)
     cols = _cell_index(width, w).to(device)
     cell = (rows[:, None] * w + cols[None, :]).view(1, -1)  # (1, H*W)
-    flat = label_map.view(batch, -1)
+    flat = label_map.reshape(batch, -1)
     counts = torch.zeros(batch, h * w * num_labels, dtype=torch.long, device=device)
     counts.scatter_add_(1, cell * num_labels + flat, torch.ones_like(flat))
     counts = counts.view(batch, h * w, num_labels)

@@ -101,6 +101,12 @@ def test_majority_resize_equals_direct_count(size_in, size_out):
     assert torch.equal(resized[1], _direct_majority(label.flip(0), *size_out))
 
 
+def test_resize_accepts_non_contiguous_label_maps():
+    label = torch.randint(0, 3, (12, 16))
+    crop = label[2:10, 3:15]  # a view, not contiguous
+    assert torch.equal(resize_label_map(crop, (4, 6)), resize_label_map(crop.contiguous(), (4, 6)))
+
+
 def test_ties_prefer_instances_then_smaller_ids():
     assert resize_label_map(torch.tensor([[0, 2], [0, 2]]), (1, 1)).item() == 2  # instance beats background
     assert resize_label_map(torch.tensor([[3, 2], [3, 2]]), (1, 1)).item() == 2  # smaller id wins
