@@ -300,7 +300,9 @@ def test_errors_name_the_argument(message, args, kwargs):
 def test_instance_errors():
     q, k, v = qkv(num_q=6, num_k=6)
     labels = random_labels(2, 6, 2, 0)
-    with pytest.raises(ValueError, match="k_inst must be 4-D"):
+    with pytest.raises(ValueError, match="k_inst and its latent counterpart must be 4-D"):
         instance_masked_attention(q, k, v, labels, k[:, :, 0], v[:, :, :1], torch.tensor([0]))
+    with pytest.raises(ValueError, match="v_inst .* must match the latent tensor"):
+        instance_masked_attention(q, k, v, labels, k[:, :, :1], v[:1, :, :1], torch.tensor([0]))
     with pytest.raises(ValueError, match="inst_labels must have shape"):
         instance_key_labels(labels, torch.zeros(3, 2, dtype=torch.long))

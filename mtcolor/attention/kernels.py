@@ -280,11 +280,16 @@ def instance_masked_attention(
     Returns:
         ``(B, H, N, dv)`` tensor of ``q_lat``'s dtype.
     """
-    for name, tensor in (("k_inst", k_inst), ("v_inst", v_inst)):
-        if tensor.dim() != 4:
+    for name, tensor, latent in (("k_inst", k_inst, k_lat), ("v_inst", v_inst, v_lat)):
+        if tensor.dim() != 4 or latent.dim() != 4:
             raise ValueError(
-                f"{name} must be 4-D (B, H, n, head_dim), got shape {tuple(tensor.shape)}; reshape the "
-                "instance tokens to (batch, heads, tokens, head_dim)."
+                f"{name} and its latent counterpart must be 4-D (B, H, tokens, head_dim), got "
+                f"{tuple(tensor.shape)} and {tuple(latent.shape)}; reshape to (batch, heads, tokens, head_dim)."
+            )
+        if tensor.shape[:2] != latent.shape[:2] or tensor.shape[-1] != latent.shape[-1]:
+            raise ValueError(
+                f"{name} {tuple(tensor.shape)} must match the latent tensor {tuple(latent.shape)} in batch, "
+                "heads and head dim; project the instance tokens with the same attention layer."
             )
     k_labels = instance_key_labels(lat_labels, inst_labels)
     k = torch.cat([k_lat, k_inst], dim=2)

@@ -1,12 +1,16 @@
 """Masked attention benchmark: every mode x implementation against unmasked SDPA, in one run.
 
-``python -m mtcolor.bench attention [--sizes 1024 4096 16384] [--repeats 3]``
+``python -m mtcolor.bench attention [--sizes 1024 4096 16384] [--repeats 3] [--threads N] [--clock wall|cpu]``
 
 Shapes follow DESIGN.md section 10: batch 2, 8 heads, head dim 40, float32, inputs in the
 ``(B, N, H, d)`` memory layout diffusers processors pass (viewed as ``(B, H, N, d)``), and a label
 map of 8 ellipses + background (about 65% background) on a square-ish token grid, different in the
 two batch items. The partition is built once per size, outside the timed calls, as a pipeline
 caches it per resolution and step.
+
+On a machine shared with other jobs, ``--threads 1 --clock cpu`` gives stable ratios: with 2
+OpenMP threads and a busy neighbour, every parallel region can stall on a descheduled thread,
+which penalises the many short SDPA calls of ``"segments"`` far more than one long unmasked call.
 
 Per size, a first untimed round runs every variant once (warm-up) and records its peak memory;
 then ``--repeats`` timed rounds run all variants interleaved, so machine noise hits them alike.
