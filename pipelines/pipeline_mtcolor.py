@@ -156,8 +156,18 @@ class MTColorPipeline(DiffusionPipeline):
         super().save_pretrained(save_directory, *args, **kwargs)
         self.write_model_card(save_directory, **(model_card or {}))
 
-    def write_model_card(self, folder, base_model: str | None = None, tags=(), sections: dict | None = None):
-        """Write ``folder/README.md`` describing this pipeline (see :func:`mtcolor.hub.write_model_card`)."""
+    def write_model_card(
+        self,
+        folder,
+        base_model: str | None = None,
+        tags=(),
+        sections: dict | None = None,
+        load_from: str | None = None,
+    ):
+        """Write ``folder/README.md`` describing this pipeline (see :func:`mtcolor.hub.write_model_card`).
+
+        ``load_from`` is the Python expression shown in the usage example (default: the folder path).
+        """
         from mtcolor.hub import write_model_card
 
         unet = self.unet.config
@@ -189,8 +199,9 @@ class MTColorPipeline(DiffusionPipeline):
                 "multi-instance sampling), as implemented by the `mtcolor` package on Hugging Face diffusers."
             ),
             usage=(
-                "from mtcolor import MTColorPipeline\n\n"
-                f"pipe = MTColorPipeline.from_pretrained({str(folder)!r})\n"
+                ("import mtcolor\n" if load_from else "")
+                + "from mtcolor import MTColorPipeline\n\n"
+                + f"pipe = MTColorPipeline.from_pretrained({load_from or repr(str(folder))})\n"
                 'image = pipe(gray, masks, texts, prompt="a sunny street").images[0]'
             ),
             sections=facts,

@@ -231,10 +231,16 @@ def export(out: Path, times: dict, args) -> None:
         tmp = EMBEDDED / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         if name == "mtcolor-tiny":
-            pipe.save_pretrained(tmp, model_card={"sections": {"Recipe": recipe}})
+            load_from = f'mtcolor.embedded_model("{name}")'
+            pipe.save_pretrained(tmp, model_card={"sections": {"Recipe": recipe}, "load_from": load_from})
         else:
             pipe.save_pretrained(tmp)
-            with open(tmp / "README.md", "a") as card:
+            card_path = tmp / "README.md"
+            card_text = card_path.read_text().replace(f'"{tmp.name}"', f'mtcolor.embedded_model("{name}")')
+            card_path.write_text(
+                card_text.replace("from mtcolor import", "import mtcolor\nfrom mtcolor import", 1)
+            )
+            with open(card_path, "a") as card:
                 card.write(f"\n## Recipe\n\n{recipe}\n")
         (tmp / "synthetic_config.json").write_text(json.dumps(asdict(config), indent=2))
         facts = {
