@@ -468,8 +468,7 @@ def log_validation(accelerator, model, text_encoder, tokenizer, samples, args, s
 
 def main(args: argparse.Namespace) -> Path:
     """Train and save the pipeline into ``args.output_dir``; returns that folder."""
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
@@ -478,15 +477,7 @@ def main(args: argparse.Namespace) -> Path:
     from pipelines.pipeline_lcoins import LCoInsPipeline
 
     output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(
-            project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
-        ),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
-    )
+    accelerator = common.make_accelerator(args)  # also refuses a silently single-process multi-launch
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     logger.info(accelerator.state)
     set_seed(args.seed, device_specific=True)
