@@ -57,7 +57,7 @@ CONTROLNET_CHANNELS = ["8", "16", "16"]
 #: (train images, test images)
 DATA = (4000, 200)
 #: steps of every stage at --scale 1
-STEPS = {"base_vae": 600, "base_unet": 1500, "stage1": 800, "stage2": 800, "lcoins": 3000}
+STEPS = {"base_vae": 600, "base_unet": 1500, "stage1": 800, "stage2": 1600, "lcoins": 3000}
 
 
 def synthetic_config():
