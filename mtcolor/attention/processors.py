@@ -18,7 +18,7 @@ UNet's attention implementation does not remove MT-Color.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
@@ -88,19 +88,7 @@ class MTColorContext:
 
     def with_control(self, features: dict) -> MTColorContext:
         """A copy with new ControlNet features that shares the label/partition caches."""
-        return MTColorContext(
-            label_map=self.label_map,
-            latent_size=self.latent_size,
-            instance_tokens=self.instance_tokens,
-            instance_labels=self.instance_labels,
-            control_features=features,
-            mode=self.mode,
-            impl=self.impl,
-            use_instance_branch=self.use_instance_branch,
-            use_instance_masks=self.use_instance_masks,
-            use_pmam=self.use_pmam,
-            _cache=self._cache,
-        )
+        return replace(self, control_features=features)  # the _cache dict object is shared, not copied
 
 
 def _base_call(base, attn, hidden_states, encoder_hidden_states, attention_mask, temb):
