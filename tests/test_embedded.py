@@ -56,3 +56,21 @@ def test_demo_writes_contact_sheet_and_metrics(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["trained"] and len(metrics["scenes"]) == 2  # one held-out scene + its recolour request
     assert (tmp_path / "contact_sheet.png").stat().st_size > 0
+
+
+def test_bench_trains_the_lcoins_table1_ablations_on_demand(tmp_path):
+    from mtcolor.bench.ablations import LCOINS_ABLATIONS, lcoins_ablation_models
+
+    models = lcoins_ablation_models(tmp_path, seed=0, steps=2, data_scale=0.0)  # 8 + 8 scenes, 2 steps each
+    assert [name for name, _ in models] == [name for name, _ in LCOINS_ABLATIONS]
+    for (name, folder), (_, flag) in zip(models, LCOINS_ABLATIONS):
+        assert (folder / "model_index.json").is_file() and (
+            tmp_path / "logs" / f"{flag.strip('-')}.log"
+        ).is_file()
+        card = (folder / "README.md").read_text()
+        assert name.removeprefix("L-CoIns ") in card  # the model was trained with that ablation
+    first = (models[0][1] / "model" / "diffusion_pytorch_model.safetensors").stat().st_mtime
+    assert (
+        lcoins_ablation_models(tmp_path, seed=0, steps=2, data_scale=0.0) == models
+    )  # reused, not retrained
+    assert (models[0][1] / "model" / "diffusion_pytorch_model.safetensors").stat().st_mtime == first

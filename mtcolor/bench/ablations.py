@@ -35,6 +35,41 @@ MT_ROWS = [
 ]
 
 
+LCOINS_ABLATIONS = [
+    ("L-CoIns w/o group embedding", "--no_group_embedding"),
+    ("L-CoIns w/o grouping attention", "--no_grouping_attention"),
+    ("L-CoIns w/o luminance augmentation", "--no_luminance_augmentation"),
+    ("L-CoIns w/o counter-colour loss", "--no_counter_color_loss"),
+]
+
+
+def lcoins_ablation_models(
+    work_dir, seed: int = 0, steps: int | None = None, data_scale: float = 1.0, threads: int = 1
+):
+    """Train (once; finished ones are reused) the four L-CoIns Table 1 ablations with the recipe's
+    data, steps and seed (``training.recipes.tiny``), and return ``[(row name, model folder)]``."""
+    from tqdm.auto import tqdm
+
+    from training.recipes.tiny import STEPS, build_data, lcoins_command, run_stage
+
+    work_dir = Path(work_dir)
+    data = work_dir / "data"
+    build_data(data, seed, data_scale)
+    steps = steps or STEPS["lcoins"]
+    models = []
+    for name, flag in tqdm(LCOINS_ABLATIONS, desc="L-CoIns ablations"):
+        folder = work_dir / flag.strip("-")
+        if not (folder / "model_index.json").is_file():
+            run_stage(
+                flag.strip("-"),
+                lcoins_command(data, folder, steps, seed, (flag,)),
+                work_dir / "logs",
+                threads,
+            )
+        models.append((name, folder))
+    return models
+
+
 def _scenes(config, count: int, seed: int) -> list[dict]:
     from dataset_builder.synthetic import generate_scene
 
@@ -113,6 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", nargs="*", default=None, help="subset of MT-Color row names")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--lcoins_ablations",
+        default=None,
+        metavar="DIR",
+        help="train the four L-CoIns Table 1 ablations into DIR (the recipe's data, steps and seed; reused "
+        "when already there) and add their rows",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each ablation training run")
     args = parser.parse_args(argv)
 
     from pipelines.pipeline_lcoins import LCoInsPipeline
@@ -136,12 +179,15 @@ def main(argv: list[str] | None = None) -> int:
             lcoins = embedded_model("lcoins-tiny")
         except FileNotFoundError:
             lcoins = None
-    if lcoins is not None:
-        lc = LCoInsPipeline.from_pretrained(lcoins)
+    lcoins_models = [("L-CoIns", lcoins)] if lcoins is not None else []
+    if args.lcoins_ablations:
+        lcoins_models += lcoins_ablation_models(args.lcoins_ablations, args.seed, threads=args.threads)
+    for name, folder in lcoins_models:
+        lc = LCoInsPipeline.from_pretrained(folder)
         start = time.perf_counter()
         out = lc([_gray(s) for s in scenes], [s["global_text"] for s in scenes], output_type="pt").images
         out = torch.stack(list(out)) if isinstance(out, list) else out
-        results.append(("L-CoIns", {"outputs": out, "seconds": time.perf_counter() - start}))
+        results.append((name, {"outputs": out, "seconds": time.perf_counter() - start}))
 
     print(
         f"# Ablations on {len(scenes)} held-out synthetic scenes ({args.steps} steps, seed {args.seed})\n\n"
@@ -162,12 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     if lcoins is None:
         print("\nL-CoIns: no model given and none embedded; row skipped.")
-    print(
-        "\nL-CoIns Table-1 ablations (w/o group embedding, w/o grouping attention, w/o luminance augmentation, "
-        "w/o counter-colour loss) need their own weights: train them with `training/train_lcoins.py "
-        "--no_group_embedding` / `--no_grouping_attention` / `--no_luminance_augmentation` / `--no_counter_color_loss` "
-        "and pass each with --lcoins."
-    )
+    if not args.lcoins_ablations:
+        print(
+            "\nL-CoIns Table-1 ablations (own weights each): add `--lcoins_ablations DIR` to train them with the "
+            "recipe's data, steps and seed (about 5 CPU-minutes each) and report their rows."
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2))
     return 0

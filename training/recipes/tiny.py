@@ -66,7 +66,7 @@ def synthetic_config():
     return SyntheticConfig(**{k: (list(v) if k == "holdout_pairs" else v) for k, v in SYNTHETIC.items()})
 
 
-def _run(name: str, cmd: list[str], log_dir: Path, threads: int) -> float:
+def run_stage(name: str, cmd: list[str], log_dir: Path, threads: int) -> float:
     """Run one stage as a subprocess (output to ``log_dir/<name>.log``); return its wall time."""
     log_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -89,6 +89,27 @@ def _run(name: str, cmd: list[str], log_dir: Path, threads: int) -> float:
 
 def _steps(name: str, scale: float) -> int:
     return max(2, int(round(STEPS[name] * scale)))
+
+
+def build_data(data: Path, seed: int, data_scale: float = 1.0) -> None:
+    """The recipe's synthetic train and test splits in ``data`` (resumes; skips finished shards)."""
+    from dataset_builder.synthetic import build_synthetic
+
+    config = synthetic_config()
+    n_train, n_test = (max(8, int(n * data_scale)) for n in DATA)
+    build_synthetic(data, n_train, config, seed=seed, split="train", progress=True)
+    build_synthetic(data, n_test, config, seed=seed, split="test", progress=True)
+
+
+def lcoins_command(
+    data: Path, output_dir: Path, steps: int, seed: int, extra: tuple[str, ...] = ()
+) -> list[str]:
+    """The recipe's L-CoIns training command (``extra``: e.g. a Table 1 ablation flag)."""
+    return [
+        sys.executable, "training/train_lcoins.py", "--config", "training/configs/lcoins_tiny.yaml",
+        "--train_data", str(data), "--validation_data", str(data), "--output_dir", str(output_dir),
+        "--max_train_steps", str(steps), "--seed", str(seed), "--report_to", "none", *extra,
+    ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,13 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         (out / "times.json").write_text(json.dumps(times, indent=2))
 
     if "data" in args.stages and "data" not in times:
-        from dataset_builder.synthetic import build_synthetic
-
         start = time.perf_counter()
-        config = synthetic_config()
-        n_train, n_test = (max(8, int(n * args.data_scale)) for n in DATA)
-        build_synthetic(data, n_train, config, seed=args.seed, split="train", progress=True)
-        build_synthetic(data, n_test, config, seed=args.seed, split="test", progress=True)
+        build_data(data, args.seed, args.data_scale)
         done("data", time.perf_counter() - start)
 
     common = ["--seed", str(args.seed), "--report_to", "none"]
@@ -133,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     for phase in ("vae", "unet"):
         name = f"base_{phase}"
         if "base" in args.stages and name not in times:
-            seconds = _run(
+            seconds = run_stage(
                 name,
                 [py, "training/train_base.py", "--phase", phase, "--train_data", str(data),
                  "--output_dir", str(out / "base"), "--max_train_steps", str(_steps(name, args.scale)),
@@ -144,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             done(name, seconds)
     if "stage1" in args.stages and "stage1" not in times:
-        seconds = _run(
+        seconds = run_stage(
             "stage1",
             [py, "training/stage1.py", "--config", "training/configs/stage1_tiny.yaml",
              "--pretrained_model_name_or_path", str(out / "base" / "model"), "--train_data", str(data),
@@ -156,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         done("stage1", seconds)
     if "stage2" in args.stages and "stage2" not in times:
-        seconds = _run(
+        seconds = run_stage(
             "stage2",
             [py, "training/stage2.py", "--config", "training/configs/stage2_tiny.yaml",
              "--pretrained_model_name_or_path", str(out / "base" / "model"),
@@ -170,14 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         done("stage2", seconds)
     if "lcoins" in args.stages and "lcoins" not in times:
-        seconds = _run(
+        seconds = run_stage(
             "lcoins",
-            [py, "training/train_lcoins.py", "--config", "training/configs/lcoins_tiny.yaml",
-             "--train_data", str(data), "--validation_data", str(data), "--output_dir", str(out / "lcoins"),
-             "--max_train_steps", str(_steps("lcoins", args.scale)), *common],
+            lcoins_command(data, out / "lcoins", _steps("lcoins", args.scale), args.seed),
             logs,
             args.threads,
-        )  # fmt: skip
+        )
         done("lcoins", seconds)
     if args.export:
         export(out, times, args)
