@@ -693,16 +693,16 @@ def train(args, stage: int, build_components, script: str) -> TrainResult:
     val_records = validation_records(args, records)
 
     # 4. Schedule, prepare, resume and train
-    max_train_steps = resolve_max_train_steps(args, accelerator, len(train_dataloader), PAPER_STEPS[stage])
-    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator, max_train_steps)
-    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
-        model, optimizer, train_dataloader, lr_scheduler
+    model, optimizer, train_dataloader, lr_scheduler, max_train_steps = prepare_training(
+        args,
+        accelerator,
+        model,
+        optimizer,
+        train_dataloader,
+        ema,
+        PAPER_STEPS[stage],
+        args.tracker_project_name,
     )
-    if ema is not None:
-        ema.to(accelerator.device)
-    if accelerator.is_main_process:
-        config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers(args.tracker_project_name, config=config)
 
     prediction_type = args.prediction_type or c.noise_scheduler.config.prediction_type
     shape = latent_shape(c.vae, args.resolution)
@@ -820,6 +820,27 @@ def _hyperparameters(args) -> dict:
         for k, v in sorted(vars(args).items())
         if k not in skip and isinstance(v, (int, float, str, bool, type(None), list, dict))
     }
+
+
+def prepare_training(
+    args, accelerator, model, optimizer, dataloader, ema, default_steps: int, tracker_name: str
+):
+    """Resolve the step count, build the lr schedule, ``accelerator.prepare`` the four training objects,
+    move the EMA to the device and start the trackers (main process) under ``tracker_name``.
+
+    Returns ``(model, optimizer, dataloader, lr_scheduler, max_train_steps)``.
+    """
+    max_train_steps = resolve_max_train_steps(args, accelerator, len(dataloader), default_steps)
+    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator, max_train_steps)
+    model, optimizer, dataloader, lr_scheduler = accelerator.prepare(
+        model, optimizer, dataloader, lr_scheduler
+    )
+    if ema is not None:
+        ema.to(accelerator.device)
+    if accelerator.is_main_process:
+        config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(tracker_name, config=config)
+    return model, optimizer, dataloader, lr_scheduler, max_train_steps
 
 
 def resolve_max_train_steps(args, accelerator, num_batches: int, default: int) -> int:

@@ -237,13 +237,16 @@ def train_vae(args, accelerator) -> common.TrainResult:
     optimizer = common.make_optimizer(args, [p for _, p in params], accelerator)
     records, dataset = _dataset(args)
     dataloader = common.make_dataloader(args, dataset)
-    steps = common.resolve_max_train_steps(args, accelerator, len(dataloader), DEFAULT_STEPS["vae"])
-    lr_scheduler = common.make_lr_scheduler(args, optimizer, accelerator, steps)
-    vae, optimizer, dataloader, lr_scheduler = accelerator.prepare(vae, optimizer, dataloader, lr_scheduler)
-    if ema is not None:
-        ema.to(accelerator.device)
-    if accelerator.is_main_process:
-        accelerator.init_trackers(f"{args.tracker_project_name}_vae", config=_tracker_config(args))
+    vae, optimizer, dataloader, lr_scheduler, steps = common.prepare_training(
+        args,
+        accelerator,
+        vae,
+        optimizer,
+        dataloader,
+        ema,
+        DEFAULT_STEPS["vae"],
+        f"{args.tracker_project_name}_vae",
+    )
     shape = latent_shape(accelerator.unwrap_model(vae).vae, args.resolution)
     rows = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
 
@@ -327,10 +330,6 @@ def _log_images(accelerator, folder: Path, tag: str, images: torch.Tensor, step:
             tracker.writer.add_images(tag, array, step, dataformats="NHWC")
 
 
-def _tracker_config(args) -> dict:
-    return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
-
-
 def train_unet(args, accelerator) -> common.TrainResult:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -363,13 +362,16 @@ def train_unet(args, accelerator) -> common.TrainResult:
     optimizer = common.make_optimizer(args, [p for _, p in params], accelerator)
     records, dataset = _dataset(args)
     dataloader = common.make_dataloader(args, dataset)
-    steps = common.resolve_max_train_steps(args, accelerator, len(dataloader), DEFAULT_STEPS["unet"])
-    lr_scheduler = common.make_lr_scheduler(args, optimizer, accelerator, steps)
-    unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
-    if ema is not None:
-        ema.to(accelerator.device)
-    if accelerator.is_main_process:
-        accelerator.init_trackers(f"{args.tracker_project_name}_unet", config=_tracker_config(args))
+    unet, optimizer, dataloader, lr_scheduler, steps = common.prepare_training(
+        args,
+        accelerator,
+        unet,
+        optimizer,
+        dataloader,
+        ema,
+        DEFAULT_STEPS["unet"],
+        f"{args.tracker_project_name}_unet",
+    )
     shape = latent_shape(vae, args.resolution)
     rows = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     prediction_type = args.prediction_type or noise_scheduler.config.prediction_type
