@@ -372,3 +372,93 @@ def test_train_base_writes_an_sd_layout_model_that_stage1_loads(assets):
     assert unet_model.config.cross_attention_dim == text_encoder.config.hidden_size
     assert tokenizer.pad_token_id == 49407 and scheduler.config.prediction_type == "epsilon"
     assert "StableDiffusionPipeline" in (model / "README.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------------
+# module ablations trained without the module (MT Tables III-IV)
+def test_switched_off_modules_are_not_trained(assets):
+    from mtcolor.models.adapter import MTColorAdapter
+
+    c = _components(assets, 2)
+    c.adapter.register_to_config(use_pmam=False)
+    names = {n for n, _ in configure_trainable(MTColorTrainingModel(c.unet, c.adapter, c.controlnet), 2)}
+    assert names == {f"controlnet.{n}" for n, _ in c.controlnet.named_parameters()}  # no PMAM
+
+    no_branch = MTColorAdapter.from_unet(c.unet, use_instance_branch=False)
+    with pytest.raises(ValueError, match="use_instance_branch=False.*skips stage 1"):
+        configure_trainable(MTColorTrainingModel(c.unet, no_branch), 1)
+
+
+def test_stage2_adapter_config_switches_and_fresh_adapter_checks(assets, capsys):
+    from training.mtcolor_model import load_adapter
+
+    argv = [str(a) for a in stage_args(assets, assets.root / "unused")]
+    args = stage2.parse_args([*argv, "--adapter_name_or_path", str(assets.adapter),
+                              "--adapter_config", '{"use_pmam": false, "attention_mode": "paper"}'])  # fmt: skip
+    adapter = stage2.build_components(args).adapter
+    assert adapter.config.use_pmam is False and adapter.config.attention_mode == "paper"
+    with pytest.raises(ValueError, match=r"changes \['mask_size'\] of a trained adapter"):
+        load_adapter(str(assets.adapter), args, {"mask_size": 8})
+
+    for extra, message in [
+        (["--fresh_adapter"], "leaves the instance branch untrained"),
+        (["--fresh_adapter", "--adapter_name_or_path", str(assets.adapter), "--adapter_config",
+          '{"use_instance_branch": false}'], "drop --adapter_name_or_path"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit):
+            stage2.parse_args([*argv, *extra])
+        assert message in capsys.readouterr().err
+    args = stage2.parse_args([*argv, "--fresh_adapter", "--adapter_config", '{"use_instance_branch": false}'])
+    c = stage2.build_components(args)
+    assert c.adapter.config.use_instance_branch is False and c.sources["adapter"] == "new"
+    assert c.previous_stages == []
+
+
+def test_recipe_trains_each_module_ablation_with_the_module_switched_off(tmp_path):
+    """``mtcolor.bench.ablations.mtcolor_ablation_models`` on the shipped model, 2 steps per stage:
+    every variant is trained (own stage 1 where the switch changes stage 1), saved with its switch,
+    trains only what the variant has, and is reused on a second call."""
+    from mtcolor import MTColorPipeline
+    from mtcolor.bench.ablations import MT_RETRAINED, mtcolor_ablation_models
+    from mtcolor.embedded import embedded_model
+    from training.mtcolor_model import ADAPTER_SWITCHES
+
+    model = Path(embedded_model("mtcolor-tiny"))
+    steps = {"stage1": 2, "stage2": 2}
+    models = mtcolor_ablation_models(tmp_path, model, steps=steps, data_scale=0.0)  # 8 + 8 scenes
+    assert [row for row, _ in models] == [row for row, _ in MT_RETRAINED]
+    folders = dict(models)
+    expected = {
+        "w/o PMAM (retrained)": ({"use_pmam": False}, [2]),
+        "w/o instance masks (retrained)": ({"use_instance_masks": False}, [1, 2]),
+        "w/o instance branch (retrained)": ({"use_instance_branch": False}, [2]),
+        "mask mode: paper (retrained)": ({"attention_mode": "paper"}, [1, 2]),
+    }
+    full = json.loads((model / "adapter" / "config.json").read_text())
+    controlnet = sum(
+        t.numel() for t in _tensors(model / "controlnet", "diffusion_pytorch_model.safetensors").values()
+    )
+    for row, (switch, stages) in expected.items():
+        folder = folders[row]
+        config = json.loads((folder / "adapter" / "config.json").read_text())
+        assert {k: config[k] for k in switch} == switch  # saved with the variant ...
+        assert all(config[k] == full[k] for k in ADAPTER_SWITCHES if k not in switch)  # ... and nothing else
+        info = json.loads((folder / "training_info.json").read_text())["stages"]
+        own = [s for s in info if str(tmp_path) in s["data"]["train_data"]]
+        assert [s["stage"] for s in own] == stages and all(s["steps"] == 2 for s in own)
+        trainable = own[-1]["parameters"]["trainable"]
+        if row.startswith("w/o PMAM"):
+            assert trainable == controlnet  # the ControlNet only
+        else:
+            assert trainable > controlnet  # the ControlNet + PMAM
+    pipe = MTColorPipeline.from_pretrained(folders["w/o PMAM (retrained)"])
+    assert pipe.adapter.config.use_pmam is False  # the variant runs switched off by default
+    stamp = (
+        (folders["w/o PMAM (retrained)"] / "controlnet" / "diffusion_pytorch_model.safetensors")
+        .stat()
+        .st_mtime
+    )
+    assert mtcolor_ablation_models(tmp_path, model, steps=steps, data_scale=0.0) == models  # reused
+    assert (
+        folders["w/o PMAM (retrained)"] / "controlnet" / "diffusion_pytorch_model.safetensors"
+    ).stat().st_mtime == stamp

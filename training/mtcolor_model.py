@@ -53,12 +53,27 @@ def load_base_models(args) -> tuple:
     return vae, text_encoder, tokenizer, unet, noise_scheduler
 
 
-def load_adapter(name_or_path: str, args):
+#: adapter config fields that may be changed on trained weights (ablation switches, MT Tables III-IV)
+ADAPTER_SWITCHES = ("attention_mode", "use_instance_branch", "use_instance_masks", "use_pmam")
+
+
+def load_adapter(name_or_path: str, args, overrides: dict | None = None):
     """An ``MTColorAdapter`` from its folder, a pipeline folder holding ``adapter/``, or a hub id
-    (the repository itself, else its ``adapter`` subfolder)."""
+    (the repository itself, else its ``adapter`` subfolder).
+
+    ``overrides``: new values of the :data:`ADAPTER_SWITCHES` config fields (saved with the
+    adapter, so the trained pipeline runs the same variant by default); other keys are an error.
+    """
     from mtcolor.models.adapter import MTColorAdapter
 
-    kwargs = {"revision": args.revision, "cache_dir": args.cache_dir}
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(ADAPTER_SWITCHES))
+    if unknown:
+        raise ValueError(
+            f"adapter_config={overrides} changes {unknown} of a trained adapter; only {list(ADAPTER_SWITCHES)} "
+            "can change on trained weights (the other fields fix the weights' shapes)."
+        )
+    kwargs = {"revision": args.revision, "cache_dir": args.cache_dir, **overrides}
     path = Path(name_or_path)
     if path.is_dir():
         if not (path / "config.json").is_file() and (path / "adapter" / "config.json").is_file():
@@ -68,7 +83,7 @@ def load_adapter(name_or_path: str, args):
                 f"adapter_name_or_path={name_or_path!r} holds no MTColorAdapter (config.json) and no adapter/ "
                 "subfolder; pass the stage-1 adapter or pipeline folder."
             )
-        return MTColorAdapter.from_pretrained(str(path))
+        return MTColorAdapter.from_pretrained(str(path), **overrides)
     try:
         return MTColorAdapter.from_pretrained(name_or_path, **kwargs)
     except OSError:
@@ -151,13 +166,25 @@ def configure_trainable(model: MTColorTrainingModel, stage: int) -> list[tuple[s
       (``adapter.stage_parameters(1)``); UNet frozen, no ControlNet.
     * stage 2: the whole ControlNet + the adapter's PMAM modules (``adapter.stage_parameters(2)``);
       UNet and the stage-1 adapter parts frozen.
+
+    Modules an ablation switches off in the adapter's config (``use_pmam`` / ``use_instance_branch``
+    false, MT Tables III-IV) take no part in the forward pass and are not trained; a stage left
+    with nothing of the adapter to train in stage 1 is an error.
     """
     if stage not in (1, 2):
         raise ValueError(f"stage={stage!r}; expected 1 or 2.")
     if stage == 2 and model.controlnet is None:
         raise ValueError("stage 2 trains a ControlNet but model.controlnet is None; build one first.")
+    config = model.adapter.config
+    if stage == 1 and not config.use_instance_branch:
+        raise ValueError(
+            "stage 1 trains the instance branch, but the adapter has use_instance_branch=False; the 'w/o "
+            "instance branch' ablation skips stage 1 (training/stage2.py --fresh_adapter)."
+        )
     model.requires_grad_(False)
     names = {f"adapter.{name}" for name, _ in model.adapter.stage_parameters(stage)}
+    if not config.use_pmam:
+        names = {name for name in names if not name.startswith("adapter.pmams.")}
     if stage == 2:
         names |= {f"controlnet.{name}" for name, _ in model.controlnet.named_parameters()}
     trainable = [(name, param) for name, param in model.named_parameters() if name in names]

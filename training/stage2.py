@@ -12,6 +12,16 @@ ControlNet and the PMAM modules (``adapter.stage_parameters(2)``) with MT eq. 10
 text encoder stay frozen.
 
 The result is ``<output_dir>/pipeline``: the complete ``MTColorPipeline``.
+
+Ablations (MT Tables III-IV), trained with the same steps and seed as the full model:
+
+* w/o PMAM: ``--adapter_config '{"use_pmam": false}'`` (the ControlNet reaches the UNet through its
+  residuals only; the PMAM modules are not trained);
+* w/o instance branch: ``--fresh_adapter --adapter_config '{"use_instance_branch": false}'`` (no
+  stage 1; a fresh adapter whose PMAM is trained here);
+* w/o instance masks / paper mask mode: train stage 1 with ``--adapter_config`` ``{"use_instance_masks":
+  false}`` / ``{"attention_mode": "paper"}`` and pass its pipeline here (the switches travel in the
+  adapter's config).
 """
 
 from __future__ import annotations
@@ -23,7 +33,13 @@ if __package__ in (None, ""):  # `accelerate launch training/stage2.py` runs thi
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training import common  # noqa: E402
-from training.mtcolor_model import Components, load_adapter, load_base_models, read_training_info  # noqa: E402
+from training.mtcolor_model import (  # noqa: E402
+    ADAPTER_SWITCHES,
+    Components,
+    load_adapter,
+    load_base_models,
+    read_training_info,
+)
 
 STAGE = 2
 
@@ -37,6 +53,19 @@ def build_parser():
         default=None,
         help="The stage-1 MTColorAdapter folder, or a stage-1 pipeline folder (its adapter/ is used). "
         "Default: <pretrained_model_name_or_path>/adapter.",
+    )
+    group.add_argument(
+        "--adapter_config",
+        default=None,
+        help="Adapter config changes (YAML/JSON file, inline JSON or a mapping in --config): the ablation switches "
+        f"{list(ADAPTER_SWITCHES)} of the loaded stage-1 adapter, or any MTColorAdapter.from_unet argument with "
+        "--fresh_adapter. Saved with the trained adapter.",
+    )
+    group.add_argument(
+        "--fresh_adapter",
+        action="store_true",
+        help="Start from a fresh adapter instead of a stage-1 one: the 'w/o instance branch' ablation (needs "
+        "--adapter_config '{\"use_instance_branch\": false}').",
     )
     group.add_argument(
         "--controlnet_model_name_or_path",
@@ -58,7 +87,20 @@ def parse_args(argv: list[str] | None = None):
     """Parse and validate the stage-2 arguments (``--config`` YAML + flags)."""
     parser = build_parser()
     args = common.parse_args(parser, argv)
-    if args.adapter_name_or_path is None:
+    try:
+        args.adapter_config = common.mapping_argument(args.adapter_config, "adapter_config")
+    except ValueError as error:
+        parser.error(str(error))
+    if args.fresh_adapter:
+        if args.adapter_name_or_path:
+            parser.error("--fresh_adapter starts from a new adapter; drop --adapter_name_or_path.")
+        if args.adapter_config.get("use_instance_branch", True):
+            parser.error(
+                "--fresh_adapter leaves the instance branch untrained (stage 2 does not train it); pass "
+                "--adapter_config '{\"use_instance_branch\": false}' (the w/o instance branch ablation) or train "
+                "stage 1 first."
+            )
+    elif args.adapter_name_or_path is None:
         base = Path(args.pretrained_model_name_or_path)
         if base.is_dir() and not (base / "adapter").is_dir():
             parser.error(
@@ -80,8 +122,13 @@ def build_components(args) -> Components:
     """Frozen SD-1.5 models + the stage-1 adapter; a ControlNet to train."""
     from diffusers import ControlNetModel
 
+    from mtcolor.models.adapter import MTColorAdapter
+
     vae, text_encoder, tokenizer, unet, noise_scheduler = load_base_models(args)
-    adapter = load_adapter(args.adapter_name_or_path, args)
+    if args.fresh_adapter:
+        adapter = MTColorAdapter.from_unet(unet, **args.adapter_config)
+    else:
+        adapter = load_adapter(args.adapter_name_or_path, args, args.adapter_config)
     if args.controlnet_model_name_or_path:
         controlnet = ControlNetModel.from_pretrained(
             args.controlnet_model_name_or_path,
@@ -96,8 +143,10 @@ def build_components(args) -> Components:
             kwargs["conditioning_embedding_out_channels"] = tuple(args.controlnet_conditioning_channels)
         controlnet = ControlNetModel.from_unet(unet, **kwargs)
         controlnet_source = "ControlNetModel.from_unet"
-    adapter_folder = Path(args.adapter_name_or_path)
-    stage1_folder = adapter_folder.parent if adapter_folder.name == "adapter" else adapter_folder
+    adapter_folder = Path(args.adapter_name_or_path or "")
+    stage1_folder = None
+    if not args.fresh_adapter:
+        stage1_folder = adapter_folder.parent if adapter_folder.name == "adapter" else adapter_folder
     return Components(
         vae=vae,
         text_encoder=text_encoder,
@@ -108,7 +157,7 @@ def build_components(args) -> Components:
         noise_scheduler=noise_scheduler,
         sources={
             "base_model": args.pretrained_model_name_or_path,
-            "adapter": args.adapter_name_or_path,
+            "adapter": "new" if args.fresh_adapter else args.adapter_name_or_path,
             "controlnet": controlnet_source,
         },
         previous_stages=read_training_info(stage1_folder),

@@ -1,12 +1,15 @@
 """The papers' ablation table, measured on held-out synthetic scenes.
 
-``python -m mtcolor.bench ablations [--model DIR] [--lcoins DIR] [--scenes 40] [--steps 20]``
+``python -m mtcolor.bench ablations [--model DIR] [--lcoins DIR] [--scenes 40] [--steps 20]
+[--mtcolor_ablations DIR] [--lcoins_ablations DIR]``
 
-Rows (MT-Color, all on the same trained weights, switched at inference): full model; w/o PMAM;
-w/o instance masks (unmasked branch); w/o instance branch; plain sampling (alpha = 0); fusion
-w/o crop; normalised fusion; attention mode "paper" instead of "renormalized". Then L-CoIns.
-The paper's ablations retrain a model without each module; rows that would need their own weights
-here are measured as inference-time switches of the full model, which the table says.
+Rows: the full MT-Color model, then its ablations. Sampling ablations (plain sampling alpha = 0,
+fusion w/o crop, normalised fusion) run on the full model's weights. Module ablations (w/o PMAM,
+w/o instance masks, w/o instance branch, mask mode "paper") are models *retrained* without the
+module with the full model's steps and seed (MT Tables III-IV), given by ``--mtcolor_ablations DIR``
+(trained there on demand by :func:`mtcolor_ablation_models`, reused when present); the same
+modules switched off at inference on the full model's weights are reported too, marked "(switch)".
+Then L-CoIns and, with ``--lcoins_ablations DIR``, its four Table 1 ablations (also trained on demand).
 
 Columns: colour adherence (all instances, and instances of held-out colour-shape pairs), colour
 bleeding (leak), PSNR and SSIM against the ground truth, colorfulness. Models default to the
@@ -25,14 +28,57 @@ import torch
 
 MT_ROWS = [
     ("MT-Color (full)", {}),
-    ("w/o PMAM", {"use_pmam": False}),
-    ("w/o instance masks", {"use_instance_masks": False}),
-    ("w/o instance branch", {"use_instance_branch": False}),
+    ("w/o PMAM (switch)", {"use_pmam": False}),
+    ("w/o instance masks (switch)", {"use_instance_masks": False}),
+    ("w/o instance branch (switch)", {"use_instance_branch": False}),
     ("plain sampling (alpha = 0)", {"alpha": 0.0}),
     ("fusion w/o crop", {"fusion": "no_crop"}),
     ("normalized fusion", {"fusion": "normalized"}),
-    ("mask mode: paper", {"attention_mode": "paper"}),
+    ("mask mode: paper (switch)", {"attention_mode": "paper"}),
 ]
+
+#: retrained module ablations: (row name, ``training.recipes.tiny.MT_ABLATIONS`` key)
+MT_RETRAINED = [
+    ("w/o PMAM (retrained)", "no_pmam"),
+    ("w/o instance masks (retrained)", "no_instance_masks"),
+    ("w/o instance branch (retrained)", "no_instance_branch"),
+    ("mask mode: paper (retrained)", "paper_mask_mode"),
+]
+
+
+def mtcolor_ablation_models(
+    work_dir,
+    model,
+    seed: int | None = None,
+    steps: dict | None = None,
+    data_scale: float = 1.0,
+    threads: int = 1,
+    jobs: int = 1,
+) -> list[tuple[str, Path]]:
+    """Train (once; finished ones are reused) the MT-Color module ablations of ``model`` with the
+    recipe's data and the steps and seed recorded in ``model``'s ``recipe.json`` (the recipe's
+    defaults when it has none), and return ``[(row name, pipeline folder)]``.
+
+    ``model`` (an MT-Color pipeline folder, e.g. the embedded ``mtcolor-tiny``) provides the frozen
+    base model and the stage-1 weights that the stage-2-only ablations reuse (stage 2 freezes them).
+    """
+    from tqdm.auto import tqdm
+
+    from training.recipes.tiny import STEPS, build_data, mtcolor_ablations
+
+    work_dir, model = Path(work_dir), Path(model)
+    recipe = json.loads((model / "recipe.json").read_text()) if (model / "recipe.json").is_file() else {}
+    seed = recipe.get("seed", 0) if seed is None else seed
+    steps = steps or {k: recipe.get("steps", STEPS).get(k, STEPS[k]) for k in ("stage1", "stage2")}
+    data = work_dir / "data"
+    build_data(data, seed, data_scale)
+    names = [key for _, key in MT_RETRAINED]
+    with tqdm(total=len(names), desc="MT-Color ablations") as bar:
+        trained = mtcolor_ablations(
+            work_dir, model, model, data, steps, seed, threads, jobs, names, progress=lambda _: bar.update()
+        )
+    folders = {name: folder for name, folder, _ in trained}
+    return [(row, folders[key]) for row, key in MT_RETRAINED]
 
 
 LCOINS_ABLATIONS = [
@@ -155,7 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         help="train the four L-CoIns Table 1 ablations into DIR (the recipe's data, steps and seed; reused "
         "when already there) and add their rows",
     )
+    parser.add_argument(
+        "--mtcolor_ablations",
+        default=None,
+        metavar="DIR",
+        help="train the MT-Color module ablations (w/o PMAM, w/o instance masks, w/o instance branch, paper mask "
+        "mode) into DIR with the model's recipe steps and seed (reused when already there) and add their rows",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each ablation training run")
+    parser.add_argument("--jobs", type=int, default=1, help="MT-Color ablations trained at the same time")
     args = parser.parse_args(argv)
 
     from pipelines.pipeline_lcoins import LCoInsPipeline
@@ -172,6 +226,16 @@ def main(argv: list[str] | None = None) -> int:
     scenes = _scenes(config, args.scenes, args.seed)
     rows = [r for r in MT_ROWS if args.rows is None or r[0] in args.rows]
     results = run_mtcolor(pipe, scenes, rows, args.steps, args.seed, args.batch, config.image_size)
+    if args.mtcolor_ablations:
+        for name, folder in mtcolor_ablation_models(
+            args.mtcolor_ablations, model, threads=args.threads, jobs=args.jobs
+        ):
+            if args.rows is None or name in args.rows:
+                variant = MTColorPipeline.from_pretrained(folder)
+                variant.set_progress_bar_config(disable=True)
+                results += run_mtcolor(
+                    variant, scenes, [(name, {})], args.steps, args.seed, args.batch, config.image_size
+                )
 
     lcoins = args.lcoins
     if lcoins is None:
@@ -191,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"# Ablations on {len(scenes)} held-out synthetic scenes ({args.steps} steps, seed {args.seed})\n\n"
-        f"MT-Color model: `{model}`; held-out colour-shape pairs: {sorted(holdout)}. MT-Color rows switch a module "
-        "off at inference on the full model's weights (the paper retrains without it).\n"
+        f"MT-Color model: `{model}`; held-out colour-shape pairs: {sorted(holdout)}. Rows marked (switch) turn a "
+        "module off at inference on the full model's weights; (retrained) rows are models trained without it "
+        "with the same steps and seed, as in the paper.\n"
     )
     print(
         "| row | adherence | adherence (held-out pairs) | bleeding (leak) | PSNR | SSIM | colorfulness | time |"
@@ -208,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     if lcoins is None:
         print("\nL-CoIns: no model given and none embedded; row skipped.")
+    if not args.mtcolor_ablations:
+        print(
+            "\nMT-Color module ablations retrained without the module (as in the paper): add `--mtcolor_ablations "
+            "DIR` to train them with the model's recipe steps and seed (about 40 CPU-minutes in all) and report "
+            "their rows."
+        )
     if not args.lcoins_ablations:
         print(
             "\nL-CoIns Table-1 ablations (own weights each): add `--lcoins_ablations DIR` to train them with the "

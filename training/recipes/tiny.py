@@ -112,6 +112,123 @@ def lcoins_command(
     ]  # fmt: skip
 
 
+def stage1_command(
+    base: Path, data: Path, output_dir: Path, steps: int, seed: int, adapter_switches: dict | None = None
+) -> list[str]:
+    """The recipe's MT-Color stage-1 command; ``adapter_switches`` (e.g. ``{"use_instance_masks":
+    False}``) are merged into ``stage1_tiny.yaml``'s adapter config."""
+    extra = (
+        ["--adapter_config", json.dumps(tiny_adapter_config(**adapter_switches))] if adapter_switches else []
+    )
+    return [
+        sys.executable, "training/stage1.py", "--config", "training/configs/stage1_tiny.yaml",
+        "--pretrained_model_name_or_path", str(base), "--train_data", str(data),
+        "--validation_data", str(data), "--validation_split", "test", "--output_dir", str(output_dir),
+        "--max_train_steps", str(steps), "--train_batch_size", "16",
+        "--resolution", str(SYNTHETIC["image_size"]), "--seed", str(seed), "--report_to", "none", *extra,
+    ]  # fmt: skip
+
+
+def stage2_command(
+    base: Path, stage1: Path | None, data: Path, output_dir: Path, steps: int, seed: int, extra: tuple = ()
+) -> list[str]:
+    """The recipe's MT-Color stage-2 command (``stage1``: the stage-1 pipeline folder, or None
+    with ``--fresh_adapter`` in ``extra``)."""
+    adapter = ["--adapter_name_or_path", str(stage1)] if stage1 is not None else []
+    return [
+        sys.executable, "training/stage2.py", "--config", "training/configs/stage2_tiny.yaml",
+        "--pretrained_model_name_or_path", str(base), *adapter, "--train_data", str(data),
+        "--validation_data", str(data), "--validation_split", "test", "--output_dir", str(output_dir),
+        "--max_train_steps", str(steps), "--controlnet_conditioning_channels", *CONTROLNET_CHANNELS,
+        "--train_batch_size", "16", "--resolution", str(SYNTHETIC["image_size"]), "--seed", str(seed),
+        "--report_to", "none", *extra,
+    ]  # fmt: skip
+
+
+#: MT-Color ablations that need their own weights (MT Tables III-IV, mask mode), trained with the
+#: full model's steps and seed: adapter config switches of stage 1 (own stage 1 trained) or "skip"
+#: (no stage 1: a fresh adapter in stage 2); without "stage1" the full model's stage 1 is reused.
+MT_ABLATIONS = {
+    "no_instance_masks": {"stage1": {"use_instance_masks": False}},
+    "paper_mask_mode": {"stage1": {"attention_mode": "paper"}},
+    "no_pmam": {"stage2": {"use_pmam": False}},
+    "no_instance_branch": {"stage1": "skip", "stage2": {"use_instance_branch": False}},
+}
+
+
+def tiny_adapter_config(**switches) -> dict:
+    """``stage1_tiny.yaml``'s adapter config with ``switches`` merged in."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "training" / "configs" / "stage1_tiny.yaml").read_text())
+    return {**config.get("adapter_config", {}), **switches}
+
+
+def mtcolor_ablations(
+    work_dir: Path,
+    base: Path,
+    stage1: Path,
+    data: Path,
+    steps: dict,
+    seed: int,
+    threads: int = 1,
+    jobs: int = 1,
+    names: list[str] | None = None,
+    progress=None,
+) -> list[tuple[str, Path, float]]:
+    """Train the :data:`MT_ABLATIONS` models into ``work_dir/<name>`` (finished ones are reused).
+
+    Args:
+        base: the SD-layout base model folder (``base/model``, or a pipeline folder holding one).
+        stage1: the full model's stage-1 pipeline (or any pipeline whose adapter holds its stage-1
+            weights: stage 2 freezes them), reused by the ablations that change only stage 2.
+        steps: ``{"stage1": n1, "stage2": n2}``, the full model's steps.
+        jobs: ablations trained at the same time (``threads`` torch threads each).
+        progress: called with the name of each finished ablation.
+
+    Returns:
+        ``[(name, stage-2 pipeline folder, wall seconds)]`` in :data:`MT_ABLATIONS` order (0 s when reused).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = list(MT_ABLATIONS) if names is None else names
+    unknown = sorted(set(names) - set(MT_ABLATIONS))
+    if unknown:
+        raise ValueError(f"unknown MT-Color ablations {unknown}; choose from {list(MT_ABLATIONS)}.")
+
+    def train(name: str) -> tuple[str, Path, float]:
+        folder = Path(work_dir) / name
+        pipeline = folder / "stage2" / "pipeline"
+        seconds = 0.0
+        if not (pipeline / "model_index.json").is_file():
+            spec = MT_ABLATIONS[name]
+            stage1_switches, stage2_switches = spec.get("stage1"), spec.get("stage2")
+            extra = ("--adapter_config", json.dumps(stage2_switches)) if stage2_switches else ()
+            adapter = stage1
+            if stage1_switches == "skip":
+                adapter = None
+                extra = (
+                    "--fresh_adapter",
+                    "--adapter_config",
+                    json.dumps(tiny_adapter_config(**stage2_switches)),
+                )
+            elif stage1_switches:
+                adapter = folder / "stage1" / "pipeline"
+                if not (adapter / "model_index.json").is_file():
+                    command = stage1_command(
+                        base, data, folder / "stage1", steps["stage1"], seed, stage1_switches
+                    )
+                    seconds += run_stage(f"{name}_stage1", command, folder / "logs", threads)
+            command = stage2_command(base, adapter, data, folder / "stage2", steps["stage2"], seed, extra)
+            seconds += run_stage(f"{name}_stage2", command, folder / "logs", threads)
+        if progress is not None:
+            progress(name)
+        return name, pipeline, seconds
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(train, names))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training.recipes.tiny", description=__doc__.splitlines()[0]
@@ -127,7 +244,16 @@ def main(argv: list[str] | None = None) -> int:
         default=os.cpu_count() or 1,
         help="torch threads per stage (use 1 when other jobs share the cores: oversubscribed threads are 4x slower)",
     )
-    parser.add_argument("--stages", nargs="+", default=["data", "base", "stage1", "stage2", "lcoins"])
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        default=["data", "base", "stage1", "stage2", "lcoins"],
+        choices=["data", "base", "stage1", "stage2", "lcoins", "ablations"],
+        help="stages to run; 'ablations' trains the MT-Color ablation models (MT_ABLATIONS) after stage 2",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="ablation models trained at the same time (one core each)"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     logs = out / "logs"
@@ -159,32 +285,15 @@ def main(argv: list[str] | None = None) -> int:
                 args.threads,
             )  # fmt: skip
             done(name, seconds)
+    base = out / "base" / "model"
     if "stage1" in args.stages and "stage1" not in times:
-        seconds = run_stage(
-            "stage1",
-            [py, "training/stage1.py", "--config", "training/configs/stage1_tiny.yaml",
-             "--pretrained_model_name_or_path", str(out / "base" / "model"), "--train_data", str(data),
-             "--validation_data", str(data), "--validation_split", "test",
-             "--output_dir", str(out / "stage1"), "--max_train_steps", str(_steps("stage1", args.scale)),
-             "--train_batch_size", "16", *resolution, *common],
-            logs,
-            args.threads,
-        )  # fmt: skip
-        done("stage1", seconds)
+        command = stage1_command(base, data, out / "stage1", _steps("stage1", args.scale), args.seed)
+        done("stage1", run_stage("stage1", command, logs, args.threads))
     if "stage2" in args.stages and "stage2" not in times:
-        seconds = run_stage(
-            "stage2",
-            [py, "training/stage2.py", "--config", "training/configs/stage2_tiny.yaml",
-             "--pretrained_model_name_or_path", str(out / "base" / "model"),
-             "--adapter_name_or_path", str(out / "stage1" / "pipeline"), "--train_data", str(data),
-             "--validation_data", str(data), "--validation_split", "test",
-             "--output_dir", str(out / "stage2"), "--max_train_steps", str(_steps("stage2", args.scale)),
-             "--controlnet_conditioning_channels", *CONTROLNET_CHANNELS,
-             "--train_batch_size", "16", *resolution, *common],
-            logs,
-            args.threads,
-        )  # fmt: skip
-        done("stage2", seconds)
+        command = stage2_command(
+            base, out / "stage1" / "pipeline", data, out / "stage2", _steps("stage2", args.scale), args.seed
+        )
+        done("stage2", run_stage("stage2", command, logs, args.threads))
     if "lcoins" in args.stages and "lcoins" not in times:
         seconds = run_stage(
             "lcoins",
@@ -193,6 +302,19 @@ def main(argv: list[str] | None = None) -> int:
             args.threads,
         )
         done("lcoins", seconds)
+    if "ablations" in args.stages:
+        steps = {stage: _steps(stage, args.scale) for stage in ("stage1", "stage2")}
+        for name, _, seconds in mtcolor_ablations(
+            out / "ablations",
+            base,
+            out / "stage1" / "pipeline",
+            data,
+            steps,
+            args.seed,
+            args.threads,
+            args.jobs,
+        ):
+            done(f"ablation_{name}", seconds)
     if args.export:
         export(out, times, args)
     print(f"[recipe] done: {json.dumps(times)}")
