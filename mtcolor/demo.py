@@ -176,8 +176,13 @@ def run_demo(
     device: str | None = None,
     include_photo: bool = True,
     progress: bool = True,
+    guidance_scale: float | None = None,
 ) -> dict:
-    """Run the demo; returns the metrics dict also written to ``out_dir/metrics.json``."""
+    """Run the demo; returns the metrics dict also written to ``out_dir/metrics.json``.
+
+    ``guidance_scale``: default the value the model's recipe measured as best (``recipe.json``,
+    :func:`mtcolor.embedded.recommended_inference`), else the pipeline's 7.5.
+    """
     from tqdm.auto import tqdm
 
     from .color import image_luminance
@@ -188,6 +193,10 @@ def run_demo(
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe, trained, source = load_pipeline(model, device)
     model_folder = source if trained else None
+    if guidance_scale is None:
+        from .embedded import recommended_inference
+
+        guidance_scale = recommended_inference(model_folder).get("guidance_scale", 7.5)
     config = synthetic_config(model_folder)
     scenes = demo_scenes(config, num_scenes, seed)
     photo = voc_scene() if include_photo else None
@@ -205,6 +214,7 @@ def run_demo(
             scene["instance_texts"],
             prompt=scene.get("global_text", ""),
             num_inference_steps=steps,
+            guidance_scale=guidance_scale,
             working_resolution=working if scene["kind"] != "real photo" else max(working, 128),
             generator=torch.Generator().manual_seed(seed + i),
             output_type="pt",
@@ -247,6 +257,7 @@ def run_demo(
         "model": source,
         "trained": trained,
         "steps": steps,
+        "guidance_scale": guidance_scale,
         "synthetic_config": {k: v for k, v in asdict(config).items()},
         "synthetic_adherence": sum(agree) / max(1, len(agree)),
         "scenes": records,

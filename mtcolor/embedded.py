@@ -8,6 +8,7 @@ wall time and measured metrics.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
@@ -33,3 +34,22 @@ def embedded_model(name: str = "mtcolor-tiny") -> str:
             "build it with `python -m training.recipes.tiny` or pass a model folder."
         )
     return str(folder)
+
+
+#: inference settings a recipe may record for its model (``recipe.json`` -> ``"inference"``)
+INFERENCE_KEYS = ("guidance_scale", "num_inference_steps")
+
+
+def recommended_inference(model_folder: str | Path | None) -> dict:
+    """The inference settings measured for a model by its recipe, e.g. ``{"guidance_scale": 3.0}``.
+
+    Read from ``recipe.json`` (key ``"inference"``) beside the model; ``{}`` when the folder has
+    none (then the pipeline's own defaults apply). Only :data:`INFERENCE_KEYS` are returned.
+    """
+    if model_folder is None:
+        return {}
+    path = Path(model_folder) / "recipe.json"
+    if not path.is_file():
+        return {}
+    inference = json.loads(path.read_text()).get("inference", {})
+    return {key: inference[key] for key in INFERENCE_KEYS if key in inference}

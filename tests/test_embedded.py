@@ -56,6 +56,66 @@ def test_demo_writes_contact_sheet_and_metrics(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["trained"] and len(metrics["scenes"]) == 2  # one held-out scene + its recolour request
     assert (tmp_path / "contact_sheet.png").stat().st_size > 0
+    from mtcolor.embedded import recommended_inference
+
+    # the guidance the recipe measured best for the shipped model, unless given
+    assert (
+        metrics["guidance_scale"] == recommended_inference(embedded_model("mtcolor-tiny"))["guidance_scale"]
+    )
+    assert main(["demo", "--out", str(tmp_path), "--scenes", "1", "--steps", "1", "--no-photo",
+                 "--guidance_scale", "1.25"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "metrics.json").read_text())["guidance_scale"] == 1.25
+
+
+def test_recommended_inference_settings(tmp_path):
+    from mtcolor.embedded import recommended_inference
+
+    assert recommended_inference(None) == {} and recommended_inference(tmp_path) == {}
+    (tmp_path / "recipe.json").write_text(
+        json.dumps({"inference": {"guidance_scale": 3.0, "sweep": {"3.0": 0.4}}})
+    )
+    assert recommended_inference(tmp_path) == {"guidance_scale": 3.0}  # only pipeline arguments
+
+
+def test_recipe_guidance_sweep_picks_the_best_measured_scale(monkeypatch):
+    from pathlib import Path
+
+    import mtcolor.bench.ablations as bench
+    from training.recipes import tiny
+
+    measured = {}
+
+    def metrics(outputs, scenes, holdout):  # adherence = a known function of the guidance used
+        return {"adherence": measured[outputs.shape[0]]}
+
+    real_run = bench.run_mtcolor
+
+    def run(pipe, scenes, rows, *args, **kwargs):
+        results = real_run(pipe, scenes, rows, *args, **kwargs)
+        for (name, _), (_, result) in zip(rows, results):
+            result["outputs"] = result["outputs"][: int(float(name) * 2)]  # tag each row by its size
+            measured[int(float(name) * 2)] = {1.0: 0.2, 2.0: 0.5, 3.0: 0.5}[float(name)]
+        return results
+
+    monkeypatch.setattr(bench, "_metrics", metrics)
+    monkeypatch.setattr(bench, "run_mtcolor", run)
+    result = tiny.choose_guidance(
+        Path(embedded_model("mtcolor-tiny")), scenes=6, steps=1, candidates=(1.0, 2.0, 3.0)
+    )
+    assert result["sweep"] == {1.0: 0.2, 2.0: 0.5, 3.0: 0.5}
+    assert result["guidance_scale"] == 2.0  # best, ties to the first
+    assert result["num_inference_steps"] == 1 and result["seed"] == 1 and result["scenes"] == 6
+
+
+def test_measured_section_lists_the_model_rows():
+    from training.recipes.tiny import measured_section
+
+    row = {"adherence": 0.4, "instances": 95, "adherence_holdout": 0.372, "holdout_instances": 43,
+           "bleeding": 0.387, "psnr": 18.76, "ssim": 0.8, "colorfulness": 48.4}  # fmt: skip
+    bench = [{"row": "MT-Color (full)", **row}, {"row": "L-CoIns", **row}]
+    text = measured_section(bench, "MT-Color")
+    assert "| MT-Color (full) | 40.0% (95) | 37.2% (43) | 0.387 | 18.76 | 0.800 | 48.4 |" in text
+    assert "L-CoIns" not in text and measured_section(bench, "nothing") == ""
 
 
 def test_bench_trains_the_lcoins_table1_ablations_on_demand(tmp_path):

@@ -153,10 +153,13 @@ def _metrics(outputs: torch.Tensor, scenes: list[dict], holdout: set) -> dict:
 
 
 def run_mtcolor(
-    pipe, scenes, rows, steps: int, seed: int, batch: int, working: int
+    pipe, scenes, rows, steps: int, seed: int, batch: int, working: int, guidance_scale: float = 7.5
 ) -> list[tuple[str, dict]]:
+    """Colorize ``scenes`` once per ``(row name, pipeline options)``; returns ``[(name, {"outputs":
+    (N, 3, H, W) in [0, 1], "seconds"})]``."""
     results = []
     for name, options in rows:
+        options = {"guidance_scale": guidance_scale, **options}
         start = time.perf_counter()
         outs = []
         for i in range(0, len(scenes), batch):
@@ -190,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--scenes", type=int, default=40)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=None,
+        help="MT-Color guidance (default: the value the model's recipe measured best, else 7.5)",
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", nargs="*", default=None, help="subset of MT-Color row names")
@@ -225,7 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     holdout = {tuple(p) for p in config.holdout_pairs}
     scenes = _scenes(config, args.scenes, args.seed)
     rows = [r for r in MT_ROWS if args.rows is None or r[0] in args.rows]
-    results = run_mtcolor(pipe, scenes, rows, args.steps, args.seed, args.batch, config.image_size)
+    from ..embedded import recommended_inference
+
+    guidance = args.guidance_scale
+    if guidance is None:
+        guidance = recommended_inference(model).get("guidance_scale", 7.5)
+    results = run_mtcolor(pipe, scenes, rows, args.steps, args.seed, args.batch, config.image_size, guidance)
     if args.mtcolor_ablations:
         for name, folder in mtcolor_ablation_models(
             args.mtcolor_ablations, model, threads=args.threads, jobs=args.jobs
@@ -234,7 +248,14 @@ def main(argv: list[str] | None = None) -> int:
                 variant = MTColorPipeline.from_pretrained(folder)
                 variant.set_progress_bar_config(disable=True)
                 results += run_mtcolor(
-                    variant, scenes, [(name, {})], args.steps, args.seed, args.batch, config.image_size
+                    variant,
+                    scenes,
+                    [(name, {})],
+                    args.steps,
+                    args.seed,
+                    args.batch,
+                    config.image_size,
+                    guidance,
                 )
 
     lcoins = args.lcoins
@@ -254,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append((name, {"outputs": out, "seconds": time.perf_counter() - start}))
 
     print(
-        f"# Ablations on {len(scenes)} held-out synthetic scenes ({args.steps} steps, seed {args.seed})\n\n"
+        f"# Ablations on {len(scenes)} held-out synthetic scenes ({args.steps} steps, guidance {guidance}, "
+        f"seed {args.seed})\n\n"
         f"MT-Color model: `{model}`; held-out colour-shape pairs: {sorted(holdout)}. Rows marked (switch) turn a "
         "module off at inference on the full model's weights; (retrained) rows are models trained without it "
         "with the same steps and seed, as in the paper.\n"

@@ -18,6 +18,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--scenes", type=int, default=4, help="held-out synthetic scenes (default 4)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    parser.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance (default: the value the model's recipe measured best, else 7.5)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     parser.add_argument("--no-photo", action="store_true", help="skip the real photo")
@@ -35,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         include_photo=not args.no_photo,
+        guidance_scale=args.guidance_scale,
     )
     if not summary["trained"]:
         print("NOTE: no embedded model in this install; ran tiny UNTRAINED components (colours are random).")
