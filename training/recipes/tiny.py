@@ -439,7 +439,7 @@ def export(out: Path, times: dict, args) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         sections = {"Recipe": recipe}
         if name == "mtcolor-tiny" and inference:
-            sweep = ", ".join(f"{scale:g}: {acc:.1%}" for scale, acc in inference["sweep"].items())
+            sweep = ", ".join(f"{float(scale):g}: {acc:.1%}" for scale, acc in inference["sweep"].items())
             sections["Inference settings"] = (
                 f"`guidance_scale={inference['guidance_scale']:g}`, {inference['num_inference_steps']} steps (read by "
                 f"`mtcolor demo` and `mtcolor.bench ablations` from `recipe.json`): the best colour adherence of a "
