@@ -181,7 +181,7 @@ def run_demo(
     """Run the demo; returns the metrics dict also written to ``out_dir/metrics.json``.
 
     ``guidance_scale``: default the value the model's recipe measured as best (``recipe.json``,
-    :func:`mtcolor.embedded.recommended_inference`), else the pipeline's 7.5.
+    :func:`mtcolor.embedded.recommended_guidance_scale`), else the pipeline's 7.5.
     """
     from tqdm.auto import tqdm
 
@@ -194,9 +194,9 @@ def run_demo(
     pipe, trained, source = load_pipeline(model, device)
     model_folder = source if trained else None
     if guidance_scale is None:
-        from .embedded import recommended_inference
+        from .embedded import recommended_guidance_scale
 
-        guidance_scale = recommended_inference(model_folder).get("guidance_scale", 7.5)
+        guidance_scale = recommended_guidance_scale(model_folder)
     config = synthetic_config(model_folder)
     scenes = demo_scenes(config, num_scenes, seed)
     photo = voc_scene() if include_photo else None

@@ -53,3 +53,8 @@ def recommended_inference(model_folder: str | Path | None) -> dict:
         return {}
     inference = json.loads(path.read_text()).get("inference", {})
     return {key: inference[key] for key in INFERENCE_KEYS if key in inference}
+
+
+def recommended_guidance_scale(model_folder: str | Path | None) -> float:
+    """The guidance scale the model's recipe measured best, else ``MTColorPipeline``'s default 7.5."""
+    return recommended_inference(model_folder).get("guidance_scale", 7.5)

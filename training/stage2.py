@@ -143,9 +143,9 @@ def build_components(args) -> Components:
             kwargs["conditioning_embedding_out_channels"] = tuple(args.controlnet_conditioning_channels)
         controlnet = ControlNetModel.from_unet(unet, **kwargs)
         controlnet_source = "ControlNetModel.from_unet"
-    adapter_folder = Path(args.adapter_name_or_path or "")
     stage1_folder = None
     if not args.fresh_adapter:
+        adapter_folder = Path(args.adapter_name_or_path)
         stage1_folder = adapter_folder.parent if adapter_folder.name == "adapter" else adapter_folder
     return Components(
         vae=vae,

@@ -234,11 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     holdout = {tuple(p) for p in config.holdout_pairs}
     scenes = _scenes(config, args.scenes, args.seed)
     rows = [r for r in MT_ROWS if args.rows is None or r[0] in args.rows]
-    from ..embedded import recommended_inference
+    from ..embedded import recommended_guidance_scale
 
-    guidance = args.guidance_scale
-    if guidance is None:
-        guidance = recommended_inference(model).get("guidance_scale", 7.5)
+    guidance = recommended_guidance_scale(model) if args.guidance_scale is None else args.guidance_scale
     results = run_mtcolor(pipe, scenes, rows, args.steps, args.seed, args.batch, config.image_size, guidance)
     if args.mtcolor_ablations:
         for name, folder in mtcolor_ablation_models(

@@ -351,7 +351,8 @@ def choose_guidance(
     rows = [(str(scale), {"guidance_scale": float(scale)}) for scale in candidates]
     results = run_mtcolor(pipe, validation, rows, steps, seed, 8, config.image_size)
     sweep = {
-        float(name): round(_metrics(r["outputs"], validation, holdout)["adherence"], 4) for name, r in results
+        float(scale): round(_metrics(result["outputs"], validation, holdout)["adherence"], 4)
+        for scale, (_, result) in zip(candidates, results)
     }
     best = max(sweep, key=lambda scale: (sweep[scale], -list(sweep).index(scale)))
     print(f"[recipe] guidance sweep (adherence on {scenes} validation scenes): {sweep}; chosen {best}")
