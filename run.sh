@@ -3,7 +3,8 @@
 # project needs, then runs the main job or the test suite.
 #
 #   bash run.sh demo      # the main job: `mtcolor demo` on the embedded default model
-#   bash run.sh test      # the test suite (what CI runs)
+#   bash run.sh test      # the test suite (what CI runs; installs Debian's chromium for the browser tests)
+#   bash run.sh ui        # the web UI (`mtcolor ui`) on 127.0.0.1
 #   bash run.sh <cmd...>  # any command inside the environment, e.g. `bash run.sh mtcolor --help`
 #
 # The environment lives in $MTCOLOR_VENV (default: ~/.cache/mtcolor/venv-<hash of the dependency
@@ -35,9 +36,22 @@ export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 export TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
 export HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"
 
+# Browser tests (the web UI's) drive Debian's Chromium through playwright; install the package when it
+# is missing (never a browser download: playwright's own builds cannot be fetched offline).
+ensure_chromium() {
+    if command -v chromium >/dev/null 2>&1; then return 0; fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "[run.sh] installing Debian's chromium for the browser tests (first run only)" >&2
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "[run.sh] chromium is missing: install Debian's 'chromium' package (as root) for the browser tests" >&2
+    fi
+}
+
 cmd="${1:-demo}"
 case "$cmd" in
     demo) shift || true; exec mtcolor demo "$@" ;;
-    test) shift || true; exec python -m pytest -q -p no:cacheprovider "$@" ;;
+    test) shift || true; ensure_chromium; exec python -m pytest -q -p no:cacheprovider "$@" ;;
+    ui) shift || true; exec mtcolor ui "$@" ;;
     *) exec "$@" ;;
 esac
