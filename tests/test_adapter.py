@@ -108,22 +108,60 @@ def test_instance_encoder_is_eq3(components):
 
 
 def _dense_branch(branch, x, labels, tokens, token_labels):
-    """Direct transcription of MT eq. 4-7 with explicit (lx + n) x (lx + n) matrices."""
-    gamma = branch.instance_norm(branch.instance_proj(tokens))
-    p = torch.cat([x, gamma], 1)  # (B, lx + n, C)
-    heads = branch.heads
-    B, L, C = p.shape
-    q = branch.to_q(p).view(B, L, heads, -1).transpose(1, 2)
-    k = branch.to_k(p).view(B, L, heads, -1).transpose(1, 2)
-    v = branch.to_v(p).view(B, L, heads, -1).transpose(1, 2)
-    self_map = torch.softmax(q @ k.transpose(-1, -2) / (C // heads) ** 0.5, -1)  # eq. 4
-    lx = x.shape[1]
-    m_self = labels[:, :, None] == labels[:, None, :]  # eq. 5
-    m_cross = labels[:, :, None] == token_labels[:, None, :]  # eq. 6
-    mask = torch.cat([m_self, m_cross], 2)[:, None]  # rows: latent pixels
-    out = (mask * self_map[:, :, :lx]) @ v  # eq. 7, latent rows
-    out = out.transpose(1, 2).reshape(B, lx, C)
-    return torch.tanh(branch.gate) * branch.to_out(out)
+    """Direct transcription of MT eq. 4-7 with explicit (lx + n) x (lx + n) matrices, one sample at
+    a time: ``p = [f_x; Gamma]`` holds the sample's own instance tokens only (padding, label -1, is
+    not a token of the sample)."""
+    heads, lx, C = branch.heads, x.shape[1], x.shape[2]
+    outs = []
+    for b in range(x.shape[0]):
+        real = token_labels[b] >= 0
+        gamma = branch.instance_norm(branch.instance_proj(tokens[b, real]))
+        p = torch.cat([x[b], gamma], 0)  # (lx + n, C)
+        L = p.shape[0]
+        q = branch.to_q(p).view(L, heads, -1).transpose(0, 1)
+        k = branch.to_k(p).view(L, heads, -1).transpose(0, 1)
+        v = branch.to_v(p).view(L, heads, -1).transpose(0, 1)
+        self_map = torch.softmax(q @ k.transpose(-1, -2) / (C // heads) ** 0.5, -1)  # eq. 4
+        m_self = labels[b, :, None] == labels[b, None, :]  # eq. 5
+        m_cross = labels[b, :, None] == token_labels[b, real][None, :]  # eq. 6
+        mask = torch.cat([m_self, m_cross], 1)[None]  # rows: latent pixels
+        out = (mask * self_map[:, :lx]) @ v  # eq. 7, latent rows
+        outs.append(out.transpose(0, 1).reshape(lx, C))
+    return torch.tanh(branch.gate) * branch.to_out(torch.stack(outs))
+
+
+@pytest.mark.parametrize("mode", ["renormalized", "paper"])
+@torch.no_grad()
+def test_sample_output_does_not_depend_on_the_padding_its_batch_adds(components, mode):
+    """Sample A (one instance) run alone vs batched with sample B (three instances): A gets two
+    padding instance tokens in the batch. Its noise prediction must not change (padding tokens are
+    not tokens of A; MT eq. 4's softmax runs over A's own tokens only), in both modes."""
+    c = copy.deepcopy(components)
+    randomize_adapter(c["adapter"])
+    c["adapter"].install(c["unet"])
+    latents, t, hidden, _, _, gray = _inputs(c)
+    label = torch.zeros(2, 64, 64, dtype=torch.long)
+    label[0, 8:40, 8:40] = 1
+    label[1, :20, :20], label[1, 30:, :30], label[1, 40:, 40:] = 1, 2, 3
+    texts = [["a red car"], ["a blue cat", "a green tree", "a yellow sky"]]
+    embeds, counts = encode_instance_texts(c["tokenizer"], c["text_encoder"], texts)
+    alone_embeds, alone_counts = encode_instance_texts(c["tokenizer"], c["text_encoder"], texts[:1])
+
+    def run(rows, label_map, embeds, counts):
+        context = c["adapter"].build_context(label_map, embeds, counts, (8, 8), mode=mode)
+        return predict_noise(
+            c["unet"],
+            latents[rows],
+            t[rows],
+            hidden[rows],
+            context=context,
+            controlnet=c["controlnet"],
+            control_image=gray[rows],
+        )
+
+    batched = run(slice(0, 2), label, embeds, counts)
+    alone = run(slice(0, 1), label[:1], alone_embeds, alone_counts)
+    assert (batched[0] - alone[0]).abs().max() < 1e-4
 
 
 def _attn(dim=16, heads=2):

@@ -40,14 +40,22 @@ def random_labels(batch, tokens, num_labels, seed):
 
 def explicit_dense(q, k, v, q_labels, k_labels, mode):
     """Independent transcription. paper: (M o softmax(QK^T/sqrt d)) V (MT eq. 2); renormalized: the
-    masked weights divided by their row sum (a row without any allowed key gives 0)."""
-    probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
-    mask = (q_labels.unsqueeze(2) == k_labels.unsqueeze(1)).unsqueeze(1).to(q.dtype)  # (B, 1, Nq, Nk)
-    weights = mask * probs
-    if mode == "renormalized":
-        total = weights.sum(-1, keepdim=True)
-        weights = torch.where(total > 0, weights / total.clamp_min(1e-300), torch.zeros_like(weights))
-    return weights @ v
+    masked weights divided by their row sum (a row without any allowed key gives 0).
+
+    Padding (negative label) keys are not tokens of the sample: they are removed from K and V before
+    anything is computed (so they are absent from the paper-mode softmax), and no query matches them."""
+    outs = []
+    for b in range(q.shape[0]):
+        real = k_labels[b] >= 0
+        kb, vb, kl = k[b][:, real], v[b][:, real], k_labels[b][real]  # (H, Nk', d): the sample's keys
+        probs = torch.softmax(q[b] @ kb.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # (H, Nq, Nk')
+        mask = (q_labels[b].unsqueeze(1) == kl.unsqueeze(0)).to(q.dtype)  # (Nq, Nk')
+        weights = mask * probs
+        if mode == "renormalized":
+            total = weights.sum(-1, keepdim=True)
+            weights = torch.where(total > 0, weights / total.clamp_min(1e-300), torch.zeros_like(weights))
+        outs.append(weights @ vb)
+    return torch.stack(outs)
 
 
 def label_cases():
@@ -64,7 +72,18 @@ def label_cases():
             torch.tensor([[0, 1, 7, 7, 1, 0, 2, 7, 0, 1], [7, 7, 7, 7, 7, 7, 7, 7, 7, 7]]),
             torch.tensor([[0, 1, 2, 0, 1, 2, 0, 1], [0, 1, 2, 0, 1, 2, 0, 1]]),
         ),
+        ("padding", *padded_labels()),
     ]
+
+
+def padded_labels():
+    """Labels 0-2 plus padding (-1): padding keys at the end (padded instance tokens) and one in
+    the middle, a padding query in item 0, and item 1 with more padding than item 0."""
+    q_labels = random_labels(2, 20, 3, 51)
+    q_labels[0, 3] = -1
+    k_labels = torch.cat([random_labels(2, 22, 3, 52), torch.tensor([[0, 1, -1, -1], [0, -1, -1, -1]])], 1)
+    k_labels[1, 5] = -1
+    return q_labels, k_labels
 
 
 CASES = label_cases()
@@ -270,6 +289,32 @@ def test_paper_mode_rows_shrink_by_own_label_mass():
     paper = masked_attention(q, k, v, q_labels, k_labels, mode="paper")
     ratio = paper.norm(dim=-1) / renorm.norm(dim=-1)
     assert (ratio > 0).all() and (ratio < 1).all()
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS + ("reference",))
+@pytest.mark.parametrize("mode", MODES)
+def test_padding_keys_change_nothing(mode, impl):
+    """Appending padding keys (label -1, large random keys and values, as padded instance tokens
+    become after the projection + LayerNorm) leaves every output unchanged, in both modes: a sample's
+    result does not depend on how many instances the other samples of its batch have."""
+    q_labels, k_labels = random_labels(2, 20, 3, 61), random_labels(2, 20, 3, 62)
+    q, k, v = qkv(num_q=20, num_k=20, dtype=torch.float64)
+    k_pad, v_pad = (torch.randn(2, 3, 4, 8, dtype=torch.float64) * 10 for _ in range(2))
+    labels_pad = torch.cat([k_labels, torch.full((2, 4), -1)], 1)
+    before = masked_attention(q, k, v, q_labels, k_labels, mode=mode, impl=impl)
+    after = masked_attention(
+        q, torch.cat([k, k_pad], 2), torch.cat([v, v_pad], 2), q_labels, labels_pad, mode=mode, impl=impl
+    )
+    torch.testing.assert_close(after, before, atol=1e-12, rtol=0.0)
+    lat_labels = q_labels
+    inst = torch.tensor([0, 1, 2])
+    inst_padded = torch.tensor([[0, 1, 2, -1, -1], [0, 1, 2, -1, -1]])
+    k_inst, v_inst = (torch.randn(2, 3, 5, 8, dtype=torch.float64) for _ in range(2))
+    short = instance_masked_attention(
+        q, k, v, lat_labels, k_inst[:, :, :3], v_inst[:, :, :3], inst, mode=mode, impl=impl
+    )
+    padded = instance_masked_attention(q, k, v, lat_labels, k_inst, v_inst, inst_padded, mode=mode, impl=impl)
+    torch.testing.assert_close(padded, short, atol=1e-12, rtol=0.0)
 
 
 def error_cases():

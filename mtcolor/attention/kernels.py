@@ -9,15 +9,19 @@ Tensor layout follows :func:`torch.nn.functional.scaled_dot_product_attention`:
 * ``q``: ``(B, H, Nq, d)``, ``k``: ``(B, H, Nk, d)``, ``v``: ``(B, H, Nk, dv)`` (``dv`` may differ
   from ``d``), any floating dtype, any strides (diffusers processors pass ``(B, N, H, d)`` memory
   viewed as ``(B, H, N, d)``, which is the cheapest layout for the ``"segments"`` implementation).
-* ``q_labels``: ``(B, Nq)``, ``k_labels``: ``(B, Nk)``, any integer dtype, any values (0 is the
-  background by convention; only equality matters).
+* ``q_labels``: ``(B, Nq)``, ``k_labels``: ``(B, Nk)``, any integer dtype. Non-negative values are
+  labels (0 is the background by convention; only equality matters). **Negative values mark
+  padding** (e.g. the padded instance tokens of a batch whose samples have different instance
+  counts, label -1): a padding key is seen by no query and does not enter the paper-mode softmax
+  either, and a padding query sees no key (output 0). So a sample's output does not depend on how
+  much padding the rest of its batch forces on it.
 
 Two masking modes:
 
 * ``"renormalized"`` (default): pre-softmax mask, every row sums to 1 over the allowed keys. A
   query whose label no key carries gets an output of exactly 0 (and zero gradients), never NaN.
 * ``"paper"``: MT eq. 2 / 7 literally, ``out = (M o softmax(q k^T * scale)) v``: the softmax runs
-  over *all* keys and the mask is applied afterwards, without renormalisation. Computed as
+  over *all* non-padding keys and the mask is applied afterwards, without renormalisation. Computed as
   ``renormalized_out * mass`` where ``mass[i]`` (in ``[0, 1]``) is the softmax mass query ``i``
   puts on keys of its own label, obtained exactly (with gradients) from unmasked SDPA calls whose
   values are the one-hot encoding of the key labels. No ``N x N`` tensor is formed.
@@ -76,6 +80,8 @@ class LabelPartition:
         q_rank: ``(B, Nq)`` int64, index of each query's label in ``labels``.
         k_rank: ``(B, Nk)`` int64, index of each key's label in ``labels``.
         labels: ``(L,)`` sorted distinct labels of ``q_labels`` and ``k_labels`` together.
+        num_padding: how many of ``labels`` are negative (padding); they come first in ``labels``,
+            so group ``g`` is padding iff ``g % L < num_padding``.
     """
 
     batch: int
@@ -90,6 +96,7 @@ class LabelPartition:
     q_rank: torch.Tensor
     k_rank: torch.Tensor
     labels: torch.Tensor
+    num_padding: int = 0
 
     @classmethod
     def build(cls, q_labels: torch.Tensor, k_labels: torch.Tensor) -> LabelPartition:
@@ -123,12 +130,15 @@ class LabelPartition:
         k_key = (k_rank + offsets).reshape(-1)
         q_order = torch.sort(q_key, stable=True).indices
         k_order = torch.sort(k_key, stable=True).indices
-        q_sizes, k_sizes = torch.stack(
+        counts = torch.cat(
             [
                 torch.bincount(q_key, minlength=batch * num_labels),
                 torch.bincount(k_key, minlength=batch * num_labels),
+                (labels < 0).sum().view(1),
             ]
-        ).tolist()
+        ).tolist()  # the one host sync
+        q_sizes = counts[: batch * num_labels]
+        k_sizes = counts[batch * num_labels : 2 * batch * num_labels]
         return cls(
             batch,
             num_q,
@@ -142,6 +152,7 @@ class LabelPartition:
             q_rank,
             k_rank,
             labels,
+            counts[-1],
         )
 
     def check_matches(self, q_labels: torch.Tensor, k_labels: torch.Tensor) -> None:
@@ -175,17 +186,18 @@ def masked_attention(
     scale: float | None = None,
     partition: LabelPartition | None = None,
 ) -> torch.Tensor:
-    """Attention where query ``i`` sees key ``j`` iff ``q_labels[b, i] == k_labels[b, j]``.
+    """Attention where query ``i`` sees key ``j`` iff ``q_labels[b, i] == k_labels[b, j] >= 0``.
 
     Args:
         q: ``(B, H, Nq, d)`` queries, floating point.
         k: ``(B, H, Nk, d)`` keys, same dtype and device as ``q``.
         v: ``(B, H, Nk, dv)`` values, same dtype and device as ``q``.
-        q_labels: ``(B, Nq)`` integer labels of the queries.
-        k_labels: ``(B, Nk)`` integer labels of the keys.
+        q_labels: ``(B, Nq)`` integer labels of the queries (negative = padding, sees nothing).
+        k_labels: ``(B, Nk)`` integer labels of the keys (negative = padding, seen by nobody and
+            absent from the paper-mode softmax).
         mode: ``"renormalized"`` (pre-softmax mask, rows sum to 1; a query with no same-label key
-            outputs 0) or ``"paper"`` (MT eq. 2/7: ``(M o softmax(q k^T * scale)) v``, unmasked
-            softmax, mask applied afterwards, rows not renormalised).
+            outputs 0) or ``"paper"`` (MT eq. 2/7: ``(M o softmax(q k^T * scale)) v``, softmax over
+            every non-padding key, mask applied afterwards, rows not renormalised).
         impl: ``"auto"`` (= ``"segments"``), ``"segments"``, ``"sdpa_mask"`` or ``"reference"``
             (dense, tests only).
         scale: factor applied to ``q k^T`` before the softmax; ``None`` means ``1 / sqrt(d)``.
@@ -226,7 +238,8 @@ def instance_key_labels(lat_labels: torch.Tensor, inst_labels: torch.Tensor) -> 
     Args:
         lat_labels: ``(B, N)`` integer label map of the latent tokens.
         inst_labels: ``(B, n)`` or ``(n,)`` integer labels of the instance tokens (instance token
-            ``j`` carries label ``j``; a learned null token carries label 0, the background).
+            ``j`` carries label ``j``; a learned null token carries label 0, the background; -1
+            marks a padding token, invisible in both modes).
 
     Returns:
         ``(B, N + n)`` labels; build the branch's partition with
@@ -264,7 +277,9 @@ def instance_masked_attention(
     ``p = [latent; instance]`` tokens; a latent token attends to latent tokens of its own label
     (``M_self``, MT eq. 5) and to instance tokens whose label equals its own (``M_cross``, MT eq. 6).
     Only the latent rows are computed (MT eq. 7 keeps ``[1 : lx]``). In ``"paper"`` mode the
-    softmax of MT eq. 4 runs over all ``lx + n`` keys, latent and instance.
+    softmax of MT eq. 4 runs over all ``lx + n`` keys, latent and instance, except padding instance
+    tokens (negative label): ``p`` holds only the sample's real tokens, whatever the batch's
+    longest instance list.
 
     Args:
         q_lat: ``(B, H, N, d)`` latent queries.
@@ -358,8 +373,11 @@ def _check_inputs(q, k, v, q_labels, k_labels) -> None:
 def _reference(q, k, v, q_labels, k_labels, mode: str, scale: float) -> torch.Tensor:
     """Dense transcription: explicit boolean M, explicit softmax, explicit (M o softmax) v."""
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, Nq, Nk)
-    allowed = (q_labels[:, None, :, None] == k_labels[:, None, None, :]).expand_as(scores)
+    allowed = _allowed(q_labels, k_labels).expand_as(scores)
     if mode == "paper":
+        real = (k_labels >= 0)[:, None, None, :].expand_as(scores)  # padding keys leave the softmax
+        scores = scores.masked_fill(~real, float("-inf"))
+        scores = scores.masked_fill(~real.any(dim=-1, keepdim=True), 0.0)  # only padding keys
         attn = allowed * torch.softmax(scores, dim=-1)  # MT eq. 2 / 7
     else:
         scores = scores.masked_fill(~allowed, float("-inf"))
@@ -368,8 +386,14 @@ def _reference(q, k, v, q_labels, k_labels, mode: str, scale: float) -> torch.Te
     return torch.matmul(attn, v)
 
 
+def _allowed(q_labels, k_labels) -> torch.Tensor:
+    """(B, 1, Nq, Nk) bool: same label, and not padding (negative)."""
+    same = q_labels[:, None, :, None] == k_labels[:, None, None, :]
+    return same & (k_labels >= 0)[:, None, None, :]
+
+
 def _sdpa_mask(q, k, v, q_labels, k_labels, scale: float) -> torch.Tensor:
-    allowed = q_labels[:, None, :, None] == k_labels[:, None, None, :]  # (B, 1, Nq, Nk)
+    allowed = _allowed(q_labels, k_labels)  # (B, 1, Nq, Nk)
     has_key = allowed.any(dim=-1, keepdim=True)  # (B, 1, Nq, 1)
     # Rows with no allowed key would be NaN; let them see every key, then zero them (zero gradient).
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | ~has_key, scale=scale)
@@ -421,11 +445,12 @@ def _segment_outputs(q, k, v, partition: LabelPartition, scale: float) -> list[t
     )
     k_groups = _Permute.apply(_token_major(k), k_order, k_inverse).split(partition.k_sizes)
     v_groups = _Permute.apply(_token_major(v), k_order, k_inverse).split(partition.k_sizes)
+    num_labels, num_padding = partition.labels.numel(), partition.num_padding
     pieces = []
-    for q_group, k_group, v_group in zip(q_groups, k_groups, v_groups):
+    for group, (q_group, k_group, v_group) in enumerate(zip(q_groups, k_groups, v_groups)):
         if not q_group.shape[0]:
             continue
-        if not k_group.shape[0]:
+        if not k_group.shape[0] or group % num_labels < num_padding:  # no key, or padding
             pieces.append(q_group.new_zeros((q_group.shape[0], heads, dv)))
             continue
         # (1, H, n, d) views with (n, H, d) memory: the layout SDPA's fused CPU kernel expects.
@@ -440,20 +465,34 @@ def _segment_outputs(q, k, v, partition: LabelPartition, scale: float) -> list[t
 
 
 def _own_label_mass(q, k, partition: LabelPartition, scale: float) -> torch.Tensor:
-    """``(B, H, Nq)``: unmasked softmax mass each query puts on keys of its own label.
+    """``(B, H, Nq)``: softmax mass each query puts on keys of its own label, the softmax running
+    over every non-padding key (padding keys are masked out of it, so they change nothing).
 
-    One unmasked SDPA call per chunk of ``d`` labels, with the one-hot encoding of the key labels
-    (padded to ``d`` columns) as values; exact, differentiable w.r.t. ``q`` and ``k``.
+    One SDPA call per chunk of ``d`` labels, with the one-hot encoding of the key labels (padded to
+    ``d`` columns) as values; exact, differentiable w.r.t. ``q`` and ``k``. A padding query's mass
+    is meaningless (its masked output is 0 anyway) but finite.
     """
     batch, heads, num_q, dim = q.shape
-    num_labels = partition.labels.numel()
-    one_hot = F.one_hot(partition.k_rank, num_labels).to(q.dtype)  # (B, Nk, L)
+    num_padding = partition.num_padding
+    num_labels = partition.labels.numel() - num_padding  # real labels only
+    if num_labels == 0:
+        return q.new_zeros(batch, heads, num_q)
+    k_rank = partition.k_rank - num_padding  # (B, Nk), negative for padding keys
+    one_hot = F.one_hot(k_rank.clamp_min(0), num_labels).to(q.dtype)  # (B, Nk, L)
+    attn_mask = None
+    if num_padding:
+        real = k_rank >= 0  # (B, Nk)
+        one_hot = one_hot * real.unsqueeze(-1).to(q.dtype)  # padding keys carry no label
+        real = real | ~real.any(dim=-1, keepdim=True)  # a row of only padding: any finite value
+        attn_mask = real[:, None, None, :]  # (B, 1, 1, Nk)
     masses = []
     for start in range(0, num_labels, dim):
         chunk = one_hot[..., start : start + dim]
         chunk = F.pad(chunk, (0, dim - chunk.shape[-1]))
         values = chunk.unsqueeze(1).expand(batch, heads, -1, dim)
-        masses.append(F.scaled_dot_product_attention(q, k, values, scale=scale)[..., : num_labels - start])
+        out = F.scaled_dot_product_attention(q, k, values, attn_mask=attn_mask, scale=scale)
+        masses.append(out[..., : num_labels - start])
     mass = torch.cat(masses, dim=-1)  # (B, H, Nq, L)
-    index = partition.q_rank.unsqueeze(1).unsqueeze(-1).expand(batch, heads, num_q, 1)
+    q_rank = (partition.q_rank - num_padding).clamp_min(0)
+    index = q_rank.unsqueeze(1).unsqueeze(-1).expand(batch, heads, num_q, 1)
     return mass.gather(-1, index).squeeze(-1)
