@@ -219,6 +219,49 @@ def test_grouping_layer_eq_11_12():
     assert torch.allclose(hard.sum(1), torch.ones(2, 10))
 
 
+def grouping_layer_reference(layer: GroupingLayer, groups, image):
+    """LC eq. 11-12 transcribed group by group. An empty group (0 / 0 in eq. 12) keeps Z_grp[i]."""
+    soft = (groups @ image.transpose(1, 2) / math.sqrt(groups.shape[-1])).softmax(dim=1)  # A_bar
+    one_hot = F.one_hot(soft.argmax(dim=1), groups.shape[1]).transpose(1, 2).to(soft.dtype)
+    a_hat = one_hot + soft - soft.detach()  # eq. 11
+    values = image @ layer.to_value.weight.T  # W_v Z_img
+    rows = []
+    for b in range(groups.shape[0]):
+        for i in range(groups.shape[1]):
+            numerator = a_hat[b, i] @ values[b]  # sum_j A_hat[i, j] W_v Z_img[j]
+            denominator = a_hat[b, i].sum() if one_hot[b, i].sum() > 0 else 1.0  # sum_j A_hat[i, j]
+            rows.append(groups[b, i] + numerator / denominator)  # eq. 12
+    return torch.stack(rows).view_as(groups)
+
+
+def test_grouping_layer_gradient_equals_eq_11_12_with_single_token_groups():
+    """Groups holding exactly one image token keep their straight-through gradient through the
+    denominator of eq. 12 (a clamp_min(1) on it has zero gradient at 1); empty groups too."""
+    torch.manual_seed(0)
+    layer = GroupingLayer(C).double()
+    centres = torch.eye(C, dtype=torch.float64)[:4] * 4  # 4 well separated group directions
+    owner = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 2, 1], [1, 1, 3, 1, 1, 1, 1, 1, 1]])  # winners
+    image = centres[owner] + 0.3 * torch.randn(2, 9, C, dtype=torch.float64)
+    groups = centres + 0.3 * torch.randn(2, 4, C, dtype=torch.float64)
+    weights = torch.randn(2, 4, C, dtype=torch.float64)
+
+    def grads(fn):
+        leaves = [groups.clone().requires_grad_(True), image.clone().requires_grad_(True)]
+        layer.zero_grad()
+        out = fn(*leaves)
+        (out * weights).sum().backward()
+        return out, [leaf.grad for leaf in leaves] + [layer.to_value.weight.grad.clone()]
+
+    out, got = grads(lambda g, x: layer(g, x)[0])
+    hard = layer(groups, image)[1].detach()
+    counts = hard.sum(-1).round()
+    assert counts.tolist() == [[1, 7, 1, 0], [0, 8, 0, 1]]  # single-token and empty groups present
+    expected_out, expected = grads(lambda g, x: grouping_layer_reference(layer, g, x))
+    torch.testing.assert_close(out, expected_out, atol=1e-12, rtol=1e-12)
+    for name, g, e in zip(("group_tokens", "image_tokens", "W_v"), got, expected):
+        torch.testing.assert_close(g, e, atol=1e-10, rtol=1e-10, msg=f"gradient of {name}")
+
+
 def test_grouping_layer_gradient_reaches_the_similarity():
     torch.manual_seed(0)
     layer = GroupingLayer(C)

@@ -256,8 +256,9 @@ class GroupingLayer(nn.Module):
 
         Z_bar_grp[i] = Z_grp[i] + sum_j A_hat[i, j] W_v Z_img[j] / sum_j A_hat[i, j]
 
-    A group that receives no image token keeps ``Z_grp[i]`` (its denominator is clamped to 1, the
-    numerator is 0 there).
+    A group that receives no image token keeps ``Z_grp[i]`` (the numerator is 0 there and only that
+    group's denominator, 0, is replaced by 1). Every other denominator keeps its straight-through
+    gradient, including a group holding exactly one image token (a ``clamp_min(1)`` would cut it).
 
     Args:
         dim: token width C.
@@ -274,5 +275,7 @@ class GroupingLayer(nn.Module):
         """Returns ``(merged (B, N_G, C), hard A_hat (B, N_G, N_I), soft A_bar (B, N_G, N_I))``."""
         soft = (group_tokens @ image_tokens.transpose(1, 2) * self.scale).softmax(dim=1)  # A_bar
         hard = straight_through_argmax(soft, dim=1)  # eq. 11
-        merged = (hard @ self.to_value(image_tokens)) / hard.sum(dim=-1, keepdim=True).clamp_min(1.0)
+        counts = hard.sum(dim=-1, keepdim=True)  # (B, N_G, 1): tokens per group, gradient via A_bar
+        empty = hard.detach().sum(dim=-1, keepdim=True) < 0.5  # groups that won no image token
+        merged = (hard @ self.to_value(image_tokens)) / counts.masked_fill(empty, 1.0)
         return group_tokens + merged, hard, soft  # eq. 12
