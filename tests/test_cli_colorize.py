@@ -255,3 +255,163 @@ def test_sam_box_instance_reaches_pipeline_as_sam_mask(scene, model_dir, capsys,
     np.testing.assert_array_equal(np.asarray(masks[0]), np.asarray(PIL.Image.open(s / "m2.png")))
     np.testing.assert_array_equal(masks[1], expected)
     assert PIL.Image.open(s / "sam.png").size == (W, H)
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 13: non-finite numbers, empty masks, decompression bombs, unwritable --out, killed runs
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Loading the pipeline fails the test: these inputs must be refused before the model loads."""
+    from mtcolor import MTColorPipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded although an input is invalid")
+
+    monkeypatch.setattr(MTColorPipeline, "from_pretrained", refuse)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--guidance-scale", "inf"], "--guidance-scale is inf; pass a finite number"),
+        (["--guidance-scale", "nan"], "--guidance-scale is nan; pass a finite number"),
+        (["--beta", "inf"], "--beta is inf; pass a finite number"),
+        (["--beta", "nan"], "--beta is nan; pass a finite number"),
+        (["--alpha=-inf"], "--alpha is -inf; pass a finite number"),
+        (
+            ["--box", "0,0,inf,10", "--text", "a"],
+            "--box '0,0,inf,10' is not x0,y0,x1,y1 (comma-separated finite",
+        ),
+        (["--point", "nan,3", "--text", "a"], "--point 'nan,3' is not x,y[;x,y...]"),
+        (["--max-pixels", "0"], "--max-pixels is 0; pass a positive pixel count"),
+    ],
+)
+def test_non_finite_numbers_are_refused_before_the_model_loads(
+    scene, model_dir, capsys, no_model_load, extra, message
+):
+    s = scene
+    code, err = cli([s / "gray.png", *extra, "--model", model_dir, *RUN, "--out", s / "o.png"], capsys)
+    assert code == 2
+    assert message in error_line(err)
+    assert not (s / "o.png").exists() and leftovers(s) == []
+
+
+def test_non_finite_spec_coordinates_are_refused(scene, model_dir, capsys, no_model_load):
+    s = scene
+    spec = {"image": "gray.png", "instances": [{"box": [0, 0, float("nan"), 10], "text": "a red car"}]}
+    (s / "nan.json").write_text(json.dumps(spec))  # json writes NaN, and json.load accepts it
+    code, err = cli(["--spec", s / "nan.json", "--model", model_dir, "--out", s / "o.png"], capsys)
+    assert code == 2
+    assert "instances[0] of --spec" in error_line(err) and "finite numbers" in error_line(err)
+
+
+def test_empty_mask_is_refused_before_the_model_loads(scene, model_dir, capsys, no_model_load):
+    s = scene
+    PIL.Image.new("L", (W, H), 0).save(s / "empty.png")
+    code, err = cli([s / "gray.png", "--mask", s / "m1.png", "--text", "a", "--mask", s / "empty.png",
+                     "--text", "b", "--model", model_dir, *RUN, "--out", s / "o.png"], capsys)  # fmt: skip
+    assert code == 2
+    line = error_line(err)
+    assert f"--mask #2: mask '{s / 'empty.png'}'" in line and "is empty" in line
+
+
+def _png_header(path, width: int, height: int) -> None:
+    """A PNG whose header claims width x height (8-bit gray) with no pixel data: Pillow opens it
+    lazily, so only a size check before decoding can refuse it quickly."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+
+
+def test_decompression_bomb_is_one_line_naming_the_limit_and_the_flag(scene, capsys):
+    s = scene
+    _png_header(s / "huge.png", 15000, 15000)
+    code, err = cli([s / "huge.png", "--model", "no-model", "--out", s / "o.png"], capsys)
+    assert code == 2
+    line = error_line(err)
+    assert f"GRAY '{s / 'huge.png'}' is 15000x15000 = 225,000,000 pixels" in line
+    assert "limit of 178,956,970" in line and "pass --max-pixels 225000000" in line
+    code, err = cli([s / "gray.png", "--mask", s / "huge.png", "--text", "a", "--model", "no-model",
+                     "--out", s / "o.png"], capsys)  # fmt: skip
+    assert code == 2 and "--mask #1: " in error_line(err) and "--max-pixels" in error_line(err)
+    # the flag moves the limit both ways
+    code, err = cli(
+        [s / "gray.png", "--max-pixels", W * H - 1, "--model", "no-model", "--out", s / "o.png"], capsys
+    )
+    assert code == 2 and f"pass --max-pixels {W * H}" in error_line(err)
+    code, err = cli(
+        [s / "gray.png", "--max-pixels", W * H, "--model", "no-model", "--out", s / "o.png"], capsys
+    )
+    assert code == 2 and "--model 'no-model'" in error_line(err)  # GRAY passed; the next check speaks
+
+
+def _unwritable_folder(tmp_path):
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    try:
+        open("/sys/.mtcolor-probe", "xb").close()
+    except PermissionError:
+        return "/sys"  # root may write anywhere but in sysfs
+    except OSError:
+        pass
+    pytest.skip("no folder that is unwritable for this user")
+
+
+def test_unwritable_out_folder_is_found_before_the_model_loads(scene, model_dir, capsys, no_model_load):
+    s = scene
+    folder = _unwritable_folder(s)
+    out = os.path.join(folder, "o.png")
+    code, err = cli([s / "gray.png", "--model", model_dir, *RUN, "--out", out], capsys)
+    assert code == 2
+    line = error_line(err)
+    assert f"--out {out!r}: cannot create a file in {str(folder)!r}" in line and "writable folder" in line
+
+
+def test_temporary_of_a_killed_run_is_removed_by_the_next_run(scene, model_dir, capsys):
+    """SIGKILL in the middle of writing OUT leaves the hidden temporary; the next run removes it (its
+    process is dead) but keeps the temporary of a live process."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    s = scene
+    argv = [
+        str(a)
+        for a in [s / "gray.png", "--model", model_dir, *RUN, "--guidance-scale", "1", "--out", s / "o.png"]
+    ]
+    script = (
+        "import os, signal, sys\n"
+        "import PIL.Image\n"
+        "def save(self, fp, format=None, **params):\n"
+        "    fp.write(b'\\x89PNG partial'); fp.flush()\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "PIL.Image.Image.save = save\n"
+        "from mtcolor.cli import main\n"
+        "sys.exit(main(['colorize', *sys.argv[1:]]))\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script, *argv], env=env, capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    (killed,) = leftovers(s)
+    assert not (s / "o.png").exists()
+    live = f".o.png.{os.getppid()}@{socket.gethostname()}.0123abcd.tmp"  # a live process's write in progress
+    (s / live).write_bytes(b"in progress")
+
+    code, err = cli(argv, capsys)
+    assert code == 0, err
+    assert PIL.Image.open(s / "o.png").size == (W, H)
+    assert leftovers(s) == [live]

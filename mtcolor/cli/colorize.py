@@ -2,22 +2,31 @@
 
 Instances come from ``--mask`` files, SAM ``--box`` / ``--point`` prompts (with ``--sam-checkpoint``)
 or a ``--spec`` JSON/YAML file; each gets one ``--text``, in command-line order. Every input is
-checked before the model is loaded, and the output is written to a temporary file in the output's
-directory and renamed at the end, so a failed run never leaves a partial ``OUT`` behind.
+checked before the model is loaded (numbers must be finite, images at most ``--max-pixels`` and
+non-empty, the output folder writable), and the output is written to a temporary file in the output's
+directory (``.OUT.<pid>@<host>.<token>.tmp``, reserved before the model loads) and renamed at the end,
+so a failed run never leaves a partial ``OUT`` behind; the temporaries of killed runs are removed by
+the next run.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 _MASK_MODES = ("1", "L", "I;16", "I", "F")
+_DEFAULTS = {"guidance_scale": 7.5, "alpha": 0.2, "beta": 0.2}
 _SPEC_KEYS = ("image", "prompt", "negative_prompt", "instances")
 _INSTANCE_KEYS = ("text", "mask", "box", "points")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+#: Default of ``--max-pixels``: where Pillow itself refuses an image as a decompression bomb.
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
 
 
 @dataclass
@@ -113,6 +122,13 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="return the decoded image instead of GRAY's own L + predicted colour",
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"refuse GRAY / masks with more pixels (decompression-bomb guard; default {DEFAULT_MAX_PIXELS:,})",
+    )
     return parser
 
 
@@ -126,11 +142,19 @@ def _numbers(value: str, count: int, flag: str, form: str, example: str) -> tupl
         numbers = tuple(float(part) for part in value.split(","))
     except ValueError:
         numbers = ()
-    if len(numbers) != count:
+    if len(numbers) != count or not all(math.isfinite(n) for n in numbers):
         raise ValueError(
-            f"{flag} {value!r} is not {form} (comma-separated numbers in pixels), e.g. {flag} {example}."
+            f"{flag} {value!r} is not {form} (comma-separated finite numbers in pixels), e.g. {flag} {example}."
         )
     return numbers
+
+
+def _finite_coordinates(values, where: str, key: str, form: str) -> None:
+    """Spec ``box`` / ``points`` entries: plain finite numbers (JSON/YAML accept NaN and infinity)."""
+    flat = [v for item in values for v in (item if isinstance(item, (list, tuple)) else [item])]
+    for value in flat:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{where} has {key} {values!r}; expected {form} with finite numbers in pixels.")
 
 
 def _parse_box(value: str, flag: str = "--box") -> tuple[float, float, float, float]:
@@ -213,11 +237,13 @@ def _spec_instances(spec: dict, path: str) -> list[_Instance]:
             box = entry["box"]
             if not isinstance(box, (list, tuple)) or len(box) != 4:
                 raise ValueError(f"{where} has box {box!r}; expected [x0, y0, x1, y1] in pixels.")
+            _finite_coordinates(box, where, "box", "[x0, y0, x1, y1]")
             instance.box = tuple(box)
         if entry.get("points") is not None:
             points = entry["points"]
             if not isinstance(points, (list, tuple)) or not points:
                 raise ValueError(f"{where} has points {points!r}; expected [[x, y], ...] in pixels.")
+            _finite_coordinates(points, where, "points", "[[x, y], ...]")
             instance.points = [tuple(p) if isinstance(p, (list, tuple)) else p for p in points]
         instances.append(instance)
     return instances
@@ -246,6 +272,15 @@ def _command_line_instances(args) -> list[_Instance]:
 
 
 def _check_options(args) -> None:
+    for flag in ("guidance_scale", "alpha", "beta"):
+        value = getattr(args, flag)
+        if not math.isfinite(value):
+            name = "--" + flag.replace("_", "-")
+            raise ValueError(f"{name} is {value}; pass a finite number (e.g. {name} {_DEFAULTS[flag]}).")
+    if args.max_pixels < 1:
+        raise ValueError(
+            f"--max-pixels is {args.max_pixels}; pass a positive pixel count (default {DEFAULT_MAX_PIXELS})."
+        )
     if args.steps < 1:
         raise ValueError(f"--steps is {args.steps}; pass a positive number of denoising steps (e.g. 50).")
     if not 0.0 <= args.alpha <= 1.0:
@@ -282,17 +317,69 @@ def _output_format(out: str) -> str:
     return image_format
 
 
-def _open_image(path: str, flag: str):
+def _open_image(path: str, flag: str, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Open and decode an image, refusing more than ``max_pixels`` pixels before decoding it."""
     import PIL.Image
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{flag} {path!r} does not exist.")
+    limit = PIL.Image.MAX_IMAGE_PIXELS
+    PIL.Image.MAX_IMAGE_PIXELS = None  # the size is checked below against --max-pixels instead
     try:
-        image = PIL.Image.open(path)
-        image.load()
-    except (PIL.UnidentifiedImageError, OSError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            image = PIL.Image.open(path)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ValueError(
+                    f"{flag} {path!r} is {width}x{height} = {width * height:,} pixels, more than the limit of "
+                    f"{max_pixels:,} (a guard against decompression bombs); pass --max-pixels {width * height} "
+                    "to allow it, or downscale the image."
+                )
+            if width < 1 or height < 1:
+                raise ValueError(
+                    f"{flag} {path!r} is empty ({width}x{height} pixels); pass a non-empty image."
+                )
+            image.load()
+    except (PIL.UnidentifiedImageError, OSError, PIL.Image.DecompressionBombError) as err:
         raise ValueError(f"{flag} {path!r} is not a readable image: {err}") from err
+    finally:
+        PIL.Image.MAX_IMAGE_PIXELS = limit
     return image
+
+
+def _check_masks_not_empty(masks: list, instances: list[_Instance]) -> None:
+    """Every mask file must have a pixel above 50% (the pipeline refuses empty masks after loading)."""
+    from mtcolor.masks import masks_to_label_map
+
+    rows = [i for i, mask in enumerate(masks) if mask is not None]
+    if not rows:
+        return
+    try:
+        masks_to_label_map([masks[i] for i in rows], warn_overlap=False)
+    except ValueError as err:  # name the flag instead of the internal index
+        index = int(m.group(1)) if (m := re.search(r"\[(\d+)", str(err))) else 0
+        instance = instances[rows[index]]
+        raise ValueError(f"{instance.where}: mask {instance.mask!r}: {err}") from err
+
+
+def _reserve_output(out: str) -> Path:
+    """Create the temporary file that will become ``out`` (proves the folder is writable before the
+    model loads) after removing the temporaries of ``out`` left by killed runs."""
+    from mtcolor.locks import remove_dead_temporaries, temporary_path
+
+    directory = os.path.dirname(os.path.abspath(out))
+    remove_dead_temporaries(directory, name=os.path.basename(out))
+    tmp = temporary_path(os.path.abspath(out))
+    try:
+        with open(tmp, "xb"):
+            pass
+    except OSError as err:
+        raise OSError(
+            f"--out {out!r}: cannot create a file in {directory!r} ({err.strerror or err}); pass --out in a "
+            "writable folder."
+        ) from err
+    return tmp
 
 
 def _resolve_model(model: str | None) -> str:
@@ -331,23 +418,17 @@ def _device(requested: str | None) -> str:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _write_atomically(image, out: str, image_format: str) -> None:
-    """Save ``image`` to a temporary file beside ``out`` and rename it onto ``out``."""
-    import tempfile
+def _write_atomically(image, tmp: Path, out: str, image_format: str) -> None:
+    """Save ``image`` into the reserved temporary file ``tmp``, fsync it and rename it onto ``out``
+    (the caller deletes ``tmp`` when this fails)."""
+    from mtcolor.locks import fsync_directory
 
-    directory = os.path.dirname(os.path.abspath(out))
-    handle, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(out)}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format=image_format)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with open(tmp, "wb") as stream:
+        image.save(stream, format=image_format)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(tmp, out)
+    fsync_directory(os.path.dirname(os.path.abspath(out)))
 
 
 def _colorize(args) -> int:
@@ -373,13 +454,13 @@ def _colorize(args) -> int:
 
     # 2. Check every file and prompt before loading any model
     image_format = _output_format(args.out)
-    image = _open_image(image_path, "GRAY")
+    image = _open_image(image_path, "GRAY", args.max_pixels)
     width, height = image.size
     masks: list = [None] * len(instances)
     for i, instance in enumerate(instances):
         if instance.mask is None:
             continue
-        mask = _open_image(instance.mask, f"{instance.where}:")
+        mask = _open_image(instance.mask, f"{instance.where}:", args.max_pixels)
         if mask.size != image.size:
             raise ValueError(
                 f"{instance.where}: mask {instance.mask!r} is {mask.size[0]}x{mask.size[1]} but GRAY is "
@@ -408,17 +489,32 @@ def _colorize(args) -> int:
         except ValueError as err:  # name the flag instead of the internal index
             index = int(m.group(1)) if (m := re.search(r"\[(\d+)\]", str(err))) else 0
             raise ValueError(f"{instances[sam_rows[index]].where}: {err}") from err
+    _check_masks_not_empty(masks, instances)
     model = _resolve_model(args.model)
     device = _device(args.device)
+    tmp = _reserve_output(args.out)
+    try:
+        colorized = _generate(args, image, masks, instances, prompt, negative_prompt, model, device)
 
+        # 5. Write atomically (into the reserved temporary file, then renamed onto OUT)
+        _write_atomically(colorized, tmp, args.out, image_format)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"wrote {args.out} ({colorized.size[0]}x{colorized.size[1]})")
+    return 0
+
+
+def _generate(args, image, masks: list, instances: list[_Instance], prompt, negative_prompt, model, device):
+    """Steps 3-4 of :func:`_colorize` (inputs already checked): SAM masks, then the pipeline."""
     # 3. SAM masks for the box/point instances
+    sam_rows = [i for i, instance in enumerate(instances) if instance.mask is None]
     if sam_rows:
         from mtcolor.sam import masks_from_sam
 
         sam_masks = masks_from_sam(
             image,
-            points=sam_points,
-            boxes=sam_boxes,
+            points=[instances[i].points for i in sam_rows],
+            boxes=[instances[i].box for i in sam_rows],
             checkpoint=args.sam_checkpoint,
             model_type=args.sam_model_type,
             device=device,
@@ -449,12 +545,7 @@ def _colorize(args) -> int:
         preserve_luminance=args.preserve_luminance,
         output_type="pil",
     )
-
-    # 5. Write atomically
-    colorized = result.images[0]
-    _write_atomically(colorized, args.out, image_format)
-    print(f"wrote {args.out} ({colorized.size[0]}x{colorized.size[1]})")
-    return 0
+    return result.images[0]
 
 
 def run(args: argparse.Namespace) -> int:
