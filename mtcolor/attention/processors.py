@@ -18,6 +18,7 @@ UNet's attention implementation does not remove MT-Color.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -91,26 +92,68 @@ class MTColorContext:
         return replace(self, control_features=features)  # the _cache dict object is shared, not copied
 
 
-def _base_call(base, attn, hidden_states, encoder_hidden_states, attention_mask, temb):
-    return base(
-        attn,
-        hidden_states,
-        encoder_hidden_states=encoder_hidden_states,
-        attention_mask=attention_mask,
-        temb=temb,
-    )
+def _accepted_keywords(processor) -> frozenset[str] | None:
+    """The keyword arguments ``processor(attn, hidden_states, **kw)`` accepts, or ``None`` if it takes
+    ``**kwargs`` (any keyword). diffusers processors differ: ``SlicedAttnProcessor`` has no ``temb``."""
+    try:
+        parameters = inspect.signature(processor).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature: pass everything, as before
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
-class InstanceSelfAttnProcessor2_0:
+class _WrapsBaseProcessor:
+    """Holds the wrapped ("base") diffusers processor and calls it with only the keywords its
+    ``__call__`` declares (inspected once, when ``base`` is set)."""
+
+    def __init__(self, base=None):
+        self.base = base if base is not None else AttnProcessor2_0()
+
+    @property
+    def base(self):
+        return self._base
+
+    @base.setter
+    def base(self, processor) -> None:
+        self._base = processor
+        self._base_keywords = _accepted_keywords(processor)
+
+    def _call_base(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb) -> torch.Tensor:
+        keywords = {
+            "encoder_hidden_states": encoder_hidden_states,
+            "attention_mask": attention_mask,
+            "temb": temb,
+        }
+        accepted = self._base_keywords
+        if accepted is not None:
+            dropped = [name for name, value in keywords.items() if name not in accepted and value is not None]
+            if dropped:
+                raise ValueError(
+                    f"the wrapped processor {type(self._base).__name__} does not accept {dropped}, but this "
+                    f"call passes them (not None); set a processor that takes them (e.g. AttnProcessor2_0) "
+                    "before installing the MT-Color adapter."
+                )
+            keywords = {name: value for name, value in keywords.items() if name in accepted}
+        return self._base(attn, hidden_states, **keywords)
+
+
+class InstanceSelfAttnProcessor2_0(_WrapsBaseProcessor):
     """``attn1`` processor: stock self-attention + gated masked instance branch (MT eq. 4-7).
 
     Not an ``nn.Module`` on purpose: the branch's weights belong to the ``MTColorAdapter`` (saved
     with it), so the UNet's state dict stays the stock one.
+
+    Args:
+        branch: the block's ``InstanceBranch``.
+        base: the wrapped diffusers processor (any: ``AttnProcessor``, ``AttnProcessor2_0``,
+            ``SlicedAttnProcessor``, ``XFormersAttnProcessor``, ...); ``AttnProcessor2_0`` if None.
     """
 
     def __init__(self, branch, base=None):
+        super().__init__(base)
         self.branch = branch
-        self.base = base if base is not None else AttnProcessor2_0()
 
     def __call__(
         self,
@@ -121,7 +164,7 @@ class InstanceSelfAttnProcessor2_0:
         temb: torch.Tensor | None = None,
         mtcolor: MTColorContext | None = None,
     ) -> torch.Tensor:
-        out = _base_call(self.base, attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        out = self._call_base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         if mtcolor is None or not mtcolor.use_instance_branch or mtcolor.instance_tokens is None:
             return out
         q_labels, k_labels, partition = mtcolor.branch_labels(hidden_states.shape[1])
@@ -137,12 +180,17 @@ class InstanceSelfAttnProcessor2_0:
         return out + branch_out.to(out.dtype)
 
 
-class PixelMaskAttnProcessor2_0:
-    """``attn2`` processor: stock text cross-attention + gated PMAM (MT eq. 1-2)."""
+class PixelMaskAttnProcessor2_0(_WrapsBaseProcessor):
+    """``attn2`` processor: stock text cross-attention + gated PMAM (MT eq. 1-2).
+
+    Args:
+        pmam: the block's ``PixelMaskAttention``.
+        base: the wrapped diffusers processor, as in :class:`InstanceSelfAttnProcessor2_0`.
+    """
 
     def __init__(self, pmam, base=None):
+        super().__init__(base)
         self.pmam = pmam
-        self.base = base if base is not None else AttnProcessor2_0()
 
     def __call__(
         self,
@@ -153,7 +201,7 @@ class PixelMaskAttnProcessor2_0:
         temb: torch.Tensor | None = None,
         mtcolor: MTColorContext | None = None,
     ) -> torch.Tensor:
-        out = _base_call(self.base, attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        out = self._call_base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         if mtcolor is None or not mtcolor.use_pmam:
             return out
         tokens, width = hidden_states.shape[1], hidden_states.shape[2]
