@@ -160,3 +160,31 @@ def test_evaluate_errors(folder, capsys):
     assert main(["evaluate", "--pred", str(folder / "clip"), "--gt", str(folder / "gt")]) == 2
     assert "no prediction" in capsys.readouterr().err
     assert evaluate_cli.METRICS == METRICS  # the parser's copy of the metric names
+
+
+def test_corrupt_prediction_file_is_one_line_naming_it(folder, tmp_path, capsys):
+    """One truncated prediction among good ones: exit 2 naming the file, no traceback."""
+    import shutil
+
+    pred = tmp_path / "pred"
+    shutil.copytree(folder / "good", pred)
+    data = (pred / "scene1.png").read_bytes()
+    (pred / "scene1.png").write_bytes(data[: len(data) // 2])  # truncated mid-IDAT
+    (pred / "scene2.png").write_bytes(b"not an image at all")
+    code = main(["evaluate", "--pred", f"ours={pred}", "--gt", str(folder / "gt"), "--metrics", "psnr",
+                 "--out", str(tmp_path / "eval"), "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert f"--pred ours={pred}: unreadable image file(s): scene1.png (" in line and "scene2.png (" in line
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("flag, value, message", [("--tolerance", "nan", "--tolerance is nan"),
+                                                  ("--tolerance", "inf", "--tolerance is inf"),
+                                                  ("--band", "0", "--band is 0")])  # fmt: skip
+def test_non_finite_numbers_are_refused(folder, tmp_path, capsys, flag, value, message):
+    code = main(["evaluate", "--pred", str(folder / "good"), "--gt", str(folder / "gt"), "--metrics", "adherence",
+                 "--records", str(folder / "records"), f"{flag}={value}", "--out", str(tmp_path / "eval"),
+                 "--no-progress"])  # fmt: skip
+    assert code == 2 and message in capsys.readouterr().err

@@ -89,6 +89,57 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def _unreadable_images(folder: str, limit: int = 5) -> list[str]:
+    """Up to ``limit`` "name (reason)" entries for the image files of ``folder`` that do not decode.
+
+    Every file is opened and fully decoded once, so one truncated or corrupt file is reported by name
+    before any metric runs instead of ending the evaluation in a traceback.
+    """
+    import warnings
+
+    import PIL.Image
+
+    from mtcolor.metrics.evaluation import list_images
+
+    bad = []
+    for path in list_images(folder).values():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+                with PIL.Image.open(path) as image:
+                    image.load()
+        except (
+            Exception
+        ) as error:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError...
+            bad.append(f"{path.name} ({' '.join(str(error).split()) or type(error).__name__})")
+            if len(bad) >= limit:
+                break
+    return bad
+
+
+def _check_inputs(args, predictions: dict[str, str]) -> str | None:
+    """The first user error of the arguments (non-finite numbers, unreadable image files), or None."""
+    import math
+
+    if not math.isfinite(args.tolerance) or args.tolerance <= 0:
+        return (
+            f"--tolerance is {args.tolerance}; pass a finite colour distance > 0 in Lab units (default 20)."
+        )
+    if args.band is not None and args.band < 1:
+        return f"--band is {args.band}; pass a band width >= 1 pixel, or leave it unset (short side / 64)."
+    folders = [(f"--pred {name}={folder}", folder) for name, folder in predictions.items()]
+    if args.gt is not None:
+        folders.append((f"--gt {args.gt}", args.gt))
+    for flag, folder in folders:
+        bad = _unreadable_images(folder)
+        if bad:
+            return (
+                f"{flag}: unreadable image file(s): {'; '.join(bad)}; re-generate or remove them (files are "
+                "matched by stem, so a removed prediction is simply not scored)."
+            )
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import sys
@@ -107,6 +158,13 @@ def run(args: argparse.Namespace) -> int:
             )
             return 2
         predictions[name] = folder
+    try:
+        problem = _check_inputs(args, predictions)
+    except ValueError as error:  # a --pred / --gt that is not a folder
+        problem = str(error)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.gt is None and args.records is None:
         print("note: neither --gt nor --records given: only no-reference metrics can run.", file=sys.stderr)
     weights = {key: getattr(args, option[2:].replace("-", "_")) for option, key, _ in _WEIGHT_OPTIONS}
