@@ -30,9 +30,36 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def _check_args(args: argparse.Namespace) -> str | None:
+    """The first user error of the arguments (checked before the model loads), or None."""
+    import math
+    import os
+
+    if args.steps < 1:
+        return f"--steps is {args.steps}; pass a positive number of denoising steps (e.g. 20)."
+    if args.scenes < 1:
+        return f"--scenes is {args.scenes}; pass a positive number of synthetic scenes (e.g. 4)."
+    if args.guidance_scale is not None and (
+        not math.isfinite(args.guidance_scale) or args.guidance_scale < 0
+    ):
+        return (
+            f"--guidance_scale is {args.guidance_scale}; pass a finite value >= 0 (<= 1 disables guidance), or "
+            "leave it unset for the model's measured best."
+        )
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        return f"--out {args.out!r} is a file; pass a folder for the contact sheet and metrics."
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from mtcolor.demo import run_demo
 
+    problem = _check_args(args)
+    if problem is not None:
+        print(f"mtcolor demo: error: {problem}", file=sys.stderr)
+        return 2
     summary = run_demo(
         args.out,
         model=args.model,
