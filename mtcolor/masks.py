@@ -6,8 +6,19 @@ Every masked component (PMAM, the instance branch, multi-instance fusion, the me
 
 Rules (DESIGN.md section 3):
 
-* Non-binary masks are thresholded at 0.5 (integer masks are first divided by their dtype's maximum,
-  so 0/255 uint8 and 0/65535 uint16 masks work; bool masks are used as they are).
+* Reading a mask (:func:`masks_to_label_map`): bool masks are used as they are; float masks must lie
+  in [0, 1] and are thresholded at 0.5. **Integer masks** (numpy / torch integer dtypes, PIL modes
+  ``L``, ``I;16``, ``I``, 32-bit TIFFs, what ``pycocotools.mask.decode`` returns) are read as
+  ``0 .. full`` and thresholded at ``full / 2``, where ``full`` is:
+
+  - 1 if the mask's maximum is 1 (a 0/1 mask, whatever its dtype);
+  - otherwise the dtype's range: 255 for 8-bit, 65535 for 16-bit; 32/64-bit integers (PIL mode
+    ``I``, int32, int64) have no conventional range, so 255 if the maximum is <= 255, else 65535 if
+    it is <= 65535; larger values (and negative ones) raise ``ValueError``.
+
+  So 0/1, 0/255 and 0/65535 masks work in any integer dtype that holds them, except that an 8-bit
+  or 16-bit container means its own full range (a uint16 0/255 mask reads as empty). An empty mask's
+  error message says which convention was applied.
 * Overlapping masks: the pixel goes to the **smallest** overlapping mask (the more specific object);
   equal areas go to the lower index. One ``UserWarning`` per call reports the overlapping pairs.
 * Resizing to a coarser token grid uses a **majority vote** per cell; ties go to an instance over
@@ -25,54 +36,102 @@ import PIL.Image
 import torch
 
 
-def _mask_to_bool(mask, index: int) -> torch.Tensor:
-    """One mask (PIL / numpy / tensor, shape (H, W)) -> bool tensor (H, W)."""
+def _integer_scale(array: np.ndarray, maximum: int) -> tuple[int, str]:
+    """The full-scale value of an integer mask (the rule in the module docstring) and its name."""
+    if maximum <= 1:
+        return 1, "0/1"
+    bits = array.dtype.itemsize * 8
+    if bits == 8:
+        return 255, "0/255 (8-bit)"
+    if bits == 16:
+        return 65535, "0/65535 (16-bit)"
+    if maximum <= 255:  # 32/64-bit integers (PIL mode 'I', 32-bit TIFF, int64) have no own range
+        return 255, f"0/255 ({bits}-bit, max <= 255)"
+    if maximum <= 65535:
+        return 65535, f"0/65535 ({bits}-bit, max <= 65535)"
+    return 0, ""
+
+
+def _mask_to_bool(mask, index: int) -> tuple[torch.Tensor, str]:
+    """One mask (PIL / numpy / tensor, shape (H, W)) -> (bool tensor (H, W), how it was read).
+
+    The second value names the convention applied (e.g. ``"uint8 0/255 (8-bit), in the mask where
+    value > 127.5"``) for error messages. No float copy of the mask is made.
+    """
     name = f"masks[{index}]"
     if isinstance(mask, PIL.Image.Image):
-        if mask.mode in ("1", "L", "I;16", "I", "F"):
+        if mask.mode in ("1", "L", "I;16", "I;16B", "I;16L", "I", "F"):
             mask = np.asarray(mask)
         else:
             raise ValueError(
                 f"{name} is a PIL image in mode {mask.mode!r}; masks must be single-channel "
                 "(mode '1', 'L', 'I;16', 'I' or 'F'). Convert it with `.convert('L')`."
             )
-    if isinstance(mask, np.ndarray):
-        array = mask
-        if array.dtype.kind in "iu" and array.dtype != np.int64 and array.dtype != np.uint64:
-            # 8/16-bit masks: divide by the dtype maximum (0/255 and 0/65535 both work).
-            maximum = float(np.iinfo(array.dtype).max)
-            tensor = torch.from_numpy(array.astype(np.float32) / maximum)
-        else:
-            tensor = torch.from_numpy(np.ascontiguousarray(array))
-    elif isinstance(mask, torch.Tensor):
+    if isinstance(mask, torch.Tensor):
         tensor = mask.detach().cpu()
-        if tensor.dtype == torch.uint8:
-            tensor = tensor.float() / 255.0
+        if tensor.dtype in (torch.bfloat16, torch.float16):
+            tensor = tensor.float()
+        try:
+            array = tensor.numpy()
+        except TypeError as error:  # dtypes numpy lacks
+            raise ValueError(
+                f"{name} is a tensor of dtype {tensor.dtype}; pass bool, an integer dtype or float in [0, 1]."
+            ) from error
+    elif isinstance(mask, np.ndarray):
+        array = mask
     else:
         raise TypeError(
             f"{name} has type {type(mask).__name__}; expected a PIL image, a numpy array or a torch "
             "tensor of shape (H, W)."
         )
-    if tensor.ndim == 3 and tensor.shape[0] == 1:
-        tensor = tensor[0]
-    if tensor.ndim == 3 and tensor.shape[-1] == 1:
-        tensor = tensor[..., 0]
-    if tensor.ndim != 2:
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 2:
         raise ValueError(
-            f"{name} has shape {tuple(tensor.shape)}; each mask must be 2-D (H, W). Pass n masks as a "
+            f"{name} has shape {tuple(array.shape)}; each mask must be 2-D (H, W). Pass n masks as a "
             "list of (H, W) arrays or one (n, H, W) tensor."
         )
-    if tensor.dtype == torch.bool:
-        return tensor
-    tensor = tensor.float()
-    if torch.isnan(tensor).any():
-        raise ValueError(f"{name} contains NaN values; masks must be finite values in [0, 1].")
-    if tensor.numel() and (tensor.min() < 0 or tensor.max() > 1):
+    kind = array.dtype.kind
+    if kind == "b":
+        return torch.from_numpy(np.ascontiguousarray(array)), "bool"
+    if array.size == 0:
+        return torch.zeros(array.shape, dtype=torch.bool), f"{array.dtype}"
+    if kind in "iu":
+        lo, hi = int(array.min()), int(array.max())
+        if lo < 0:
+            raise ValueError(
+                f"{name} is an {array.dtype} mask with values in [{lo}, {hi}]; integer masks must be >= 0 "
+                "(0/1, or 0/255 for 8-bit, 0/65535 for 16-bit). Binarize it, e.g. `mask > 0`."
+            )
+        scale, convention = _integer_scale(array, hi)
+        if not scale:
+            raise ValueError(
+                f"{name} is an {array.dtype} mask with values up to {hi}; integer masks are read as 0/1, "
+                "0/255 or 0/65535, and no convention fits. Binarize it, e.g. `mask > 0`, or pass a float "
+                "mask in [0, 1]."
+            )
+        threshold = scale / 2  # in the mask: value > scale / 2 (== 1 for 0/1 masks)
+        return (
+            torch.from_numpy(array > threshold),
+            f"{array.dtype} {convention}, in the mask where value > {threshold:g}",
+        )
+    if kind != "f":
         raise ValueError(
-            f"{name} has values in [{tensor.min().item():g}, {tensor.max().item():g}]; float masks "
+            f"{name} has dtype {array.dtype}; pass a bool, integer or float mask (float in [0, 1])."
+        )
+    lo, hi = float(array.min()), float(array.max())  # NaN propagates through min / max
+    if math.isnan(lo) or math.isnan(hi):
+        raise ValueError(f"{name} contains NaN values; masks must be finite values in [0, 1].")
+    if lo < 0 or hi > 1:
+        raise ValueError(
+            f"{name} has values in [{lo:g}, {hi:g}]; float masks "
             "must lie in [0, 1] (thresholded at 0.5). Scale it to [0, 1] or pass a bool/uint8 mask."
         )
-    return tensor > 0.5
+    return torch.from_numpy(
+        np.asarray(array > 0.5)
+    ), f"{array.dtype} in [0, 1], in the mask where value > 0.5"
 
 
 def _split_masks(masks) -> list:
@@ -94,9 +153,10 @@ def masks_to_label_map(masks, *, allow_empty: bool = False, warn_overlap: bool =
 
     Args:
         masks: a list of ``n`` masks, each a PIL image, numpy array or tensor of shape (H, W)
-            (bool, integer or float in [0, 1]), or one (n, H, W) array/tensor.
-        allow_empty: if False (default), a mask with no pixel above 0.5 raises ``ValueError``;
-            if True it is kept and simply owns no pixel.
+            (bool, integer read by the rule in the module docstring, or float in [0, 1]), or one
+            (n, H, W) array/tensor.
+        allow_empty: if False (default), a mask with no pixel in it raises ``ValueError`` naming
+            the convention it was read with; if True it is kept and simply owns no pixel.
         warn_overlap: emit one ``UserWarning`` when masks overlap.
 
     Returns:
@@ -106,7 +166,8 @@ def masks_to_label_map(masks, *, allow_empty: bool = False, warn_overlap: bool =
     items = _split_masks(masks)
     if not items:
         raise ValueError("masks is empty; pass at least one (H, W) mask, or None for no instances.")
-    bools = [_mask_to_bool(m, i) for i, m in enumerate(items)]
+    read = [_mask_to_bool(m, i) for i, m in enumerate(items)]
+    bools = [b for b, _ in read]
     shape = bools[0].shape
     for i, b in enumerate(bools):
         if b.shape != shape:
@@ -114,22 +175,32 @@ def masks_to_label_map(masks, *, allow_empty: bool = False, warn_overlap: bool =
                 f"masks[{i}] has size {tuple(b.shape)} but masks[0] has {tuple(shape)}; all masks must "
                 "have the same (H, W) as the image."
             )
-    stack = torch.stack(bools)  # (n, H, W) bool
-    areas = stack.flatten(1).sum(1)  # (n,)
+    areas = [int(b.sum()) for b in bools]
     if not allow_empty:
-        empty = [i for i, a in enumerate(areas.tolist()) if a == 0]
+        empty = [i for i, a in enumerate(areas) if a == 0]
         if empty:
+            how = "; ".join(f"masks[{i}] read as {read[i][1]}" for i in empty)
             raise ValueError(
-                f"masks{empty} {'is' if len(empty) == 1 else 'are'} empty (no pixel above 0.5); remove "
-                "the empty mask(s) together with their text(s)."
+                f"masks{empty} {'is' if len(empty) == 1 else 'are'} empty (no pixel in the mask: {how}); "
+                "remove the empty mask(s) together with their text(s), or pass them as bool masks."
             )
-    n = stack.shape[0]
-    coverage = stack.sum(0)  # (H, W)
-    if warn_overlap and bool((coverage > 1).any()):
+    n = len(bools)
+    # Priority: smaller area first, then lower index. Paint from the lowest priority to the highest,
+    # so each pixel ends with its best-ranked covering mask (O(H W) memory: no (n, H, W) stack).
+    order = sorted(range(n), key=lambda i: (areas[i], i))
+    label = torch.zeros(shape, dtype=torch.int64)
+    covered = torch.zeros(shape, dtype=torch.bool)
+    overlap = False
+    for i in reversed(order):
+        label.masked_fill_(bools[i], i + 1)
+        if warn_overlap and not overlap:
+            overlap = bool(covered.logical_and(bools[i]).any())
+            covered.logical_or_(bools[i])
+    if overlap:
         pairs = []
         for i in range(n):
             for j in range(i + 1, n):
-                if bool((stack[i] & stack[j]).any()):
+                if bool(bools[i].logical_and(bools[j]).any()):
                     pairs.append((i, j))
         warnings.warn(
             f"instance masks overlap (0-based pairs {pairs[:10]}{' ...' if len(pairs) > 10 else ''}); "
@@ -137,16 +208,7 @@ def masks_to_label_map(masks, *, allow_empty: bool = False, warn_overlap: bool =
             UserWarning,
             stacklevel=2,
         )
-    # Priority: smaller area first, then lower index. Pick per pixel the covering mask of best rank.
-    order = sorted(range(n), key=lambda i: (int(areas[i]), i))
-    rank = torch.empty(n, dtype=torch.long)
-    rank[torch.tensor(order)] = torch.arange(n)
-    big = n + 1
-    ranked = torch.where(stack, rank.view(n, 1, 1), torch.full_like(rank.view(n, 1, 1), big))
-    best_rank = ranked.min(0).values  # (H, W)
-    order_t = torch.tensor(order + [-1])  # rank -> 0-based mask index, big -> -1
-    label = order_t[best_rank.clamp(max=n)] + 1  # background: -1 + 1 = 0
-    return label.to(torch.int64)
+    return label
 
 
 def _cell_index(src: int, dst: int) -> torch.Tensor:

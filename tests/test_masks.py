@@ -1,3 +1,4 @@
+import io
 import warnings
 
 import numpy as np
@@ -51,6 +52,75 @@ def test_mask_input_kinds_agree():
     ]
     for masks in kinds:
         assert torch.equal(masks_to_label_map(masks), expected)
+
+
+def _tiff_round_trip(array: np.ndarray) -> PIL.Image.Image:
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(array.astype(np.int32), mode="I").save(buffer, format="TIFF")  # 32-bit TIFF
+    buffer.seek(0)
+    image = PIL.Image.open(buffer)
+    image.load()
+    assert image.mode == "I"
+    return image
+
+
+def _coco_decode(m: np.ndarray) -> np.ndarray:
+    mask_api = pytest.importorskip("pycocotools.mask")
+    decoded = mask_api.decode(mask_api.encode(np.asfortranarray(m.astype(np.uint8))))
+    assert decoded.dtype == np.uint8 and decoded.max() == 1  # what COCO-style datasets hand over
+    return decoded
+
+
+INTEGER_MASKS = {
+    "numpy uint8 0/1": lambda m: m.astype(np.uint8),
+    "numpy int32 0/1": lambda m: m.astype(np.int32),
+    "numpy int64 0/255": lambda m: m.astype(np.int64) * 255,
+    "numpy uint16 0/65535": lambda m: m.astype(np.uint16) * 65535,
+    "numpy int32 0/65535": lambda m: m.astype(np.int32) * 65535,
+    "pycocotools decode": _coco_decode,
+    "torch uint8 0/1": lambda m: torch.from_numpy(m.astype(np.uint8)),
+    "torch uint8 0/255": lambda m: torch.from_numpy(m.astype(np.uint8) * 255),
+    "torch int64 0/1 (1, H, W)": lambda m: torch.from_numpy(m.astype(np.int64))[None],
+    "PIL I 0/255": lambda m: PIL.Image.fromarray(m.astype(np.int32) * 255, mode="I"),
+    "PIL I 0/1": lambda m: PIL.Image.fromarray(m.astype(np.int32), mode="I"),
+    "PIL I;16 0/65535": lambda m: PIL.Image.fromarray(m.astype(np.uint16) * 65535),
+    "32-bit TIFF 0/255": lambda m: _tiff_round_trip(m.astype(np.int32) * 255),
+    "32-bit TIFF 0/1": lambda m: _tiff_round_trip(m.astype(np.int32)),
+}
+
+
+@pytest.mark.parametrize("make", INTEGER_MASKS.values(), ids=INTEGER_MASKS.keys())
+def test_integer_masks_are_read_by_their_range(make):
+    m = _rect(5, 7, 1, 1, 4, 5)
+    assert torch.equal(masks_to_label_map([make(m)]), masks_to_label_map([m]))
+
+
+@pytest.mark.parametrize(
+    "dtype, below, above",
+    [(np.uint8, 127, 128), (np.uint16, 32767, 32768), (np.int32, 127, 128), (np.int64, 32767, 32768)],
+)
+def test_integer_threshold_is_half_the_full_scale(dtype, below, above):
+    """Half of 255 for 8-bit, of 65535 for 16-bit; 32/64-bit: 255 when max <= 255, else 65535."""
+    top = 255 if above <= 255 else 65535
+    mask = np.array([[0, below, above, top]], dtype=dtype)
+    assert masks_to_label_map([mask]).tolist() == [[0, 0, 1, 1]]
+
+
+@pytest.mark.parametrize(
+    "mask, message",
+    [
+        (np.zeros((4, 4), np.uint8), "masks[0] read as uint8 0/1, in the mask where value > 0.5"),
+        (np.full((4, 4), 255, np.uint16), "masks[0] read as uint16 0/65535 (16-bit)"),
+        (np.full((4, 4), 100, np.int32), "masks[0] read as int32 0/255 (32-bit, max <= 255)"),
+        (np.full((4, 4), 70000, np.int32), "no convention fits"),
+        (np.full((4, 4), -1, np.int16), "integer masks must be >= 0"),
+    ],
+    ids=["all zero", "uint16 0/255", "int32 below half", "too large", "negative"],
+)
+def test_integer_mask_errors_say_which_convention_was_assumed(mask, message):
+    with pytest.raises(ValueError) as info:
+        masks_to_label_map([mask])
+    assert message in str(info.value)
 
 
 @pytest.mark.parametrize(
