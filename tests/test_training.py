@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -462,3 +464,109 @@ def test_recipe_trains_each_module_ablation_with_the_module_switched_off(tmp_pat
     assert (
         folders["w/o PMAM (retrained)"] / "controlnet" / "diffusion_pytorch_model.safetensors"
     ).stat().st_mtime == stamp
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 13: damaged checkpoints, the output-folder lock, trainers outliving their launcher
+def test_resume_falls_back_past_a_checkpoint_whose_adapter_was_deleted(assets, stage1_run, caplog):
+    """checkpoint-4 lost its adapter/: `latest` warns and resumes from checkpoint-2, and the result is
+    still the uninterrupted run's."""
+    out = assets.root / "stage1_damaged"
+    shutil.copytree(stage1_run.out, out, ignore=shutil.ignore_patterns("pipeline", "logs"))
+    shutil.rmtree(out / "checkpoint-4" / "adapter")
+    argv = stage_args(assets, out, "--adapter_name_or_path", assets.adapter, "--max_train_steps", 4, "--use_ema",
+                      "--resume_from_checkpoint", "latest")  # fmt: skip
+    with caplog.at_level("WARNING", logger="mtcolor.training"):
+        result = run_stage(stage1, argv)
+    assert (
+        f"checkpoint {str(out / 'checkpoint-4')!r}: adapter/" in caplog.text and "is missing" in caplog.text
+    )
+    assert result.global_step == 4 and result.steps_run == 2
+    assert result.losses == stage1_run.result.losses[2:]
+    common.verify_checkpoint(out / "checkpoint-4")  # rewritten whole
+
+
+def test_resume_from_a_damaged_explicit_checkpoint_is_one_line(assets, stage1_run, capsys):
+    out = assets.root / "stage1_explicit_damaged"
+    shutil.copytree(stage1_run.out, out, ignore=shutil.ignore_patterns("pipeline", "logs"))
+    (out / "checkpoint-4" / "random_states_0.pkl").write_bytes(b"")  # accelerate would ignore it silently
+    argv = stage_args(assets, out, "--adapter_name_or_path", assets.adapter, "--max_train_steps", 4, "--use_ema",
+                      "--resume_from_checkpoint", out / "checkpoint-4")  # fmt: skip
+    with pytest.raises(SystemExit) as caught:
+        run_stage(stage1, argv)
+    assert caught.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert f"checkpoint {str(out / 'checkpoint-4')!r}: random_states_0.pkl has 0 bytes" in line
+
+
+def test_a_second_run_on_a_folder_held_by_a_live_trainer_refuses_to_start(assets, tmp_path, capsys):
+    from test_locks import start_holder, wait_for_file
+
+    out = tmp_path / "held"
+    holder = start_holder(out, tmp_path / "ready", "flock")
+    try:
+        pid = int(wait_for_file(tmp_path / "ready", holder))
+        argv = stage_args(assets, out, "--adapter_name_or_path", assets.adapter, "--max_train_steps", 2)
+        with pytest.raises(SystemExit) as caught:
+            run_stage(stage1, argv)
+    finally:
+        holder.communicate("")
+    assert caught.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert f"--output_dir {str(out)!r} is in use by process {pid}" in line
+    assert not list(out.glob("checkpoint-*"))  # nothing written beside the live run
+
+
+TRAINER = """
+import os, sys, threading
+from pathlib import Path
+from training import stage1
+
+def blocked(args):  # called after start_run (lock + parent watch): a trainer busy in its first step
+    Path(os.environ["MTCOLOR_TEST_READY"]).write_text(str(os.getpid()))
+    threading.Event().wait()
+
+stage1.build_components = blocked
+stage1.main(stage1.parse_args())
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_trainer_exits_when_accelerate_launch_is_killed(assets, tmp_path, sig):
+    """Killing `accelerate launch` must not leave the trainer writing checkpoints into --output_dir;
+    once it is gone its lock is free for the resumed run."""
+    from test_locks import running, wait_for_file, wait_until_gone
+
+    from mtcolor.locks import lock_folder, unlock_folder
+
+    script = tmp_path / "trainer.py"
+    script.write_text(TRAINER)
+    out = tmp_path / "out"
+    ready = tmp_path / "trainer.pid"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "MTCOLOR_TEST_READY": str(ready)}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", 1, "--num_machines", 1,
+               "--mixed_precision", "no", "--dynamo_backend", "no", script,
+               *stage_args(assets, out, "--max_train_steps", 2)]  # fmt: skip
+    launcher = subprocess.Popen(
+        [str(c) for c in command],
+        env=env,
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    trainer = int(wait_for_file(ready, launcher, timeout=180))
+    assert running(trainer)
+    launcher.send_signal(sig)
+    launcher.wait()
+    launcher.stderr.close()
+    try:
+        assert wait_until_gone(trainer), f"trainer {trainer} outlived accelerate launch ({sig.name})"
+    finally:
+        if running(trainer):
+            os.kill(trainer, signal.SIGKILL)
+    lock = lock_folder(out)
+    try:
+        assert lock.took_over["pid"] == trainer
+    finally:
+        unlock_folder(lock)

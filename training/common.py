@@ -14,13 +14,21 @@ Reproducibility contract (what makes ``--resume_from_checkpoint latest`` exact):
   process takes its own rows: the run does not depend on the global RNG state, and one process
   with batch 2B computes the same update as two processes with batch B;
 * checkpoints are written to ``checkpoint-<step>.tmp`` and renamed to ``checkpoint-<step>`` only
-  once complete (with a ``checkpoint.json`` marker written last); ``latest`` only considers
-  complete, renamed folders.
+  once complete (with a ``checkpoint.json`` marker written last, holding the size and sha256 of
+  every file); ``latest`` only considers complete, renamed folders whose files still match their
+  checksums, and falls back to the newest intact one with a warning (a damaged explicit checkpoint
+  ends the run with one line naming the folder and the file).
+
+Process safety: the main process holds a lock on ``--output_dir`` for the whole run (a second run
+on the same folder refuses to start, naming the holder's pid; the lock of a killed run is taken
+over), and a trainer started by ``accelerate launch`` / ``torchrun`` ends when its launcher does
+(:mod:`mtcolor.locks`).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -36,6 +44,14 @@ import torch
 import yaml
 from torch import nn
 
+from mtcolor.locks import (
+    FolderLockedError,
+    exit_with_parent_if_launched,
+    fsync_directory,
+    lock_folder,
+    parent_gone,
+    unlock_folder,
+)
 from training.mtcolor_data import AugmentConfig, InstanceColorizationDataset, collate, load_training_records
 from training.mtcolor_export import export_pipeline, log_validation, validation_records
 from training.mtcolor_model import (
@@ -377,18 +393,46 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
 
 
 def resolve_checkpoint(value: str | None, output_dir: str | os.PathLike) -> Path | None:
-    """``--resume_from_checkpoint`` -> a checkpoint folder (``latest``: newest complete, or None)."""
+    """``--resume_from_checkpoint`` -> a verified checkpoint folder (``latest``: the newest intact one).
+
+    ``latest`` checks the complete checkpoints newest first with :func:`verify_checkpoint`; damaged
+    ones (truncated or replaced files, a deleted subfolder, an invalid marker) are skipped with a
+    warning naming the folder and the file, so the run resumes from the newest intact checkpoint.
+    Returns None when there is no checkpoint at all.
+
+    Raises:
+        CheckpointError: an explicit checkpoint that is not complete or fails verification, or
+            ``latest`` when every checkpoint of ``output_dir`` is damaged.
+    """
     if value is None:
         return None
     if value == "latest":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
+        damaged = []
+        for path in reversed(list_checkpoints(output_dir)):
+            try:
+                verify_checkpoint(path)
+            except CheckpointError as error:
+                logger.warning(f"skipping a damaged checkpoint: {error}")
+                damaged.append(str(error))
+                continue
+            if damaged:
+                logger.warning(
+                    f"resuming from {path}, the newest intact checkpoint ({len(damaged)} newer one(s) damaged)"
+                )
+            return path
+        if damaged:
+            raise CheckpointError(
+                f"no intact checkpoint in {str(output_dir)!r} to resume from: {'; '.join(damaged)}. Restore the "
+                "files, or delete the damaged checkpoint folders to start a new run."
+            )
+        return None
     path = Path(value)
     if not CHECKPOINT_PATTERN.match(path.name) or not (path / CHECKPOINT_MARKER).is_file():
-        raise ValueError(
+        raise CheckpointError(
             f"--resume_from_checkpoint={value!r} is not a complete checkpoint (a checkpoint-<step> folder with "
             f"{CHECKPOINT_MARKER}); pick one listed by the trainer or pass 'latest'."
         )
+    verify_checkpoint(path)
     return path
 
 
@@ -398,10 +442,12 @@ def save_checkpoint(
     """``accelerator.save_state`` into ``checkpoint-<step>.tmp``, then rename to ``checkpoint-<step>``.
 
     Every process must call it (processes save their RNG states; DeepSpeed shards its state). The
-    marker ``checkpoint.json`` (``info`` + the step) is written last, inside the temporary folder,
-    and the rename is atomic, so a kill at any moment leaves either no ``checkpoint-<step>`` or a
-    complete one. Older checkpoints beyond ``total_limit`` are deleted after the new one is
-    complete. ``output_dir`` must be on a file system shared by all processes of a multi-node run.
+    marker ``checkpoint.json`` (``info`` + the step + the size and sha256 of every file, see
+    :func:`checkpoint_manifest`) is written last, inside the temporary folder; files, marker and
+    folder are fsynced and the rename is atomic, so a kill at any moment leaves either no
+    ``checkpoint-<step>`` or a complete one, and later damage is detected at resume. Older
+    checkpoints beyond ``total_limit`` are deleted after the new one is complete. ``output_dir``
+    must be on a file system shared by all processes of a multi-node run.
     """
     root = Path(output_dir)
     final = root / f"checkpoint-{step}"
@@ -414,13 +460,16 @@ def save_checkpoint(
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        marker = {**info, "step": int(step)}
-        (temporary / CHECKPOINT_MARKER).write_text(
-            json.dumps(marker, indent=1, default=str), encoding="utf-8"
-        )
+        marker = {**info, "step": int(step), "files": checkpoint_manifest(temporary, fsync=True)}
+        with open(temporary / CHECKPOINT_MARKER, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(marker, indent=1, default=str))
+            handle.flush()
+            os.fsync(handle.fileno())
+        fsync_directory(temporary)
         if final.exists():
             shutil.rmtree(final)
         os.replace(temporary, final)
+        fsync_directory(root)
         logger.info(f"saved state to {final}")
         if total_limit is not None:
             existing = list_checkpoints(root)
@@ -432,6 +481,178 @@ def save_checkpoint(
                 shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+# ================================================================================================
+# checkpoint integrity: checksums recorded at save time, verified at resume
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from (the message names the folder and the file)."""
+
+
+def _sha256(path: Path, fsync: bool = False) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+        if fsync:
+            os.fsync(handle.fileno())
+    return digest.hexdigest()
+
+
+def checkpoint_manifest(folder: str | os.PathLike, fsync: bool = False) -> dict[str, dict]:
+    """``{relative path: {"bytes": size, "sha256": hex}}`` of every file under ``folder`` except the
+    marker (what :func:`save_checkpoint` records and :func:`verify_checkpoint` compares).
+
+    ``fsync``: also flush every file (and folder) to disk while reading it.
+    """
+    root = Path(folder)
+    files = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_dir():
+            if fsync:
+                fsync_directory(path)
+            continue
+        relative = path.relative_to(root).as_posix()
+        if relative == CHECKPOINT_MARKER:
+            continue
+        files[relative] = {"bytes": path.stat().st_size, "sha256": _sha256(path, fsync)}
+    return files
+
+
+def read_checkpoint_marker(folder: str | os.PathLike) -> dict:
+    """The parsed ``checkpoint.json`` of ``folder``; :class:`CheckpointError` when unreadable."""
+    path = Path(folder) / CHECKPOINT_MARKER
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {str(folder)!r}: {CHECKPOINT_MARKER} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r}: {CHECKPOINT_MARKER} is not valid JSON ({error})"
+        ) from None
+    if not isinstance(marker, dict) or not isinstance(marker.get("step"), int):
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r}: {CHECKPOINT_MARKER} has no integer 'step' (got {str(marker)[:80]})"
+        )
+    return marker
+
+
+def verify_checkpoint(folder: str | os.PathLike) -> dict:
+    """Check a checkpoint against the sizes and sha256 sums recorded in its marker; returns the marker.
+
+    A checkpoint written before checksums were recorded gets structural checks only (no empty file,
+    every ``.safetensors`` as long as its header says) and a warning.
+
+    Raises:
+        CheckpointError: naming the folder and the first missing, truncated or changed file.
+    """
+    folder = Path(folder)
+    marker = read_checkpoint_marker(folder)
+    files = marker.get("files")
+    if not isinstance(files, dict):
+        logger.warning(f"checkpoint {folder} has no checksums (written by an older version); not verified")
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            problem = _structure_problem(path)
+            if problem is not None:
+                raise CheckpointError(f"checkpoint {str(folder)!r}: {path.relative_to(folder)} {problem}")
+        return marker
+    for relative, expected in sorted(files.items()):
+        path = folder / relative
+        where = f"checkpoint {str(folder)!r}: {relative}"
+        if not path.is_file():
+            raise CheckpointError(f"{where} is missing")
+        size = path.stat().st_size
+        if size != expected.get("bytes"):
+            raise CheckpointError(
+                f"{where} has {size} bytes, {expected.get('bytes')} when saved (truncated?)"
+            )
+        if _sha256(path) != expected.get("sha256"):
+            raise CheckpointError(
+                f"{where} differs from the file saved (sha256 mismatch: modified or replaced)"
+            )
+    return marker
+
+
+def _structure_problem(path: Path) -> str | None:
+    """Cheap checks of one file of an unverifiable checkpoint."""
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes)"
+    if path.suffix != ".safetensors":
+        return None
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        try:
+            header = json.loads(handle.read(length)) if 0 < length <= size - 8 else None
+        except (ValueError, UnicodeDecodeError):
+            header = None
+    if not isinstance(header, dict):
+        return "has no valid safetensors header (truncated?)"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, IndexError, ValueError):
+        return "has an invalid safetensors header"
+    if 8 + length + end != size:
+        return f"has {size} bytes, {8 + length + end} by its safetensors header (truncated?)"
+    return None
+
+
+def load_checkpoint_state(accelerator, checkpoint: Path, marker: dict) -> None:
+    """``accelerator.load_state`` of a verified checkpoint. One written without checksums (older
+    version) could still be damaged in ways the structural checks miss: its loading errors end the
+    run with one line naming the folder instead of a traceback."""
+    if isinstance(marker.get("files"), dict):
+        accelerator.load_state(str(checkpoint))
+        return
+    try:
+        accelerator.load_state(str(checkpoint))
+    except Exception as error:  # noqa: BLE001 - any loading error of an unverifiable checkpoint
+        fail(
+            f"checkpoint {str(checkpoint)!r} (written without checksums) could not be loaded: "
+            f"{type(error).__name__}: {error}; resume from another checkpoint-<step> folder."
+        )
+
+
+# ================================================================================================
+# process safety: the output-folder lock and the launcher's lifetime
+def fail(message: str) -> None:
+    """End a training script like ``parser.error``: one ``error:`` line on stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def lock_output_dir(output_dir: str | os.PathLike) -> None:
+    """Hold ``output_dir`` (created if missing) for this process until :func:`release_output_dir` or
+    exit. A folder held by a live run refuses the start (:func:`fail`, naming the holder's pid); the
+    lock of a killed run is taken over."""
+    try:
+        lock = lock_folder(output_dir)
+    except FolderLockedError as error:
+        fail(f"--output_dir {error}")
+    except (NotADirectoryError, FileExistsError) as error:
+        fail(
+            f"--output_dir {str(output_dir)!r} is not a folder ({error.strerror or error}); pass a folder for "
+            "checkpoints and the trained model."
+        )
+    else:
+        if lock.took_over is not None and lock.depth == 1:
+            logger.info(
+                f"took over the lock of {output_dir} left by process {lock.took_over.get('pid')} (gone)"
+            )
+
+
+def release_output_dir(output_dir: str | os.PathLike) -> None:
+    """Undo one :func:`lock_output_dir` of this process (no-op when it holds no lock)."""
+    unlock_folder(output_dir)
+
+
+def stop_if_orphaned() -> None:
+    """In the training loop: end the run when the launcher that started it is gone (the portable
+    fallback of the parent-death signal armed by :func:`make_accelerator`)."""
+    if parent_gone():
+        logger.error("the launcher of this run is gone; stopping")
+        raise SystemExit(128 + 15)
 
 
 # ================================================================================================
@@ -498,10 +719,16 @@ def make_dataloader(args, dataset):
 
 
 def make_accelerator(args):
-    """The Accelerator of a run (seedable data sampler, trackers under ``output_dir/logging_dir``)."""
+    """The Accelerator of a run (seedable data sampler, trackers under ``output_dir/logging_dir``).
+
+    Also the process-safety entry of every trainer: under ``accelerate launch`` / ``torchrun`` the
+    process ends when its launcher does, and the main process locks ``--output_dir``
+    (:func:`lock_output_dir`; released by :func:`release_output_dir` or at exit).
+    """
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
+    exit_with_parent_if_launched()
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -518,6 +745,8 @@ def make_accelerator(args):
             f"WORLD_SIZE={world} but accelerate set up a single process (no GPU found?): every process would "
             "train alone. On CPU launch with ACCELERATE_USE_CPU=1 (see docs/training.md)."
         )
+    if accelerator.is_main_process:
+        lock_output_dir(output_dir)
     return accelerator
 
 
@@ -619,8 +848,16 @@ def train(args, stage: int, build_components, script: str) -> TrainResult:
             initialise identically on every process).
         script: the script's name, for the model card.
     """
-    accelerator = start_run(args)
+    accelerator = start_run(args)  # locks --output_dir (main process)
+    try:
+        return _train_stage(accelerator, args, stage, build_components, script)
+    finally:
+        if accelerator.is_main_process:
+            release_output_dir(args.output_dir)
 
+
+def _train_stage(accelerator, args, stage: int, build_components, script: str) -> TrainResult:
+    """The body of :func:`train` once the run is started."""
     # 1. Models: frozen parts in the mixed-precision dtype, trainable weights in fp32
     c = build_components(args)
     if args.enable_xformers_memory_efficient_attention:
@@ -913,11 +1150,14 @@ def run_training_loop(
     updates_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
     num_epochs = math.ceil(max_train_steps / updates_per_epoch)
     global_step = 0
-    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
+    try:
+        checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
+        marker = read_checkpoint_marker(checkpoint) if checkpoint is not None else None
+    except CheckpointError as error:
+        fail(str(error))
     if args.resume_from_checkpoint and checkpoint is None:
         logger.info(f"no complete checkpoint in {output_dir}; starting a new run")
     if checkpoint is not None:
-        marker = json.loads((checkpoint / CHECKPOINT_MARKER).read_text(encoding="utf-8"))
         changed = {k: (marker.get(k), v) for k, v in run_info.items() if marker.get(k) != v}
         for key in ("stage", "phase"):
             if key in changed:
@@ -926,7 +1166,7 @@ def run_training_loop(
                 )
         if changed:
             logger.warning(f"resuming with changed settings {changed}: the data position is only approximate")
-        accelerator.load_state(str(checkpoint))
+        load_checkpoint_state(accelerator, checkpoint, marker)
         global_step = int(marker["step"])
         logger.info(f"resumed from {checkpoint} at step {global_step}")
     first_epoch = global_step // updates_per_epoch
@@ -977,6 +1217,7 @@ def run_training_loop(
             step_loss = accelerator.gather(torch.stack(window_losses).mean()[None]).mean().item()
             window_losses, micro_step = [], 0
             global_step += 1
+            stop_if_orphaned()
             result.losses.append(step_loss)
             result.steps_run += 1
             progress.update(1)

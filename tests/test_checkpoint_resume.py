@@ -1,0 +1,135 @@
+"""Resume from damaged checkpoints: checksums recorded at save time, verified at resume, fall back to
+the newest intact checkpoint (training.common, on a tiny Accelerator with a Linear model)."""
+
+import json
+import logging
+import os
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from training import common
+
+
+def _reset_accelerate():
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """checkpoint-2 and checkpoint-4 of a Linear + AdamW run whose save hook also writes an
+    ``adapter/`` folder (as the MT-Color trainers do)."""
+    from accelerate import Accelerator
+
+    _reset_accelerate()
+    torch.manual_seed(0)
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    def save_hook(models, weights, folder):
+        os.makedirs(os.path.join(folder, "adapter"), exist_ok=True)
+        state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(models[0]).state_dict().items()}
+        save_file(state, os.path.join(folder, "adapter", "diffusion_pytorch_model.safetensors"))
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    out = tmp_path / "out"
+    for step in (2, 4):
+        loss = model(torch.randn(4, 3)).square().mean()
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        common.save_checkpoint(accelerator, out, step, None, {"stage": 1})
+    yield accelerator, model, out
+    _reset_accelerate()
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+DAMAGES = {
+    "truncated model.safetensors": ("model.safetensors", _truncate),
+    "truncated optimizer.bin": ("optimizer.bin", _truncate),
+    "truncated adapter weights": ("adapter/diffusion_pytorch_model.safetensors", _truncate),
+    "deleted adapter/": ("adapter/diffusion_pytorch_model.safetensors", lambda p: shutil.rmtree(p.parent)),
+    "invalid checkpoint.json": ("checkpoint.json", lambda p: p.write_text('{"step": 4, "fil')),
+    "zero-byte random_states_0.pkl": ("random_states_0.pkl", lambda p: p.write_bytes(b"")),
+    "replaced random_states_0.pkl": (
+        "random_states_0.pkl",
+        lambda p: shutil.copyfile(p.parents[1] / "checkpoint-2" / "random_states_0.pkl", p),
+    ),
+}
+
+
+def test_marker_records_size_and_sha256_of_every_file(saved):
+    _, _, out = saved
+    marker = json.loads((out / "checkpoint-4" / common.CHECKPOINT_MARKER).read_text())
+    on_disk = sorted(
+        p.relative_to(out / "checkpoint-4").as_posix()
+        for p in (out / "checkpoint-4").rglob("*")
+        if p.is_file() and p.name != common.CHECKPOINT_MARKER
+    )
+    assert sorted(marker["files"]) == on_disk
+    assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl"} <= set(on_disk)
+    assert "adapter/diffusion_pytorch_model.safetensors" in on_disk
+    assert all(len(entry["sha256"]) == 64 and entry["bytes"] > 0 for entry in marker["files"].values())
+    assert common.resolve_checkpoint("latest", out) == out / "checkpoint-4"
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_latest_falls_back_to_the_newest_intact_checkpoint(saved, caplog, damage):
+    accelerator, model, out = saved
+    name, apply = DAMAGES[damage]
+    apply(out / "checkpoint-4" / name)
+    with caplog.at_level(logging.WARNING, logger="mtcolor.training"):
+        resolved = common.resolve_checkpoint("latest", out)
+    assert resolved == out / "checkpoint-2"
+    warning = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert f"checkpoint {str(out / 'checkpoint-4')!r}: " in warning
+    assert name.split("/")[0] in warning  # names the damaged file (or the folder it was in)
+    assert "resuming from" in warning and "checkpoint-2" in warning
+    accelerator.load_state(str(resolved))  # the fallback loads
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_explicit_checkpoint_is_refused_naming_folder_and_file(saved, damage):
+    _, _, out = saved
+    name, apply = DAMAGES[damage]
+    apply(out / "checkpoint-4" / name)
+    with pytest.raises(common.CheckpointError) as caught:
+        common.resolve_checkpoint(str(out / "checkpoint-4"), out)
+    assert f"checkpoint {str(out / 'checkpoint-4')!r}: {name.split('/')[0]}" in str(caught.value)
+
+
+def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(saved):
+    _, _, out = saved
+    for step in (2, 4):
+        _truncate(out / f"checkpoint-{step}" / "optimizer.bin")
+    with pytest.raises(common.CheckpointError, match="no intact checkpoint in .* to resume from"):
+        common.resolve_checkpoint("latest", out)
+
+
+def test_checkpoint_without_checksums_gets_structural_checks(saved, caplog):
+    """Checkpoints written before checksums existed are still resumed, truncated safetensors refused."""
+    _, _, out = saved
+    for step in (2, 4):
+        marker_path = out / f"checkpoint-{step}" / common.CHECKPOINT_MARKER
+        marker = json.loads(marker_path.read_text())
+        del marker["files"]
+        marker_path.write_text(json.dumps(marker))
+    with caplog.at_level(logging.WARNING, logger="mtcolor.training"):
+        assert common.resolve_checkpoint("latest", out) == out / "checkpoint-4"
+    assert "has no checksums" in caplog.text
+    _truncate(out / "checkpoint-4" / "adapter" / "diffusion_pytorch_model.safetensors")
+    assert common.resolve_checkpoint("latest", out) == out / "checkpoint-2"
+    (out / "checkpoint-2" / "random_states_0.pkl").write_bytes(b"")
+    with pytest.raises(common.CheckpointError, match="random_states_0.pkl is empty"):
+        common.resolve_checkpoint(str(out / "checkpoint-2"), out)
