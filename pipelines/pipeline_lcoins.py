@@ -34,6 +34,8 @@ from mtcolor.image_io import to_tensor_image
 from mtcolor.lexicon import default_lexicon
 from mtcolor.models.lcoins import LCoInsModel
 
+from .loading import load_pipeline
+
 logger = logging.get_logger(__name__)
 
 __all__ = ["LCoInsPipeline", "LCoInsPipelineOutput", "tokenize_captions"]
@@ -107,6 +109,14 @@ class LCoInsPipeline(DiffusionPipeline):
                 f"{model.config.text_embed_dim}; build the LCoInsModel with text_embed_dim={hidden}."
             )
         self.register_modules(model=model, text_encoder=text_encoder, tokenizer=tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> LCoInsPipeline:
+        """``DiffusionPipeline.from_pretrained`` that also resolves a text encoder referenced from an
+        installed package (``text_encoder/packaged_model.json``, see :mod:`mtcolor.text_encoders`),
+        refuses a local folder whose ``model_index.json`` lists a component with no sub-folder
+        (``FileNotFoundError`` naming it), and names the component and folder in load errors."""
+        return load_pipeline(super().from_pretrained, cls.__name__, pretrained_model_name_or_path, kwargs)
 
     @property
     def max_caption_length(self) -> int:
@@ -221,6 +231,7 @@ class LCoInsPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         max_caption_length: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> LCoInsPipelineOutput | tuple:
         r"""Colorize ``gray`` following ``caption``.
 
@@ -234,6 +245,8 @@ class LCoInsPipeline(DiffusionPipeline):
             output_type: ``"pil"``, ``"np"`` or ``"pt"``.
             return_dict: return an :class:`LCoInsPipelineOutput` (True) or a tuple.
             max_caption_length: optional lower token limit for captions (special tokens included).
+            generator: accepted so that generic callers (which pass one to every diffusers pipeline)
+                work, and ignored: L-CoIns is one deterministic forward pass, with no noise to draw.
 
         Returns:
             :class:`LCoInsPipelineOutput` with one image per input at the input's own size.
