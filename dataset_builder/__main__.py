@@ -182,9 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from mtcolor.locks import FolderLockedError
+
     try:
         return int(args.run(args) or 0)
-    except ValueError as error:
+    except (ValueError, FolderLockedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

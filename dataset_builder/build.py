@@ -26,6 +26,7 @@ from collections import Counter
 import numpy as np
 
 from mtcolor.lexicon import default_lexicon
+from mtcolor.locks import exit_with_parent_if_launched
 
 from .captioners import CaptionerChain, InstanceInput
 from .colors import ColorNamer, strip_color_words
@@ -234,13 +235,25 @@ def build(
         num_proc: worker processes for the per-image work.
         progress: show a progress bar.
         overwrite: rebuild splits recorded with a different configuration (deletes their shards).
-    """
-    from .card import write_card
 
+    Raises:
+        ValueError: bad configuration, or ``output_dir`` is a file.
+        mtcolor.locks.FolderLockedError: a live process is building this shard into ``output_dir``.
+    """
     if not config.output_dir:
         raise ValueError("output_dir is not set; put output_dir in the config or pass --output_dir.")
     if isinstance(shard, str) or shard is None:
         shard = launcher_shard() if shard is None and launcher_shard() else parse_shard(shard)
+    exit_with_parent_if_launched()  # under accelerate launch / torchrun: end with the launcher
+    writer = DatasetWriter(config.output_dir)  # refuses a file; removes temporaries of killed runs
+    with writer.lock(shard):  # a second run of this shard on the folder refuses to start
+        return _build(config, writer, shard, num_proc, progress, overwrite)
+
+
+def _build(config: BuildConfig, writer: DatasetWriter, shard, num_proc, progress, overwrite) -> JobReport:
+    """:func:`build` once the output folder is open and this shard's lock held."""
+    from .card import write_card
+
     if shard != (0, 1) and os.environ.get("LOCAL_RANK") is not None:
         import torch
 
@@ -263,7 +276,6 @@ def build(
         )
     units = plan_units(by_split, config.shard_size)
     content = config.content()
-    writer = DatasetWriter(config.output_dir)
     record = {"kind": "build", "fingerprint": fingerprint(content), "config": content}
     writer.register(
         {

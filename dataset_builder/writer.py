@@ -10,9 +10,16 @@ Layout of an output folder::
 Inputs are cut into units in their deterministic order; ``--shard i/N`` takes the units ``g`` with
 ``g % N == i`` (``g`` counts the units of all splits), so N processes or machines split a job
 without talking to each other, and the result does not depend on N. A unit is written to a hidden
-temporary file (``.<name>.parquet.tmp-<host>-<pid>``), fsynced and renamed when complete: a finished
-unit's file either exists whole or not at all. Re-running skips units whose file exists, so a killed
-run loses only the units in flight and rows are never duplicated.
+temporary file naming its process (``.<name>.parquet.<pid>@<host>.<token>.tmp``,
+:func:`mtcolor.locks.temporary_path`), fsynced and renamed when complete: a finished unit's file
+either exists whole or not at all. Re-running skips units whose file exists, so a killed run loses
+only the units in flight and rows are never duplicated; the temporaries of dead processes are
+removed when the folder is opened again.
+
+One process per shard: a run holds ``.mtcolor-shard-<i>-of-<N>.lock`` in the output folder
+(:func:`mtcolor.locks.lock_folder`), so a second run of the same shard on a folder a live run is
+writing refuses to start (naming its pid), while the lock of a killed run is taken over. Worker
+processes (``num_proc > 1``) end when the main process is gone.
 """
 
 from __future__ import annotations
@@ -22,13 +29,22 @@ import itertools
 import json
 import logging
 import os
-import socket
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from mtcolor.locks import (
+    FolderLock,
+    atomic_write_bytes,
+    exit_with_parent,
+    fsync_directory,
+    lock_folder,
+    remove_dead_temporaries,
+    temporary_path,
+)
 
 from .sources import SourceItem
 
@@ -110,8 +126,31 @@ class DatasetWriter:
         self.root = Path(out_dir)
         self.data_dir = self.root / "data"
         self.stats_dir = self.root / "stats"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.stats_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.root, self.data_dir, self.stats_dir):
+            if folder.exists() and not folder.is_dir():
+                raise ValueError(
+                    f"output_dir {str(self.root)!r}: {str(folder)!r} is a file, not a folder; pass a folder "
+                    "(new or written by the builder) as output_dir."
+                )
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.stats_dir.mkdir(parents=True, exist_ok=True)
+        except (NotADirectoryError, FileExistsError) as error:  # a parent of output_dir is a file
+            raise ValueError(
+                f"output_dir {str(self.root)!r} cannot be created ({error.strerror}: {error.filename!r}); pass "
+                "a folder path whose parents are folders."
+            ) from None
+        for folder in (self.root, self.data_dir, self.stats_dir):  # left by killed runs
+            for stale in remove_dead_temporaries(folder):
+                logger.info(f"removed {stale}, a temporary file of a killed run")
+
+    def lock(self, shard: tuple[int, int] = (0, 1)) -> FolderLock:
+        """Hold the lock of ``shard`` of this folder (re-entrant in one process; a context manager).
+
+        Raises :class:`mtcolor.locks.FolderLockedError` naming the pid when a live process holds it.
+        """
+        index, total = shard
+        return lock_folder(self.root, f".mtcolor-shard-{index}-of-{total}.lock")
 
     def shard_path(self, unit: Unit) -> Path:
         return self.data_dir / f"{unit.name}.parquet"
@@ -125,12 +164,8 @@ class DatasetWriter:
         return stats.is_file() and json.loads(stats.read_text(encoding="utf-8")).get("images", -1) == 0
 
     def atomic_write_bytes(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        """Write ``path`` whole or not at all (:func:`mtcolor.locks.atomic_write_bytes`)."""
+        atomic_write_bytes(path, data)
 
     def write_unit(self, unit: Unit, rows: list[dict], stats: dict) -> Path:
         """Write ``rows`` (encoded records) of ``unit`` atomically, its stats first (a unit without
@@ -146,14 +181,18 @@ class DatasetWriter:
         final = self.shard_path(unit)
         if not rows:
             return final
-        tmp = final.with_name(f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-        table = pa.Table.from_pylist(rows, schema=FEATURES.arrow_schema)
-        pq.write_table(table, tmp, row_group_size=64)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-        for stale in self.data_dir.glob(f".{final.name}.tmp-*"):  # left by killed runs of this unit
-            stale.unlink(missing_ok=True)
+        tmp = temporary_path(final)
+        try:
+            table = pa.Table.from_pylist(rows, schema=FEATURES.arrow_schema)
+            pq.write_table(table, tmp, row_group_size=64)
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_directory(self.data_dir)
+        remove_dead_temporaries(self.data_dir, name=final.name)  # left by killed runs of this unit
         return final
 
     # --------------------------------------------------------------------------- configurations
@@ -221,8 +260,13 @@ class DatasetWriter:
         return totals
 
 
-def _init_worker(factory: Callable[[], Callable[[SourceItem], ItemResult]]) -> None:
+def _init_worker(
+    factory: Callable[[], Callable[[SourceItem], ItemResult]], parent_pid: int | None = None
+) -> None:
+    """Worker start-up: end with the main process (killed or not), one torch thread, the processor."""
     global _PROCESSOR
+    if parent_pid is not None:
+        exit_with_parent(parent_pid)
     import torch
 
     torch.set_num_threads(1)
@@ -292,12 +336,21 @@ def run_units(
         factory: picklable callable returning the per-item processor (called once per worker
             process, or once in this process when ``num_proc == 1``).
         num_proc: worker processes (spawned, one torch thread each) for the per-item work; rows stay
-            in input order, so the output does not depend on ``num_proc``.
-    """
-    from tqdm.auto import tqdm
+            in input order, so the output does not depend on ``num_proc``; they end when this
+            process does.
 
+    Holds the shard's lock (:meth:`DatasetWriter.lock`) while it runs.
+    """
     if num_proc < 1:
         raise ValueError(f"num_proc={num_proc}; expected >= 1.")
+    with writer.lock(shard):
+        return _run_units(writer, units, factory, shard, num_proc, progress, description)
+
+
+def _run_units(writer, units, factory, shard, num_proc, progress, description) -> JobReport:
+    """:func:`run_units` while holding the shard's lock."""
+    from tqdm.auto import tqdm
+
     start = time.perf_counter()
     mine = select_units(units, shard)
     todo = [u for u in mine if not writer.is_done(u)]
@@ -319,7 +372,7 @@ def run_units(
                 num_proc,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker,
-                initargs=(factory,),
+                initargs=(factory, os.getpid()),
             )
             ordered = _ordered(executor, items, window=4 * num_proc)
             with _single_threaded_children():  # workers start with the first submissions

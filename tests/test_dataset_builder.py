@@ -448,3 +448,143 @@ def test_benchmark_runs(capsys):
 
     assert main(["--num_images", "3", "--image_size", "48", "--num_proc", "1"]) == 0
     assert "| 1 | 3 |" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------ process safety
+BLOCKING_PLUGIN = '''
+import os
+import threading
+from pathlib import Path
+
+from dataset_builder.segmenters import Segmenter
+
+
+class BlockingSegmenter(Segmenter):
+    """Writes its process id into `folder`, then never returns: a worker busy on a slow image."""
+
+    name = "blocking"
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def segment(self, image, annotations):
+        Path(self.folder, str(os.getpid())).write_text("busy")
+        threading.Event().wait()
+'''
+
+
+def _wait_for_files(folder: Path, count: int, process: subprocess.Popen, timeout: float = 300.0) -> list[int]:
+    """Bounded poll until ``count`` files (named by pid) exist in ``folder``; fails if ``process`` ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        if len(names) >= count:
+            return [int(n) for n in names]
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        time.sleep(0.02)
+    raise AssertionError(f"{count} workers did not start within {timeout} s")
+
+
+def test_builder_lock_and_workers_end_with_a_killed_main_process(tmp_path, capsys):
+    """A `--num_proc 2` build busy in its workers: a second run on the folder refuses to start (naming
+    the live pid) instead of running beside it; SIGKILL of the main process ends both workers; the
+    next run takes the dead run's lock over and finishes."""
+    from test_locks import running, wait_until_gone
+
+    from dataset_builder.__main__ import main as builder_main
+
+    (tmp_path / "plugin").mkdir()
+    (tmp_path / "plugin" / "blocking_plugin.py").write_text(BLOCKING_PLUGIN)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    out = tmp_path / "out"
+    config = _synthetic_config(out, num_images=8, shard_size=2)
+    blocking = {k: v for k, v in config.__dict__.items()}
+    blocking["segmenter"] = {"type": "blocking_plugin:BlockingSegmenter", "folder": str(busy)}
+    (tmp_path / "blocking.yaml").write_text(yaml.safe_dump(blocking))
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump({k: v for k, v in config.__dict__.items()}))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path / "plugin")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    main = subprocess.Popen(
+        [sys.executable, "-m", "dataset_builder", "build", "--config", str(tmp_path / "blocking.yaml"),
+         "--num_proc", "2", "--no_progress"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    workers = []
+    try:
+        workers = _wait_for_files(busy, 2, main)
+        assert main.pid not in workers and all(running(pid) for pid in workers)
+
+        # 1. a second run (even with --overwrite, which would delete the live run's shards) is refused
+        code = builder_main(
+            ["build", "--config", str(tmp_path / "plain.yaml"), "--overwrite", "--no_progress"]
+        )
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err
+        (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+        assert f"{str(out)!r} is in use by process {main.pid}" in line
+
+        # 2. SIGKILL of the main process ends its workers
+        main.send_signal(signal.SIGKILL)
+        main.wait()
+        gone = [wait_until_gone(pid) for pid in workers]
+        assert all(gone), f"workers {[p for p, g in zip(workers, gone) if not g]} outlived the killed builder"
+    finally:
+        for pid in [main.pid, *workers]:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+        main.wait()
+        main.stderr.close()
+
+    # 3. the next run takes the dead run's lock over and completes
+    code = builder_main(["build", "--config", str(tmp_path / "plain.yaml"), "--overwrite", "--no_progress"])
+    assert code == 0, capsys.readouterr().err
+    assert len(load_records(out, "train")) + len(load_records(out, "test")) == 8
+    assert not [p for p in out.rglob(".*")]  # no lock or temporary file left
+
+
+KILL_AT_STATS_RENAME = """
+import os, signal, sys
+real_replace = os.replace
+def replace(src, dst, *args, **kwargs):
+    if os.path.basename(os.path.dirname(os.fspath(src))) == "stats" and os.fspath(dst).endswith(".json"):
+        os.kill(os.getpid(), signal.SIGKILL)  # the stats temporary is written, not yet renamed
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = replace
+from dataset_builder.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_temporaries_of_a_killed_build_are_removed_by_the_next_run(tmp_path):
+    config = _synthetic_config(tmp_path / "out", num_images=6, shard_size=3)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump({k: v for k, v in config.__dict__.items()}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", KILL_AT_STATS_RENAME, "build", "--config", str(config_path), "--no_progress"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    stats = tmp_path / "out" / "stats"
+    assert [p.name for p in stats.iterdir() if p.name.startswith(".")]  # the killed run's temporary
+    report = build(config, progress=False)
+    assert report.units_written == report.units_total
+    assert not [p for p in (tmp_path / "out").rglob(".*")]  # temporaries of the dead run removed
+
+
+def test_output_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    from dataset_builder.__main__ import main as builder_main
+
+    (tmp_path / "taken").write_text("a file")
+    config = _synthetic_config(tmp_path / "unused")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in config.__dict__.items()}))
+    for target in (tmp_path / "taken", tmp_path / "taken" / "sub"):
+        code = builder_main(["build", "--config", str(tmp_path / "config.yaml"), "--output_dir", str(target)])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, err
+        (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+        assert f"output_dir {str(target)!r}" in line and "a folder" in line
