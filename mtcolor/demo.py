@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -185,6 +186,8 @@ def run_demo(
     """
     from tqdm.auto import tqdm
 
+    from pipelines.pipeline_mtcolor import SmallInstanceWarning
+
     from .color import image_luminance
     from .masks import masks_to_label_map
     from .metrics import color_adherence, color_bleeding, colorfulness, psnr, ssim
@@ -208,17 +211,20 @@ def run_demo(
         image = scene["image"].convert("RGB")
         masks = np.asarray(scene["masks"], dtype=bool)
         gray = (image_luminance(image)[0].numpy() / 100.0 * 255).round().astype(np.uint8)
-        result = pipe(
-            PIL.Image.fromarray(gray),
-            list(masks),
-            scene["instance_texts"],
-            prompt=scene.get("global_text", ""),
-            num_inference_steps=steps,
-            guidance_scale=guidance_scale,
-            working_resolution=working if scene["kind"] != "real photo" else max(working, 128),
-            generator=torch.Generator().manual_seed(seed + i),
-            output_type="pt",
-        ).images  # (1, 3, H, W)
+        with warnings.catch_warnings():  # small instances go to the metrics JSON, not the console
+            warnings.simplefilter("ignore", SmallInstanceWarning)
+            output = pipe(
+                PIL.Image.fromarray(gray),
+                list(masks),
+                scene["instance_texts"],
+                prompt=scene.get("global_text", ""),
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                working_resolution=working if scene["kind"] != "real photo" else max(working, 128),
+                generator=torch.Generator().manual_seed(seed + i),
+                output_type="pt",
+            )
+        result = output.images  # (1, 3, H, W)
         target = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
         label_map = masks_to_label_map(list(masks), warn_overlap=False)[None]
         adherence = color_adherence(result, label_map, [scene["instance_texts"]])
@@ -231,6 +237,8 @@ def run_demo(
             "instances_agree": [r.agrees for r in adherence.instances],
             "colorfulness": float(colorfulness(result)[0]),
             "bleeding_leak": color_bleeding(result, label_map).leak,
+            # instances smaller than one token of some attention grids (MTColorPipelineOutput.diagnostics)
+            "diagnostics": output.diagnostics,
         }
         if scene["kind"] != "recolor":  # the ground truth shows what the texts describe
             record["psnr"] = float(psnr(result, target)[0])

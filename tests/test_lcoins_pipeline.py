@@ -193,3 +193,10 @@ def test_write_model_card_generic(tmp_path):
             description="d",
             usage="u",
         )
+
+
+def test_generator_is_accepted_and_ignored(pipe):
+    gray = gray_image(24, 24)
+    plain = pipe(gray, "a red car", output_type="pt").images
+    seeded = pipe(gray, "a red car", output_type="pt", generator=torch.Generator().manual_seed(3)).images
+    assert torch.equal(plain, seeded)  # one deterministic forward pass: nothing to draw
