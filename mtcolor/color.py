@@ -3,6 +3,11 @@
 Conventions: RGB tensors are sRGB in [0, 1], shaped (..., 3, H, W); Lab tensors are CIE L*a*b*
 (D65) with L in [0, 100] and a, b roughly in [-128, 127], shaped (..., 3, H, W). Conversions use
 kornia (differentiable, batched on the device).
+
+Full-resolution work (:func:`rgb_luminance`, :func:`fit_chroma_to_gamut`,
+:func:`recombine_luminance`) is per pixel, so it runs in row tiles of about ``tile_pixels`` pixels
+(default :data:`TILE_PIXELS`): the colour-space temporaries (tens of bytes per pixel) then cost one
+tile, not the whole image. Tiling does not change the result.
 """
 
 from __future__ import annotations
@@ -12,6 +17,17 @@ import torch
 import torch.nn.functional as F
 
 from .image_io import to_tensor_image
+
+TILE_PIXELS = 1 << 18
+"""Pixels per row tile of the per-pixel colour maths (about 40 MB of float32 temporaries)."""
+
+
+def _row_tiles(height: int, width: int, tile_pixels: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` row ranges covering ``height`` rows, ``~tile_pixels`` pixels each."""
+    if tile_pixels < 1:
+        raise ValueError(f"tile_pixels must be a positive pixel count, got {tile_pixels}.")
+    rows = max(1, tile_pixels // max(1, width))
+    return [(start, min(start + rows, height)) for start in range(0, height, rows)]
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
@@ -29,8 +45,22 @@ def gray_to_rgb(gray: torch.Tensor) -> torch.Tensor:
     return gray.expand(*gray.shape[:-3], 3, *gray.shape[-2:])
 
 
-def rgb_luminance(rgb: torch.Tensor) -> torch.Tensor:
-    """sRGB (..., 3|1, H, W) in [0, 1] -> the Lab L channel (..., 1, H, W) in [0, 100]."""
+def rgb_luminance(rgb: torch.Tensor, *, tile_pixels: int = TILE_PIXELS) -> torch.Tensor:
+    """sRGB (..., 3|1, H, W) in [0, 1] -> the Lab L channel (..., 1, H, W) in [0, 100].
+
+    Computed in row tiles of ``~tile_pixels`` pixels (the result does not depend on the tiling).
+    """
+    height, width = rgb.shape[-2:]
+    tiles = _row_tiles(height, width, tile_pixels)
+    if len(tiles) == 1:
+        return _luminance(rgb)
+    out = rgb.new_empty(*rgb.shape[:-3], 1, height, width)
+    for start, stop in tiles:
+        out[..., start:stop, :] = _luminance(rgb[..., start:stop, :])
+    return out
+
+
+def _luminance(rgb: torch.Tensor) -> torch.Tensor:
     if rgb.shape[-3] == 1:
         rgb = gray_to_rgb(rgb)
     return rgb_to_lab(rgb)[..., :1, :, :]
@@ -58,18 +88,33 @@ def resize(image: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -
     return F.interpolate(image, size=size, mode=mode, align_corners=False, antialias=shrinking)
 
 
-def fit_chroma_to_gamut(lightness: torch.Tensor, ab: torch.Tensor, iterations: int = 12) -> torch.Tensor:
+def fit_chroma_to_gamut(
+    lightness: torch.Tensor, ab: torch.Tensor, iterations: int = 12, *, tile_pixels: int = TILE_PIXELS
+) -> torch.Tensor:
     """Scale each pixel's (a, b) towards 0 (same hue, same L) until the colour is inside sRGB.
 
     Args:
         lightness: (..., 1, H, W) L in [0, 100]; ab: (..., 2, H, W).
+        iterations: bisection steps.
+        tile_pixels: pixels per row tile (the result does not depend on it).
 
     Returns:
         ab (..., 2, H, W) scaled by the largest factor in [0, 1] (found by bisection to
         ``2**-iterations``) whose colour lies in the sRGB gamut, so that converting to RGB needs no
         clipping and keeps L. Only out-of-gamut pixels are bisected.
     """
+    height, width = lightness.shape[-2:]
+    tiles = _row_tiles(height, width, tile_pixels)
+    if len(tiles) == 1:
+        return _fit_chroma(lightness, ab, iterations)
+    out = ab.new_empty(ab.shape)
+    for start, stop in tiles:
+        rows = slice(start, stop)
+        out[..., rows, :] = _fit_chroma(lightness[..., rows, :], ab[..., rows, :], iterations)
+    return out
 
+
+def _fit_chroma(lightness: torch.Tensor, ab: torch.Tensor, iterations: int) -> torch.Tensor:
     def inside(lab: torch.Tensor) -> torch.Tensor:  # lab (3, K, 1) -> (K, 1) bool
         rgb = kornia.color.lab_to_rgb(lab, clip=False)
         return ((rgb >= -1e-4) & (rgb <= 1 + 1e-4)).all(dim=0)
@@ -91,18 +136,29 @@ def fit_chroma_to_gamut(lightness: torch.Tensor, ab: torch.Tensor, iterations: i
     return ab * scale
 
 
-def recombine_luminance(lightness: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+def recombine_luminance(
+    lightness: torch.Tensor, ab: torch.Tensor, *, tile_pixels: int = TILE_PIXELS
+) -> torch.Tensor:
     """The input's own L + predicted ab resized to it -> sRGB.
 
     Args:
         lightness: (B, 1, H, W) in [0, 100] at the output (input) resolution.
         ab: (B, 2, h, w) predicted chroma at the working resolution.
+        tile_pixels: pixels per row tile of the per-pixel maths (the result does not depend on it).
 
     Returns:
-        (B, 3, H, W) sRGB in [0, 1] whose Lab L equals ``lightness``: (a, b) pairs outside the
-        sRGB gamut for their L lose chroma (same hue) instead of being clipped in RGB, which would
-        change L (:func:`fit_chroma_to_gamut`).
+        (B, 3, H, W) sRGB in [0, 1] (``lightness``'s dtype) whose Lab L equals ``lightness``: (a, b)
+        pairs outside the sRGB gamut for their L lose chroma (same hue) instead of being clipped in
+        RGB, which would change L (:func:`fit_chroma_to_gamut`). Memory: the (B, 2, H, W) resized ab
+        and the output, plus one tile of temporaries.
     """
-    lightness = lightness.clamp(0, 100)
-    ab = fit_chroma_to_gamut(lightness, resize(ab.to(lightness.dtype), tuple(lightness.shape[-2:])))
-    return lab_to_rgb(torch.cat([lightness, ab], dim=-3))
+    height, width = lightness.shape[-2:]
+    ab = resize(ab.to(lightness.dtype), (height, width))  # (B, 2, H, W)
+    tiles = _row_tiles(height, width, tile_pixels)
+    out = lightness.new_empty(*lightness.shape[:-3], 3, height, width)
+    for start, stop in tiles:
+        rows = slice(start, stop)
+        tile_l = lightness[..., rows, :].clamp(0, 100)
+        tile_ab = _fit_chroma(tile_l, ab[..., rows, :], 12)
+        out[..., rows, :] = lab_to_rgb(torch.cat([tile_l, tile_ab], dim=-3))
+    return out

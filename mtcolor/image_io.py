@@ -17,22 +17,27 @@ import PIL.Image
 import torch
 
 
+def _scaled(array: np.ndarray, peak: float) -> np.ndarray:
+    """A new float32 array ``array / peak`` (one float32 allocation: the division is in place)."""
+    out = array.astype(np.float32)
+    out /= np.float32(peak)
+    return out
+
+
 def _from_pil(image, name: str) -> np.ndarray:
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L"):
-        return np.asarray(image, dtype=np.float32) / 65535.0
+        return _scaled(np.asarray(image), 65535.0)
     if mode == "I":
-        array = np.asarray(image, dtype=np.float64)
+        array = np.asarray(image)  # int32
         peak = 65535.0 if array.max(initial=0) > 255 else 255.0
-        return (array / peak).astype(np.float32)
+        return _scaled(array, peak)
     if mode == "F":
-        return np.asarray(image, dtype=np.float32)
-    if mode in ("1", "L"):
-        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    if mode == "LA":
-        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        return np.array(image, dtype=np.float32)
+    if mode in ("1", "L", "LA"):
+        return _scaled(np.asarray(image.convert("L")), 255.0)
     if mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "PA", "RGBX"):
-        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        return _scaled(np.asarray(image if mode == "RGB" else image.convert("RGB")), 255.0)
     raise ValueError(f"{name} is a PIL image in unsupported mode {mode!r}; convert it to 'L' or 'RGB'.")
 
 
@@ -40,11 +45,11 @@ def _from_numpy(array: np.ndarray, name: str) -> np.ndarray:
     if array.dtype == np.bool_:
         array = array.astype(np.float32)
     elif array.dtype == np.uint8:
-        array = array.astype(np.float32) / 255.0
+        array = _scaled(array, 255.0)
     elif array.dtype == np.uint16:
-        array = array.astype(np.float32) / 65535.0
+        array = _scaled(array, 65535.0)
     elif array.dtype.kind == "f":
-        array = array.astype(np.float32)
+        array = array.astype(np.float32)  # a copy, also for float32 input
     else:
         raise ValueError(
             f"{name} is a numpy array of dtype {array.dtype}; expected uint8, uint16, bool or float in [0, 1]."
@@ -70,11 +75,15 @@ def to_float_image(image, name: str = "image") -> np.ndarray:
         if tensor.ndim == 3 and tensor.shape[0] in (1, 3, 4):
             tensor = tensor.permute(1, 2, 0)
         if tensor.dtype == torch.uint8:
-            array = tensor.numpy().astype(np.float32) / 255.0
+            array = _scaled(tensor.numpy(), 255.0)
         elif tensor.dtype == torch.bool:
             array = tensor.numpy().astype(np.float32)
         elif tensor.is_floating_point():
-            array = tensor.float().numpy()
+            array = (
+                tensor.numpy().astype(np.float32)
+                if tensor.dtype != torch.bfloat16
+                else tensor.float().numpy()
+            )
         else:
             raise ValueError(
                 f"{name} is a tensor of dtype {tensor.dtype}; expected float in [0, 1] or uint8."
@@ -90,19 +99,36 @@ def to_float_image(image, name: str = "image") -> np.ndarray:
             f"{name} has shape {tuple(array.shape)}; expected (H, W), (H, W, 1|3|4) for arrays or "
             "(1|3|4, H, W) for tensors."
         )
-    if array.shape[-1] in (2, 4):  # drop alpha
-        array = array[..., :-1]
-    if not np.isfinite(array).all():
+    if array.shape[-1] in (2, 4):  # drop alpha (a contiguous copy, as every path returns one)
+        array = np.ascontiguousarray(array[..., :-1])
+    lo, hi = float(array.min(initial=0.0)), float(array.max(initial=0.0))  # NaN / inf propagate
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError(f"{name} contains NaN or infinite values; pass finite values in [0, 1].")
-    lo, hi = float(array.min(initial=0.0)), float(array.max(initial=0.0))
     if lo < -1e-6 or hi > 1 + 1e-6:
         raise ValueError(
             f"{name} has float values in [{lo:g}, {hi:g}]; float images must lie in [0, 1]. Divide by 255 "
             "(8-bit) or 65535 (16-bit), or pass the integer array as it is."
         )
-    return np.clip(array, 0.0, 1.0)
+    # ``array`` is this function's own float32 copy (never the caller's memory): clip it in place.
+    return np.clip(array, 0.0, 1.0, out=array) if lo < 0 or hi > 1 else array
 
 
 def to_tensor_image(image, name: str = "image") -> torch.Tensor:
-    """Like :func:`to_float_image` but returns a float32 tensor (C, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(to_float_image(image, name))).permute(2, 0, 1)
+    """Like :func:`to_float_image` but returns a float32 tensor (C, H, W) in [0, 1] (a view of the
+    (H, W, C) array: no copy)."""
+    return torch.from_numpy(to_float_image(image, name)).permute(2, 0, 1)
+
+
+def to_uint8_image(array: np.ndarray, *, tile_pixels: int = 1 << 18) -> np.ndarray:
+    """Float image (H, W[, C]) in [0, 1] -> uint8 ``(array * 255).round()`` (numpy rounding, half to
+    even), computed in row tiles of ``~tile_pixels`` pixels: no full-size float temporaries. The
+    result does not depend on the tiling.
+    """
+    if tile_pixels < 1:
+        raise ValueError(f"tile_pixels must be a positive pixel count, got {tile_pixels}.")
+    out = np.empty(array.shape, dtype=np.uint8)
+    rows = max(1, tile_pixels // max(1, array.shape[1] if array.ndim > 1 else 1))
+    for start in range(0, array.shape[0], rows):
+        tile = array[start : start + rows] * 255
+        out[start : start + rows] = tile.round(out=tile)
+    return out

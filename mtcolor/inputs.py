@@ -125,8 +125,8 @@ def prepare_samples(image, masks=None, texts=None, prompt=None, negative_prompt=
                     f"{tuple(lightness.shape[-2:])}; masks must be aligned with the gray image (resize them "
                     "with nearest-neighbour interpolation)."
                 )
-            present = set(torch.unique(label_map).tolist())
-            lost = [i for i in range(1, n_masks + 1) if i not in present]
+            areas = torch.bincount(label_map.view(-1), minlength=n_masks + 1)  # no sort of H x W
+            lost = [i for i in range(1, n_masks + 1) if areas[i] == 0]
             if lost:
                 raise ValueError(
                     f"masks{tag}{[i - 1 for i in lost]} own no pixel after overlaps were resolved (each "

@@ -221,12 +221,16 @@ def _nearest_index(src: int, dst: int) -> torch.Tensor:
     return ((torch.arange(dst, dtype=torch.float64) + 0.5) * src / dst).floor().long().clamp(max=src - 1)
 
 
-def resize_label_map(label_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_label_map(
+    label_map: torch.Tensor, size: tuple[int, int], *, tile_pixels: int = 1 << 20
+) -> torch.Tensor:
     """Resize a label map to ``size = (h, w)`` by a majority vote per cell.
 
     Args:
-        label_map: int64 tensor (H, W) or (B, H, W), values >= 0.
+        label_map: integer tensor (H, W) or (B, H, W), values >= 0.
         size: target (h, w).
+        tile_pixels: input pixels counted at a time (bands of whole output rows); memory is
+            ``O(tile_pixels)`` beyond the output, and the result does not depend on it.
 
     Along an axis that shrinks, input pixel ``p`` belongs to output cell ``floor(p * h / H)`` (cells
     of ``H / h`` pixels, exact for non-integer factors and odd sizes); each output cell takes the
@@ -246,7 +250,8 @@ def resize_label_map(label_map: torch.Tensor, size: tuple[int, int]) -> torch.Te
     h, w = int(size[0]), int(size[1])
     if h < 1 or w < 1:
         raise ValueError(f"size must be positive, got {size}.")
-    label_map = label_map.long()
+    if tile_pixels < 1:
+        raise ValueError(f"tile_pixels must be a positive pixel count, got {tile_pixels}.")
     batch, height, width = label_map.shape
     if h > height:
         label_map = label_map[:, _nearest_index(height, h).to(label_map.device)]
@@ -255,21 +260,29 @@ def resize_label_map(label_map: torch.Tensor, size: tuple[int, int]) -> torch.Te
         label_map = label_map[:, :, _nearest_index(width, w).to(label_map.device)]
         width = w
     if (height, width) == (h, w):
+        label_map = label_map.long()
         return label_map[0] if squeeze else label_map
     num_labels = int(label_map.max()) + 1
     device = label_map.device
-    rows = _cell_index(height, h).to(device)
-    cols = _cell_index(width, w).to(device)
-    cell = (rows[:, None] * w + cols[None, :]).view(1, -1)  # (1, H*W)
-    flat = label_map.reshape(batch, -1)
-    counts = torch.zeros(batch, h * w * num_labels, dtype=torch.long, device=device)
-    counts.scatter_add_(1, cell * num_labels + flat, torch.ones_like(flat))
-    counts = counts.view(batch, h * w, num_labels)
+    rows = _cell_index(height, h).to(device)  # (H,) output row of each input row
+    cols = _cell_index(width, w).to(device)  # (W,) output column of each input column
     # Tie-break bonus < 1 count: instances beat background, smaller ids beat larger ones.
     labels = torch.arange(num_labels, device=device)
     bonus = torch.where(labels > 0, num_labels + 1 - labels, torch.zeros_like(labels))
-    score = counts * (num_labels + 2) + bonus
-    out = score.argmax(-1).view(batch, h, w)
+    out = torch.empty(batch, h, w, dtype=torch.long, device=device)
+    band = max(1, tile_pixels // (batch * width * max(1, height // h)))  # output rows per band
+    for top in range(0, h, band):
+        bottom = min(top + band, h)
+        first, last = -(-top * height // h), -(-bottom * height // h)  # input rows of these cells
+        cells = (bottom - top) * w
+        cell = ((rows[first:last] - top)[:, None] * w + cols[None, :]).view(1, -1)  # (1, rows * W)
+        flat = label_map[:, first:last].reshape(batch, -1).long()  # (B, rows * W)
+        offsets = torch.arange(batch, device=device)[:, None] * (cells * num_labels)
+        counts = torch.bincount(
+            (offsets + cell * num_labels + flat).view(-1), minlength=batch * cells * num_labels
+        )
+        score = counts.view(batch, cells, num_labels) * (num_labels + 2) + bonus
+        out[:, top:bottom] = score.argmax(-1).view(batch, bottom - top, w)
     return out[0] if squeeze else out
 
 
@@ -301,10 +314,18 @@ def token_grid(num_tokens: int, height: int, width: int) -> tuple[int, int]:
 
 
 def vanished_instances(label_map: torch.Tensor, size: tuple[int, int]) -> list[int]:
-    """Instance ids present in ``label_map`` (H, W) but absent after resizing to ``size``."""
-    present = set(torch.unique(label_map).tolist()) - {0}
-    kept = set(torch.unique(resize_label_map(label_map, size)).tolist())
+    """Instance ids present in ``label_map`` (H, W) but absent after resizing to ``size``.
+
+    Counts labels with ``bincount`` (O(number of labels) memory, no sort of the H x W pixels).
+    """
+    present = set(_labels_present(label_map)) - {0}
+    kept = set(_labels_present(resize_label_map(label_map, size)))
     return sorted(present - kept)
+
+
+def _labels_present(label_map: torch.Tensor) -> list[int]:
+    """The distinct values of a non-negative integer label map, ascending."""
+    return torch.bincount(label_map.reshape(-1).long()).nonzero().flatten().tolist()
 
 
 def instance_masks(label_map: torch.Tensor, num_instances: int) -> torch.Tensor:
