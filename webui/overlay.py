@@ -1,0 +1,111 @@
+"""The instance overlay: the label map the masks resolve to, in colour over the gray image.
+
+Masks resolve exactly as the pipeline resolves them (:func:`mtcolor.masks.masks_to_label_map`:
+an overlapping pixel goes to the smallest mask). Before a run the page also lists what the pipeline
+will warn about: overlapping masks, and instances smaller than one token of an attention grid at
+the chosen working resolution (the grids of ``MTColorPipeline``: the latent grid and each UNet
+level below it). After a run it shows the warnings the pipeline actually emitted.
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import PIL.Image
+
+from mtcolor.demo import PALETTE
+
+
+def instance_color(k: int) -> tuple[int, int, int]:
+    """The overlay colour of instance ``k`` (1-based)."""
+    return tuple(int(v) for v in PALETTE[((k - 1) % (len(PALETTE) - 1)) + 1])
+
+
+def label_overlay(
+    gray: PIL.Image.Image, label_map: np.ndarray | None, rows: list[int] | None = None, opacity: float = 0.55
+) -> np.ndarray:
+    """(H, W, 3) uint8: the gray image with label ``k`` tinted in the colour of its page row ``rows[k - 1]``."""
+    out = np.repeat(np.asarray(gray.convert("L"), dtype=np.float32)[..., None], 3, -1)
+    if label_map is not None:
+        for k in np.unique(label_map):
+            if k == 0:
+                continue
+            region = label_map == k
+            row = rows[k - 1] if rows else int(k)
+            out[region] = (1 - opacity) * out[region] + opacity * np.array(instance_color(row))
+    return out.clip(0, 255).round().astype(np.uint8)
+
+
+def resolve_label_map(masks: list[np.ndarray]) -> np.ndarray | None:
+    """(H, W) int64 label map of bool masks, as the pipeline builds it (None without masks)."""
+    if not masks:
+        return None
+    from mtcolor.masks import masks_to_label_map
+
+    return masks_to_label_map(masks, allow_empty=True, warn_overlap=False).numpy()
+
+
+def overlap_messages(masks: list[np.ndarray], rows: list[int]) -> list[str]:
+    """One message listing the overlapping instance pairs (1-based rows), or none."""
+    pairs = []
+    for a in range(len(masks)):
+        for b in range(a + 1, len(masks)):
+            if masks[a].shape == masks[b].shape and np.logical_and(masks[a], masks[b]).any():
+                pairs.append(f"{rows[a]}+{rows[b]}")
+    if not pairs:
+        return []
+    shown = ", ".join(pairs[:10]) + (" ..." if len(pairs) > 10 else "")
+    return [f"Masks overlap (instances {shown}): each overlapping pixel goes to the smallest mask."]
+
+
+def vanishing_messages(
+    pipe, label_map: np.ndarray, texts: list[str], rows: list[int], working_resolution: int
+) -> list[str]:
+    """Instances (named by page row) smaller than one token of an MT-Color attention grid.
+
+    The grids are those ``MTColorPipeline`` conditions: the latent grid of the working size and
+    each coarser UNet level (halving, rounded up).
+    """
+    import torch
+
+    from mtcolor.inputs import working_size
+    from mtcolor.masks import resize_label_map, vanished_instances
+
+    factor = pipe.vae_scale_factor
+    size = working_size(label_map.shape, int(working_resolution), factor)
+    working = resize_label_map(torch.from_numpy(label_map), size)
+    h, w = size[0] // factor, size[1] // factor
+    lost: dict[int, list[str]] = {}
+    for _ in range(len(pipe.unet.config.block_out_channels)):
+        for k in vanished_instances(working, (h, w)):
+            lost.setdefault(k, []).append(f"{h}x{w}")
+        h, w = -(-h // 2), -(-w // 2)
+    gone = set(range(1, len(texts) + 1)) - set(torch.unique(working).tolist())
+    messages = [
+        f"Instance {rows[k - 1]} ({texts[k - 1]!r}) disappears at the {size[0]}x{size[1]} working size; raise the working "
+        "resolution or enlarge its mask."
+        for k in sorted(gone)
+    ]
+    messages += [
+        f"Instance {rows[k - 1]} ({texts[k - 1]!r}) is smaller than one token of the {', '.join(grids)} attention "
+        "grid(s) and does not condition them."
+        for k, grids in sorted(lost.items())
+        if k not in gone
+    ]
+    return messages
+
+
+def legend(rows: list[int], texts: list[str], messages: list[str], title: str = "Mask check") -> str:
+    """Markdown: a coloured square and the text per instance, then the messages (or 'no warnings')."""
+    lines = [
+        f'<span style="color: rgb{instance_color(k)}">■</span> **{k}** {html.escape(text)}'
+        for k, text in zip(rows, texts)
+    ]
+    body = (
+        "  \n".join(lines)
+        if lines
+        else "_No instances yet: add one, upload or paint its mask and type its text._"
+    )
+    notes = "\n".join(f"- ⚠ {html.escape(m)}" for m in messages) if messages else "- no warnings"
+    return f"{body}\n\n**{title}**\n{notes}"

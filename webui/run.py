@@ -1,0 +1,185 @@
+"""A checked request -> one pipeline call -> what the page shows.
+
+The colorization is the pipeline's: :func:`colorize` resolves SAM prompts to masks
+(:func:`mtcolor.sam.masks_from_sam`), makes **one** call to ``MTColorPipeline`` (masks + texts +
+prompt + settings) or ``LCoInsPipeline`` (one caption), records the warnings the pipeline emits
+(overlapping masks, instances too small for an attention grid) and measures each instance's colour
+with the project's adherence metric (:func:`mtcolor.metrics.color_adherence`).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import PIL.Image
+
+from .inputs import ColorizeRequest
+
+TABLE_HEADERS = ["#", "text", "requested colour", "measured colour", "match", "distance (Lab)"]
+
+
+@dataclass
+class ColorizeResult:
+    """What one run returns to the page.
+
+    Attributes:
+        image: the colorized RGB image at the input's own size.
+        gray: the gray image the model saw (8-bit), the 'before' side of the comparison.
+        masks: the resolved instance masks (bool (H, W), SAM ones included), in instance order.
+        table: one row per instance, :data:`TABLE_HEADERS`.
+        warnings: the pipeline's warnings, de-duplicated, in order.
+        caption: the caption L-CoIns was given (None for MT-Color).
+        seconds: wall time of the pipeline call.
+    """
+
+    image: PIL.Image.Image
+    gray: PIL.Image.Image
+    masks: list[np.ndarray]
+    table: list[list]
+    warnings: list[str] = field(default_factory=list)
+    caption: str | None = None
+    seconds: float = 0.0
+
+
+def lcoins_caption(request: ColorizeRequest) -> str:
+    """L-CoIns colorizes from one caption: the global prompt, else the instance texts joined."""
+    if request.prompt:
+        return request.prompt
+    return " and ".join(request.texts)
+
+
+def resolve_masks(request: ColorizeRequest, sam_checkpoint: str | None, sam_model_type: str = "vit_b"):
+    """Bool masks (H, W) for every instance; SAM prompts are run through Segment Anything."""
+    masks = [instance.mask for instance in request.instances]
+    pending = [i for i, instance in enumerate(request.instances) if instance.mask is None]
+    if pending:
+        from mtcolor.sam import masks_from_sam
+
+        if sam_checkpoint is None:
+            raise ValueError(
+                "SAM prompts need a SAM checkpoint; start the server with --sam_checkpoint PATH."
+            )
+        sam_masks = masks_from_sam(
+            request.image,
+            points=[request.instances[i].sam_points for i in pending],
+            boxes=[request.instances[i].sam_box for i in pending],
+            checkpoint=sam_checkpoint,
+            model_type=sam_model_type,
+        )
+        for i, mask in zip(pending, sam_masks):
+            if not np.asarray(mask).any():
+                raise ValueError(
+                    f"instance {request.instances[i].index}'s SAM prompt gave an empty mask; move the box or points."
+                )
+            masks[i] = np.asarray(mask, dtype=bool)
+    return masks
+
+
+def adherence_table(image: PIL.Image.Image, masks: list[np.ndarray], texts: list[str]) -> list[list]:
+    """Per instance: requested colour word, measured colour name, match (the adherence metric), distance."""
+    if not masks:
+        return []
+    import torch
+
+    from mtcolor.lexicon import default_lexicon
+    from mtcolor.masks import masks_to_label_map
+    from mtcolor.metrics import color_adherence
+
+    rgb = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    label_map = masks_to_label_map(masks, allow_empty=True, warn_overlap=False)
+    result = color_adherence(rgb, label_map[None], [texts])
+    lexicon = default_lexicon()
+    measured = {item.instance: item for item in result.instances}
+    skipped = {label: reason for _, label, reason in result.skipped}
+    rows = []
+    for label, text in enumerate(texts, start=1):
+        item = measured.get(label)
+        if item is None:
+            rows.append([label, text, "—", "—", f"not measured: {skipped.get(label, 'no pixels')}", None])
+        else:
+            rows.append(
+                [
+                    label,
+                    text,
+                    item.word,
+                    lexicon.name(torch.tensor(item.measured)),
+                    "yes" if item.agrees else "no",
+                    round(item.distance, 1),
+                ]
+            )
+    return rows
+
+
+def colorize(
+    pipe,
+    kind: str,
+    request: ColorizeRequest,
+    *,
+    sam_checkpoint: str | None = None,
+    sam_model_type: str = "vit_b",
+    on_step: Callable[[int, int], None] | None = None,
+) -> ColorizeResult:
+    """Colorize a checked request with one pipeline call.
+
+    Args:
+        pipe: a loaded ``MTColorPipeline`` (``kind="mtcolor"``) or ``LCoInsPipeline`` (``kind="lcoins"``).
+        request: from :func:`webui.inputs.build_request`.
+        sam_checkpoint, sam_model_type: Segment Anything for instances given by prompts.
+        on_step: ``f(done, total)`` after every denoising step (the page's progress bar).
+    """
+    import torch
+
+    from .inputs import gray_preview
+
+    masks = resolve_masks(request, sam_checkpoint, sam_model_type)
+    texts = request.texts
+    settings = request.settings
+    caption = None
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if kind == "mtcolor":
+            generator = torch.Generator().manual_seed(settings.seed) if settings.seed >= 0 else None
+            total = settings.num_inference_steps
+
+            def step_end(_pipe, step, _timestep, tensors):
+                if on_step is not None:
+                    on_step(step + 1, total)
+                return {}
+
+            image = pipe(
+                request.image,
+                masks or None,
+                texts or None,
+                prompt=request.prompt,
+                num_inference_steps=settings.num_inference_steps,
+                guidance_scale=settings.guidance_scale,
+                alpha=settings.alpha,
+                beta=settings.beta,
+                fusion=settings.fusion,
+                working_resolution=settings.working_resolution,
+                attention_mode=settings.attention_mode,
+                generator=generator,
+                callback_on_step_end=step_end,
+                output_type="pil",
+            ).images[0]
+        elif kind == "lcoins":
+            caption = lcoins_caption(request)
+            image = pipe(request.image, caption, output_type="pil").images[0]
+        else:
+            raise ValueError(f"model kind {kind!r}; expected 'mtcolor' or 'lcoins'.")
+    seconds = time.perf_counter() - start
+    messages = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
+    return ColorizeResult(
+        image=image.convert("RGB"),
+        gray=gray_preview(request.image),
+        masks=masks,
+        table=adherence_table(image, masks, texts),
+        warnings=messages,
+        caption=caption,
+        seconds=seconds,
+    )
