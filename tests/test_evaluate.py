@@ -188,3 +188,14 @@ def test_non_finite_numbers_are_refused(folder, tmp_path, capsys, flag, value, m
                  "--records", str(folder / "records"), f"{flag}={value}", "--out", str(tmp_path / "eval"),
                  "--no-progress"])  # fmt: skip
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_out_that_is_a_file_is_refused_before_scoring(folder, tmp_path, capsys, monkeypatch):
+    import mtcolor.metrics.evaluation
+
+    monkeypatch.setattr(mtcolor.metrics.evaluation, "evaluate", lambda *a, **k: pytest.fail("scored first"))
+    (tmp_path / "taken").write_text("a file")
+    code = main(["evaluate", "--pred", str(folder / "good"), "--gt", str(folder / "gt"), "--metrics", "psnr",
+                 "--out", str(tmp_path / "taken"), "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and f"--out {str(tmp_path / 'taken')!r} is a file" in err and "Traceback" not in err

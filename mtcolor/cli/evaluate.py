@@ -117,6 +117,25 @@ def _unreadable_images(folder: str, limit: int = 5) -> list[str]:
     return bad
 
 
+def _check_out(out: str) -> str | None:
+    """``--out`` must be a folder this process can write (checked before the evaluation runs)."""
+    import os
+
+    from mtcolor.locks import temporary_path
+
+    if os.path.exists(out) and not os.path.isdir(out):
+        return f"--out {out!r} is a file; pass a folder for metrics.json and metrics.md."
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = temporary_path(os.path.join(out, "metrics.json"))
+        with open(probe, "xb"):
+            pass
+        probe.unlink()
+    except OSError as error:
+        return f"--out {out!r}: cannot write there ({error.strerror or error}); pass a writable folder."
+    return None
+
+
 def _check_inputs(args, predictions: dict[str, str]) -> str | None:
     """The first user error of the arguments (non-finite numbers, unreadable image files), or None."""
     import math
@@ -127,6 +146,9 @@ def _check_inputs(args, predictions: dict[str, str]) -> str | None:
         )
     if args.band is not None and args.band < 1:
         return f"--band is {args.band}; pass a band width >= 1 pixel, or leave it unset (short side / 64)."
+    out_problem = _check_out(args.out)
+    if out_problem is not None:
+        return out_problem
     folders = [(f"--pred {name}={folder}", folder) for name, folder in predictions.items()]
     if args.gt is not None:
         folders.append((f"--gt {args.gt}", args.gt))
@@ -192,11 +214,15 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    from mtcolor.locks import atomic_write_bytes
+
     table = format_markdown(report)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(to_json(report), indent=2, allow_nan=False) + "\n")
-    (out / "metrics.md").write_text(table)
+    atomic_write_bytes(
+        out / "metrics.json", (json.dumps(to_json(report), indent=2, allow_nan=False) + "\n").encode()
+    )
+    atomic_write_bytes(out / "metrics.md", table.encode())
     print(table)
     print(f"wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
     return 0
