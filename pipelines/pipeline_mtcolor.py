@@ -723,7 +723,7 @@ class MTColorPipeline(DiffusionPipeline):
             "; ".join(parts) + ": they condition finer attention grids only. Enlarge those masks or raise "
             "working_resolution to keep them; the output's diagnostics list the details.",
             SmallInstanceWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
     # ------------------------------------------------------------------ call
