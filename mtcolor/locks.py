@@ -77,7 +77,11 @@ def pid_alive(pid: int) -> bool:
     try:  # Linux: an unreaped zombie still answers kill(pid, 0)
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
             state = handle.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
+        if state not in ("Z", "X"):
+            return True
+        # the main thread has exited; the process is gone once its other threads are too (until
+        # then it still holds its files and locks)
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
     except (OSError, IndexError):
         return True
 

@@ -133,3 +133,19 @@ def test_checkpoint_without_checksums_gets_structural_checks(saved, caplog):
     (out / "checkpoint-2" / "random_states_0.pkl").write_bytes(b"")
     with pytest.raises(common.CheckpointError, match="random_states_0.pkl is empty"):
         common.resolve_checkpoint(str(out / "checkpoint-2"), out)
+
+
+def test_resolve_or_fail_is_one_error_line_with_exit_status_2(saved, capsys):
+    """What the trainers (stage 1/2, base, L-CoIns) call: no traceback, the folder and the file named."""
+    _, _, out = saved
+    (out / "checkpoint-4" / "optimizer.bin").write_bytes(b"")
+    assert common.resolve_checkpoint_or_fail("latest", out) == out / "checkpoint-2"
+    with pytest.raises(SystemExit) as caught:
+        common.resolve_checkpoint_or_fail(str(out / "checkpoint-4"), out)
+    assert caught.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert (
+        line.startswith("error: checkpoint ")
+        and "checkpoint-4'" in line
+        and "optimizer.bin has 0 bytes" in line
+    )

@@ -38,10 +38,18 @@ def wait_for_file(path: Path, process: subprocess.Popen, timeout: float = 60.0) 
 
 
 def running(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie (orphans may be reaped late in containers)."""
+    """True while ``pid`` exists and is not a zombie (orphans may be reaped late in containers). A
+    main thread that has exited shows as a zombie while other threads are still being torn down
+    (holding the process's files and locks): that still counts as running."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        process = psutil.Process(pid)
+        if process.status() != psutil.STATUS_ZOMBIE:
+            return True
     except psutil.NoSuchProcess:
+        return False
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
         return False
 
 

@@ -436,6 +436,15 @@ def resolve_checkpoint(value: str | None, output_dir: str | os.PathLike) -> Path
     return path
 
 
+def resolve_checkpoint_or_fail(value: str | None, output_dir: str | os.PathLike) -> Path | None:
+    """:func:`resolve_checkpoint` for a training script: a checkpoint that cannot be resumed ends the
+    run with one ``error:`` line naming the folder and the file (:func:`fail`, exit status 2)."""
+    try:
+        return resolve_checkpoint(value, output_dir)
+    except CheckpointError as error:
+        fail(str(error))
+
+
 def save_checkpoint(
     accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None, info: dict
 ) -> Path:
@@ -1150,11 +1159,8 @@ def run_training_loop(
     updates_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
     num_epochs = math.ceil(max_train_steps / updates_per_epoch)
     global_step = 0
-    try:
-        checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
-        marker = read_checkpoint_marker(checkpoint) if checkpoint is not None else None
-    except CheckpointError as error:
-        fail(str(error))
+    checkpoint = resolve_checkpoint_or_fail(args.resume_from_checkpoint, output_dir)
+    marker = read_checkpoint_marker(checkpoint) if checkpoint is not None else None
     if args.resume_from_checkpoint and checkpoint is None:
         logger.info(f"no complete checkpoint in {output_dir}; starting a new run")
     if checkpoint is not None:

@@ -599,7 +599,7 @@ def main(args: argparse.Namespace) -> Path:
 
     # 5. Resume
     global_step = 0
-    checkpoint = common.resolve_checkpoint(args.resume_from_checkpoint, output_dir)
+    checkpoint = common.resolve_checkpoint_or_fail(args.resume_from_checkpoint, output_dir)
     if args.resume_from_checkpoint and checkpoint is None:
         logger.info(f"no checkpoint in {output_dir}; starting a new run")
     if checkpoint is not None:
