@@ -112,9 +112,18 @@ def test_measured_section_lists_the_model_rows():
 
     row = {"adherence": 0.4, "instances": 95, "adherence_holdout": 0.372, "holdout_instances": 43,
            "bleeding": 0.387, "psnr": 18.76, "ssim": 0.8, "colorfulness": 48.4}  # fmt: skip
-    bench = [{"row": "MT-Color (full)", **row}, {"row": "L-CoIns", **row}]
+    bench = [
+        {"row": "MT-Color (full)", **row, "adherence_language": 0.5, "language_instances": 90},
+        {"row": "L-CoIns", **row},
+    ]
     text = measured_section(bench, "MT-Color")
-    assert "| MT-Color (full) | 40.0% (95) | 37.2% (43) | 0.387 | 18.76 | 0.800 | 48.4 |" in text
+    assert (
+        "| MT-Color (full) | 40.0% [31%, 50%] (95) | 37.2% [24%, 52%] (43) | 50.0% [40%, 60%] (90) | 0.387 | "
+        "18.76 | 0.800 | 48.4 |" in text
+    )
+    assert "| L-CoIns | 40.0% [31%, 50%] (95) | 37.2% [24%, 52%] (43) | — |" in measured_section(
+        bench, "L-Co"
+    )
     assert "L-CoIns" not in text and measured_section(bench, "nothing") == ""
 
 
@@ -134,3 +143,45 @@ def test_bench_trains_the_lcoins_table1_ablations_on_demand(tmp_path):
         lcoins_ablation_models(tmp_path, seed=0, steps=2, data_scale=0.0) == models
     )  # reused, not retrained
     assert (models[0][1] / "model" / "diffusion_pytorch_model.safetensors").stat().st_mtime == first
+
+
+#: quality floors of the shipped models on fixed held-out scenes (measured at export: see the README)
+MTCOLOR_ADHERENCE_FLOOR = 0.70
+LCOINS_COLORFULNESS_FLOOR = 0.5  # share of the ground truth's colorfulness
+
+
+@torch.no_grad()
+def test_shipped_mtcolor_follows_its_texts_on_held_out_scenes():
+    """Regression guard: a broken export or a pipeline change that silently ruins colour binding
+    fails here. 12 fixed held-out scenes (held-out colour-shape pairs included), the recipe's
+    recommended guidance; adherence is scored against the colour each text names."""
+    from mtcolor.bench.ablations import _metrics, _scenes, run_mtcolor
+    from mtcolor.demo import synthetic_config
+    from mtcolor.embedded import recommended_guidance_scale
+
+    folder = embedded_model("mtcolor-tiny")
+    pipe = MTColorPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    config = synthetic_config(folder)
+    scenes = _scenes(config, 12, seed=7)
+    guidance = recommended_guidance_scale(folder)
+    ((_, result),) = run_mtcolor(pipe, scenes, [("full", {})], 10, 0, 12, config.image_size, guidance)
+    metrics = _metrics(result["outputs"], scenes, {tuple(p) for p in config.holdout_pairs})
+    assert metrics["instances"] >= 24
+    assert metrics["adherence"] >= MTCOLOR_ADHERENCE_FLOOR, metrics
+
+
+@torch.no_grad()
+def test_shipped_lcoins_is_not_gray():
+    from mtcolor.bench.ablations import _gray, _ground_truth_colorfulness, _scenes
+    from mtcolor.demo import synthetic_config
+    from mtcolor.metrics import colorfulness
+
+    folder = embedded_model("lcoins-tiny")
+    lcoins = LCoInsPipeline.from_pretrained(folder)
+    config = synthetic_config(embedded_model("mtcolor-tiny"))
+    scenes = _scenes(config, 12, seed=7)
+    out = lcoins([_gray(s) for s in scenes], [s["global_text"] for s in scenes], output_type="pt").images
+    out = torch.stack(list(out)) if isinstance(out, list) else out
+    ratio = float(colorfulness(out).mean()) / _ground_truth_colorfulness(scenes)
+    assert ratio >= LCOINS_COLORFULNESS_FLOOR, ratio

@@ -168,7 +168,8 @@ def wilson_interval(share: float, count: int, z: float = 1.96) -> tuple[float, f
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def _share(share: float, count: int) -> str:
+def format_share(share: float, count: int) -> str:
+    """``share [low, high] (count)`` with the 95% Wilson interval."""
     low, high = wilson_interval(share, count)
     return f"{share:.1%} [{low:.0%}, {high:.0%}] ({count})"
 
@@ -358,10 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         if lang is not None:
             row.update(adherence_language=lang["adherence"], language_instances=lang["instances"])
         table.append(row)
-        lang_cell = "—" if lang is None else _share(lang["adherence"], lang["instances"])
+        lang_cell = "—" if lang is None else format_share(lang["adherence"], lang["instances"])
         print(
-            f"| {name} | {_share(m['adherence'], m['instances'])} | "
-            f"{_share(m['adherence_holdout'], m['holdout_instances'])} | {lang_cell} | "
+            f"| {name} | {format_share(m['adherence'], m['instances'])} | "
+            f"{format_share(m['adherence_holdout'], m['holdout_instances'])} | {lang_cell} | "
             f"{m['bleeding']:.3f} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['colorfulness']:.1f} | {result['seconds']:.0f} s |"
         )
     if lcoins is None:

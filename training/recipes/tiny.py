@@ -70,7 +70,7 @@ CONTROLNET_CHANNELS = ["8", "16", "16"]
 #: (train images, test images)
 DATA = (6000, 200)
 #: steps of every stage at --scale 1
-STEPS = {"base_vae": 1200, "base_unet": 3000, "stage1": 1500, "stage2": 2000, "lcoins": 2500}
+STEPS = {"base_vae": 1200, "base_unet": 2000, "stage1": 1200, "stage2": 1400, "lcoins": 2500}
 
 
 def synthetic_config():
@@ -121,7 +121,8 @@ def lcoins_command(
     return [
         sys.executable, "training/train_lcoins.py", "--config", "training/configs/lcoins_embedded.yaml",
         "--train_data", str(data), "--validation_data", str(data), "--output_dir", str(output_dir),
-        "--max_train_steps", str(steps), "--seed", str(seed), "--report_to", "none", *extra,
+        "--max_train_steps", str(steps), "--seed", str(seed), "--report_to", "none",
+        "--resume_from_checkpoint", "latest", *extra,
     ]  # fmt: skip
 
 
@@ -138,7 +139,8 @@ def stage1_command(
         "--pretrained_model_name_or_path", str(base), "--train_data", str(data),
         "--validation_data", str(data), "--validation_split", "test", "--output_dir", str(output_dir),
         "--max_train_steps", str(steps), "--train_batch_size", "16",
-        "--resolution", str(SYNTHETIC["image_size"]), "--seed", str(seed), "--report_to", "none", *extra,
+        "--resolution", str(SYNTHETIC["image_size"]), "--seed", str(seed), "--report_to", "none",
+        "--resume_from_checkpoint", "latest", *extra,
     ]  # fmt: skip
 
 
@@ -154,7 +156,7 @@ def stage2_command(
         "--validation_data", str(data), "--validation_split", "test", "--output_dir", str(output_dir),
         "--max_train_steps", str(steps), "--controlnet_conditioning_channels", *CONTROLNET_CHANNELS,
         "--train_batch_size", "16", "--resolution", str(SYNTHETIC["image_size"]), "--seed", str(seed),
-        "--report_to", "none", *extra,
+        "--report_to", "none", "--resume_from_checkpoint", "latest", *extra,
     ]  # fmt: skip
 
 
@@ -305,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                  "--train_batch_size", "16", "--vae_config", json.dumps(VAE_CONFIG),
                  "--unet_config", json.dumps(UNET_CONFIG), "--text_encoder", TEXT_ENCODER,
                  "--tokenizer_max_length", str(TOKENIZER_MAX_LENGTH),
-                 "--checkpointing_steps", "500", "--checkpoints_total_limit", "1", *resolution, *common],
+                 "--checkpointing_steps", "500", "--checkpoints_total_limit", "1",
+                 "--resume_from_checkpoint", "latest", *resolution, *common],
                 logs,
                 args.threads,
             )  # fmt: skip
@@ -387,21 +390,30 @@ def choose_guidance(
 
 def measured_section(bench: list[dict], prefix: str) -> str:
     """Markdown table of the ``mtcolor.bench ablations --json`` rows whose name starts with ``prefix``."""
+    from mtcolor.bench.ablations import format_share
+
     rows = [row for row in bench if row["row"].startswith(prefix)]
     if not rows:
         return ""
     lines = [
         "`python -m mtcolor.bench ablations` on held-out synthetic scenes (adherence: share of instances whose "
-        "colour matches their text's colour word; leak: chroma bleeding across mask boundaries, lower is better):",
+        "colour matches the colour their text names, with its 95% interval; language split: the same scenes "
+        "asked with colour words and phrasings never used in training; leak: chroma bleeding across mask "
+        "boundaries, lower is better):",
         "",
-        "| row | adherence | held-out pairs | leak | PSNR | SSIM | colorfulness |",
-        "|---|---|---|---|---|---|---|",
+        "| row | adherence | held-out pairs | language split | leak | PSNR | SSIM | colorfulness |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        language = (
+            format_share(row["adherence_language"], row["language_instances"])
+            if "adherence_language" in row
+            else "—"
+        )
         lines.append(
-            f"| {row['row']} | {row['adherence']:.1%} ({row['instances']}) | {row['adherence_holdout']:.1%} "
-            f"({row['holdout_instances']}) | {row['bleeding']:.3f} | {row['psnr']:.2f} | {row['ssim']:.3f} | "
-            f"{row['colorfulness']:.1f} |"
+            f"| {row['row']} | {format_share(row['adherence'], row['instances'])} | "
+            f"{format_share(row['adherence_holdout'], row['holdout_instances'])} | {language} | "
+            f"{row['bleeding']:.3f} | {row['psnr']:.2f} | {row['ssim']:.3f} | {row['colorfulness']:.1f} |"
         )
     return "\n".join(lines)
 
