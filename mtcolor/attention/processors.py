@@ -12,8 +12,10 @@ a named keyword (diffusers drops undeclared keywords). Without a context they be
 the wrapped processor.
 
 The wrapped ("base") processor may be any diffusers processor (``AttnProcessor2_0`` by default,
-``XFormersAttnProcessor`` after ``enable_xformers_memory_efficient_attention``), so switching the
-UNet's attention implementation does not remove MT-Color.
+``XFormersAttnProcessor`` after ``enable_xformers_memory_efficient_attention``,
+``SlicedAttnProcessor`` after ``enable_attention_slicing``), so switching the UNet's attention
+implementation does not remove MT-Color. It is called with only the keywords its ``__call__``
+declares (``SlicedAttnProcessor`` takes no ``temb``), inspected once when it is set.
 """
 
 from __future__ import annotations
