@@ -451,3 +451,34 @@ def test_cli_bad_paths_fail_before_serving(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
     assert main(["ui", "--sam_checkpoint", str(tmp_path / "sam.pth")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- page
+
+
+def _components(demo) -> dict:
+    return {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+
+
+@pytest.mark.parametrize("sam", [False, True])
+def test_page_shows_sam_prompts_only_with_a_checkpoint(tmp_path, sam):
+    from webui.app import build_app
+    from webui.session import ServerConfig, Session
+
+    checkpoint = tmp_path / "sam.pth"
+    checkpoint.write_bytes(b"weights")
+    session = Session(
+        ServerConfig(
+            workdir=str(tmp_path / "ui"),
+            example_scenes=1,
+            include_photo=False,
+            sam_checkpoint=str(checkpoint) if sam else None,
+        )
+    )
+    blocks = _components(build_app(session))
+    assert all(blocks[f"sam-{k}"].visible is sam for k in range(1, MAX_INSTANCES + 1))
+    note = blocks["sam-note"].value
+    assert ("--sam_checkpoint" in note) is not sam  # how to enable it, when it is off
+    assert [blocks[f"instance-{k}"].visible for k in (1, 2)] == [True, False]  # one row to start
+    assert blocks["guidance"].value == session.defaults()["guidance_scale"]
+    assert blocks["model"].value == session.default_choice.label

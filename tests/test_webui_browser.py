@@ -168,7 +168,14 @@ def test_wrong_size_mask_shows_the_error_and_the_next_request_works(page, server
 
     page.locator("#input-image input[type=file]").set_input_files(str(gray))
     expect(page.locator("#input-note")).to_contain_text("56x40 px")
-    page.locator("#text-1 textarea").fill("a blue cat")
+    # add a row, then remove the first: the second row's values move up
+    page.locator("#text-1 textarea").fill("a green tree")
+    page.locator("#add-instance").click()
+    expect(page.locator("#text-2 textarea")).to_be_visible()
+    page.locator("#text-2 textarea").fill("a blue cat")
+    page.locator("#remove-1").click()
+    expect(page.locator("#text-2 textarea")).to_be_hidden()
+    expect(page.locator("#text-1 textarea")).to_have_value("a blue cat")
     page.locator("#mask-1 input[type=file]").set_input_files(str(wrong))
     message = "instance 1's mask is 12x10 but the image is 56x40"
     expect(page.locator("#mask-check")).to_contain_text(message)  # flagged as soon as it is uploaded

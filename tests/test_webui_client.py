@@ -110,6 +110,18 @@ def test_errors_are_readable_and_the_server_keeps_serving(client, files):
     assert "Done" in status  # automatic colorization (no instances) still works
 
 
+def test_lcoins_through_the_same_endpoint(client, files):
+    result, *_, status = client.predict(
+        image=handle_file(files["gray"]),
+        model="lcoins-tiny (embedded)",
+        text_1="a red car",
+        mask_1=handle_file(files["left"]),
+        api_name="/colorize",
+    )
+    assert PIL.Image.open(result).size == (W, H)
+    assert "lcoins-tiny" in status and "caption 'a red car'" in status
+
+
 def _raw_post(url: str, body: bytes) -> int:
     request = urllib.request.Request(
         url.rstrip("/") + "/gradio_api/queue/join", data=body, headers={"Content-Type": "application/json"}

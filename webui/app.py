@@ -99,7 +99,7 @@ def build_app(session: Session) -> gr.Blocks:
         examples = gr.Gallery(
             value=[(ex.thumbnail, ex.name) for ex in session.examples],
             label="Examples: one click loads and runs one",
-            columns=len(session.examples) or 1,
+            columns=5,
             height=250,
             allow_preview=False,
             object_fit="contain",
@@ -125,7 +125,7 @@ def build_app(session: Session) -> gr.Blocks:
                 groups, texts, masks, sams, removes = [], [], [], [], []
                 with gr.Accordion("Instances: one mask and one text each", open=True):
                     for k in range(1, MAX_INSTANCES + 1):
-                        with gr.Group(visible=k == 1) as group:
+                        with gr.Group(visible=k == 1, elem_id=f"instance-{k}") as group:
                             with gr.Row(equal_height=True, elem_classes="instance-row"):
                                 gr.HTML(_chip(k), elem_classes="instance-chip")
                                 texts.append(
@@ -183,56 +183,60 @@ def build_app(session: Session) -> gr.Blocks:
                         choices=choice_labels, value=choice_labels[0], label="Model", elem_id="model"
                     )
                     settings_note = gr.Markdown(_settings_note(session, choice_labels[0]))
-                    steps = gr.Slider(
-                        *LIMITS["num_inference_steps"],
-                        step=1,
-                        value=defaults["num_inference_steps"],
-                        label="Denoising steps",
-                        elem_id="steps",
-                    )
-                    guidance = gr.Slider(
-                        *LIMITS["guidance_scale"],
-                        step=0.1,
-                        value=defaults["guidance_scale"],
-                        label="Guidance scale (<= 1 turns classifier-free guidance off)",
-                        elem_id="guidance",
-                    )
-                    with gr.Row():
-                        alpha = gr.Slider(
-                            *LIMITS["alpha"],
-                            step=0.05,
-                            value=defaults["alpha"],
-                            label="alpha: share of per-instance steps",
-                            elem_id="alpha",
+                    with gr.Column(visible=session.default_choice.kind == "mtcolor") as sampling:
+                        steps = gr.Slider(
+                            *LIMITS["num_inference_steps"],
+                            step=1,
+                            value=defaults["num_inference_steps"],
+                            label="Denoising steps",
+                            elem_id="steps",
                         )
-                        beta = gr.Slider(
-                            *LIMITS["beta"],
-                            step=0.05,
-                            value=defaults["beta"],
-                            label="beta: global latent weight",
-                            elem_id="beta",
+                        guidance = gr.Slider(
+                            *LIMITS["guidance_scale"],
+                            step=0.1,
+                            value=defaults["guidance_scale"],
+                            label="Guidance scale (<= 1 turns classifier-free guidance off)",
+                            elem_id="guidance",
                         )
-                    with gr.Row():
-                        seed = gr.Number(
-                            value=defaults["seed"], precision=0, label="Seed (-1 = random)", elem_id="seed"
-                        )
-                        working = gr.Slider(
-                            *LIMITS["working_resolution"],
-                            step=8,
-                            value=defaults["working_resolution"],
-                            label="Working resolution (short side the model runs at)",
-                            elem_id="working-resolution",
-                        )
-                    with gr.Row():
-                        attention = gr.Radio(
-                            list(ATTENTION_MODES),
-                            value=defaults["attention_mode"],
-                            label="Masked attention mode",
-                            elem_id="attention-mode",
-                        )
-                        fusion = gr.Radio(
-                            list(FUSIONS), value=defaults["fusion"], label="Fusion", elem_id="fusion"
-                        )
+                        with gr.Row():
+                            alpha = gr.Slider(
+                                *LIMITS["alpha"],
+                                step=0.05,
+                                value=defaults["alpha"],
+                                label="alpha: share of per-instance steps",
+                                elem_id="alpha",
+                            )
+                            beta = gr.Slider(
+                                *LIMITS["beta"],
+                                step=0.05,
+                                value=defaults["beta"],
+                                label="beta: global latent weight",
+                                elem_id="beta",
+                            )
+                        with gr.Row():
+                            seed = gr.Number(
+                                value=defaults["seed"],
+                                precision=0,
+                                label="Seed (-1 = random)",
+                                elem_id="seed",
+                            )
+                            working = gr.Slider(
+                                *LIMITS["working_resolution"],
+                                step=8,
+                                value=defaults["working_resolution"],
+                                label="Working resolution (short side the model runs at)",
+                                elem_id="working-resolution",
+                            )
+                        with gr.Row():
+                            attention = gr.Radio(
+                                list(ATTENTION_MODES),
+                                value=defaults["attention_mode"],
+                                label="Masked attention mode",
+                                elem_id="attention-mode",
+                            )
+                            fusion = gr.Radio(
+                                list(FUSIONS), value=defaults["fusion"], label="Fusion", elem_id="fusion"
+                            )
                 run = gr.Button("Colorize", variant="primary", elem_id="colorize-btn")
             # ---------------------------------------------------------------- outputs
             with gr.Column(scale=6):
@@ -369,10 +373,13 @@ def build_app(session: Session) -> gr.Blocks:
         def on_model(label):
             d = session.defaults(label)
             diffusion = session.choice(label).kind == "mtcolor"  # L-CoIns has no sampling settings
-            updates = [gr.update(value=d[name], interactive=diffusion) for name in SETTING_NAMES]
-            return (*updates, _settings_note(session, label))
+            return (
+                *[d[name] for name in SETTING_NAMES],
+                gr.update(visible=diffusion),
+                _settings_note(session, label),
+            )
 
-        model.change(on_model, [model], [*settings, settings_note], **quiet).then(
+        model.change(on_model, [model], [*settings, sampling, settings_note], **quiet).then(
             on_masks, preview_inputs, mask_outputs, **raw
         )
 
@@ -448,7 +455,7 @@ def build_app(session: Session) -> gr.Blocks:
                     values[index] = f"points {x},{y}"
                 return values
 
-            image.select(on_click, [target, *sams], sams, **quiet)
+            overlay.select(on_click, [target, *sams], sams, **quiet)
 
         # ---------------------------------------------------------------- examples
         @guarded("Cannot load the example")
@@ -516,6 +523,6 @@ def _settings_note(session: Session, label: str) -> str:
     if choice.kind == "lcoins":
         return (
             "L-CoIns colorizes in one pass from one caption (the global prompt, else the instance texts joined); "
-            "the sampling settings below do not apply to it."
+            "it has no sampling settings, and the masks serve only the per-instance table."
         )
     return "Defaults are the values this model's recipe measured best (`recipe.json`), where it records them."
