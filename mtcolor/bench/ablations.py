@@ -276,12 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     language_scenes = _scenes(config, args.scenes, args.seed, "language")
     language: dict[str, dict] = {}
 
-    def run_language(name: str, model_pipe) -> None:
-        if args.no_language:
-            return
-        ((_, result),) = run_mtcolor(
+    def run_row(name: str, model_pipe, scene_list) -> list[tuple[str, dict]]:
+        """One row (a model with its own defaults) on ``scene_list``."""
+        return run_mtcolor(
             model_pipe,
-            language_scenes,
+            scene_list,
             [(name, {})],
             args.steps,
             args.seed,
@@ -289,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
             config.image_size,
             guidance,
         )
-        language[name] = _metrics(result["outputs"], language_scenes, holdout)
+
+    def run_language(name: str, model_pipe) -> None:
+        if not args.no_language:
+            ((_, result),) = run_row(name, model_pipe, language_scenes)
+            language[name] = _metrics(result["outputs"], language_scenes, holdout)
 
     if any(name == "MT-Color (full)" for name, _ in rows):
         run_language("MT-Color (full)", pipe)
@@ -300,16 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.rows is None or name in args.rows:
                 variant = MTColorPipeline.from_pretrained(folder)
                 variant.set_progress_bar_config(disable=True)
-                results += run_mtcolor(
-                    variant,
-                    scenes,
-                    [(name, {})],
-                    args.steps,
-                    args.seed,
-                    args.batch,
-                    config.image_size,
-                    guidance,
-                )
+                results += run_row(name, variant, scenes)
                 run_language(name, variant)
 
     lcoins = args.lcoins

@@ -70,7 +70,7 @@ CONTROLNET_CHANNELS = ["8", "16", "16"]
 #: (train images, test images)
 DATA = (6000, 200)
 #: steps of every stage at --scale 1
-STEPS = {"base_vae": 1200, "base_unet": 2000, "stage1": 1200, "stage2": 1400, "lcoins": 2500}
+STEPS = {"base_vae": 1200, "base_unet": 2000, "stage1": 1200, "stage2": 700, "lcoins": 2500}
 
 
 def synthetic_config():
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 #: guidance scales the export compares (MT-Color's sampling default is SD's 7.5)
-GUIDANCE_SWEEP = (1.5, 2.0, 3.0, 4.0, 5.0, 7.5)
+GUIDANCE_SWEEP = (2.0, 3.0, 5.0, 7.5)
 
 
 def choose_guidance(
