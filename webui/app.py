@@ -263,6 +263,7 @@ def build_app(session: Session) -> gr.Blocks:
                 table = gr.Dataframe(
                     headers=TABLE_HEADERS,
                     datatype=["number", "str", "str", "str", "str", "number"],
+                    column_widths=["7%", "33%", "17%", "17%", "11%", "15%"],
                     interactive=False,
                     wrap=True,
                     label="Per instance: requested vs measured colour (adherence metric)",

@@ -19,7 +19,7 @@ import PIL.Image
 
 from .inputs import ColorizeRequest
 
-TABLE_HEADERS = ["#", "text", "requested colour", "measured colour", "match", "distance (Lab)"]
+TABLE_HEADERS = ["#", "text", "requested", "measured", "match", "Lab distance"]
 
 
 @dataclass
