@@ -482,3 +482,27 @@ def test_page_shows_sam_prompts_only_with_a_checkpoint(tmp_path, sam):
     assert [blocks[f"instance-{k}"].visible for k in (1, 2)] == [True, False]  # one row to start
     assert blocks["guidance"].value == session.defaults()["guidance_scale"]
     assert blocks["model"].value == session.default_choice.label
+
+
+def test_handler_errors_become_readable_page_messages():
+    import inspect
+
+    import gradio as gr
+
+    from webui.app import guarded
+
+    @guarded("Cannot colorize")
+    def handler(progress=gr.Progress(), **values):
+        raise values["error"]
+
+    assert "progress" in inspect.signature(handler).parameters  # gradio still sees the progress tracker
+    with pytest.raises(gr.Error) as info:
+        handler(error=ValueError("instance 1's mask is <b>12x10</b>"))
+    assert (
+        info.value.message == "instance 1's mask is &lt;b&gt;12x10&lt;/b&gt;"
+        and info.value.title == "Cannot colorize"
+    )
+    with pytest.raises(gr.Error) as info:
+        handler(error=RuntimeError("out of memory\n  at line 3"))
+    assert info.value.message.startswith("RuntimeError: out of memory at line 3")
+    assert "the server keeps running" in info.value.message and "Traceback" not in info.value.message

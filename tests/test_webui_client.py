@@ -94,6 +94,18 @@ def test_colorize_by_name_returns_the_result_at_the_input_size(client, files):
     assert (tint[:, W // 2 :, 0] == tint[:, W // 2 :, 1]).all()  # the background stays gray
 
 
+def test_progress_follows_the_denoising_steps(client, files):
+    job = client.submit(image=handle_file(files["gray"]), num_inference_steps=30, api_name="/colorize")
+    steps, deadline = set(), time.monotonic() + 120
+    while not job.done() and time.monotonic() < deadline:  # sample the progress the server streams
+        for unit in job.status().progress_data or []:
+            if unit.desc and unit.desc.startswith("denoising step"):
+                steps.add(unit.desc)
+        time.sleep(0.02)
+    assert "Done" in job.result(timeout=120)[-1]
+    assert steps and all(desc.endswith("/30") for desc in steps), steps
+
+
 def test_errors_are_readable_and_the_server_keeps_serving(client, files):
     with pytest.raises(AppError, match=r"instance 1's mask is 12x10 but the image is 56x40"):
         client.predict(
