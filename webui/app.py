@@ -80,8 +80,8 @@ def _sam_note(session: Session) -> str:
     if session.sam_enabled:
         return (
             "**SAM prompts** are on: type `box x0,y0,x1,y1` or `points x,y; x,y` (image pixels) in an instance's "
-            "SAM prompt instead of a mask, or choose the instance under *Paint a mask* and click on the input image "
-            "to add points."
+            "SAM prompt instead of a mask, or choose the instance under *Paint a mask* and click on the instance "
+            "overlay to add points."
         )
     return (
         "**SAM point/box prompts** are off. To mark objects with a box or a few clicks instead of a mask, start the "
@@ -297,7 +297,7 @@ def build_app(session: Session) -> gr.Blocks:
             def on_step(done, total):
                 progress(done / total, desc=f"denoising step {done}/{total}")
 
-            progress(0.0, desc="loading the model")
+            progress(0.0, desc="checking the inputs")
             view = session.colorize(
                 values.get("image"),
                 [values.get(f"text_{k}") for k in range(1, MAX_INSTANCES + 1)],
