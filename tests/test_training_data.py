@@ -1,5 +1,6 @@
 """MT-Color training data, arguments, configs and checkpoint bookkeeping (no models, seconds)."""
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -249,7 +250,12 @@ def test_save_checkpoint_is_atomic_and_keeps_the_limit(tmp_path):
             common.save_checkpoint(accelerator, tmp_path, step, 2, {"stage": 1})
         assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-3"]
         marker = json.loads((tmp_path / "checkpoint-3" / common.CHECKPOINT_MARKER).read_text())
+        files = marker.pop("files")  # size + sha256 of every file, verified on resume
         assert marker == {"stage": 1, "step": 3}
+        for name, record in files.items():
+            data = (tmp_path / "checkpoint-3" / name).read_bytes()
+            assert record == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        assert files
         with torch.no_grad():
             model.weight.zero_()
         accelerator.load_state(str(common.resolve_checkpoint("latest", tmp_path)))
