@@ -59,6 +59,20 @@ def encode_instance_texts(
     return embeds, counts
 
 
+def _recall(memo, texts: list[str], encode_one, max_entries: int) -> list:
+    """Rows of ``texts`` from an ``OrderedDict`` memo, encoding each missing text alone (in first-seen
+    order) and dropping the least recently used entries beyond ``max_entries``."""
+    for text in dict.fromkeys(t for t in texts if t not in memo):
+        memo[text] = encode_one(text)
+    rows = []
+    for text in texts:
+        memo.move_to_end(text)
+        rows.append(memo[text])
+    while len(memo) > max_entries:
+        memo.popitem(last=False)
+    return rows
+
+
 class CachedTextEncoder:
     """A frozen text encoder with a per-text memo: each distinct text is encoded once.
 
@@ -81,16 +95,12 @@ class CachedTextEncoder:
     @torch.no_grad()
     def __call__(self, texts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Same as :func:`encode_texts`: hidden states (N, L, D) and pooled embeddings (N, D)."""
-        texts = list(texts)
-        for text in dict.fromkeys(t for t in texts if t not in self._memo):
+
+        def encode_one(text: str) -> tuple[torch.Tensor, torch.Tensor]:
             hidden, pooled = encode_texts(self.tokenizer, self.text_encoder, [text])
-            self._memo[text] = (hidden[0].cpu(), pooled[0].cpu())
-        rows = []
-        for text in texts:
-            self._memo.move_to_end(text)
-            rows.append(self._memo[text])
-        while len(self._memo) > self.max_entries:
-            self._memo.popitem(last=False)
+            return hidden[0].cpu(), pooled[0].cpu()
+
+        rows = _recall(self._memo, list(texts), encode_one, self.max_entries)
         device = device or self.text_encoder.device
         return torch.stack([h for h, _ in rows]).to(device), torch.stack([p for _, p in rows]).to(device)
 
@@ -116,20 +126,14 @@ class CachedTokenStates:
     @torch.no_grad()
     def __call__(self, texts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns token states (N, L, D) and the attention mask (N, L) int64, L = longest text."""
-        texts = list(texts)
         encoder = getattr(self.text_encoder, "module", self.text_encoder)
-        for text in dict.fromkeys(t for t in texts if t not in self._memo):
+
+        def encode_one(text: str) -> torch.Tensor:
             ids = self.tokenizer([text], truncation=True, max_length=self.max_length, return_tensors="pt")
             ids = ids["input_ids"].to(encoder.device)
-            self._memo[text] = (
-                encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0].cpu()
-            )
-        rows = []
-        for text in texts:
-            self._memo.move_to_end(text)
-            rows.append(self._memo[text])
-        while len(self._memo) > self.max_entries:
-            self._memo.popitem(last=False)
+            return encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0].cpu()
+
+        rows = _recall(self._memo, list(texts), encode_one, self.max_entries)
         length = max(r.shape[0] for r in rows)
         hidden = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
         mask = torch.zeros(len(rows), length, dtype=torch.long)
