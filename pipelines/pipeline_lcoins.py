@@ -33,6 +33,7 @@ from mtcolor.hub import write_model_card
 from mtcolor.image_io import to_tensor_image
 from mtcolor.lexicon import default_lexicon
 from mtcolor.models.lcoins import LCoInsModel
+from mtcolor.text_encoders import text_max_length
 
 from .loading import load_pipeline
 
@@ -121,11 +122,7 @@ class LCoInsPipeline(DiffusionPipeline):
     @property
     def max_caption_length(self) -> int:
         """Longest caption in tokens (special tokens included) the text encoder accepts."""
-        limits = [
-            self.tokenizer.model_max_length,
-            getattr(self.text_encoder.config, "max_position_embeddings", None),
-        ]
-        return int(min(x for x in limits if isinstance(x, int) and x > 0))
+        return text_max_length(self.tokenizer, self.text_encoder)
 
     # ----------------------------------------------------------------------------------------------
     # inputs

@@ -419,9 +419,9 @@ def compute_loss(
 
 
 def _max_length(tokenizer, text_encoder) -> int:
-    config = getattr(text_encoder, "module", text_encoder).config
-    limits = [tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)]
-    return int(min(x for x in limits if isinstance(x, int) and x > 0))
+    from mtcolor.text_encoders import text_max_length
+
+    return text_max_length(tokenizer, getattr(text_encoder, "module", text_encoder))
 
 
 def log_validation(accelerator, model, text_encoder, tokenizer, samples, args, step: int) -> dict:
