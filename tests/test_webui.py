@@ -127,6 +127,33 @@ def test_masks_from_alpha_luminance_and_16_bit(tmp_path):
     assert inputs.read_mask(_save(tmp_path, "rgb.png", rgb), 1, (W, H)).sum() == 3 * W
 
 
+def test_integer_masks_follow_the_library_range_rule(tmp_path):
+    """0/1 masks in 16-bit PNGs (what Pillow writes for mode 'I') and in 32-bit mode 'I' TIFFs were read
+    as empty (scaled by 65535 / 255); the library's rule reads 0/1 when the maximum is 1."""
+    ones = np.zeros((H, W), np.int32)
+    ones[:, :10] = 1
+    cases = {
+        "i_01.png": (ones, "I"),  # saved as 16-bit gray, reopened as 'I;16'
+        "i16_01.png": (ones.astype(np.uint16), "I;16"),
+        "i16_full.png": (ones.astype(np.uint16) * 65535, "I;16"),
+        "i_01.tif": (ones, "I"),  # stays 32-bit mode 'I'
+        "i_255.tif": (ones * 255, "I"),
+        "i_65535.tif": (ones * 65535, "I"),
+        "l_01.png": (ones.astype(np.uint8), "L"),
+    }
+    for name, (array, mode) in cases.items():
+        path = tmp_path / name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # Pillow: mode 'I' as PNG
+            PIL.Image.fromarray(array, mode=mode).save(path)
+        mask = inputs.read_mask(str(path), 1, (W, H))
+        assert mask.sum() == H * 10 and mask[:, :10].all(), name
+    big = tmp_path / "i_big.tif"
+    PIL.Image.fromarray(ones * 70000, mode="I").save(big)
+    with pytest.raises(ValueError, match=r"instance 1's mask is an int32 mask with values up to 70000"):
+        inputs.read_mask(str(big), 1, (W, H))
+
+
 def test_painted_layers_union_resized_to_the_image():
     layer = np.zeros((20, 28, 4), np.uint8)  # the editor's canvas at half size
     layer[2:4, 3:5, 3] = 255

@@ -167,6 +167,12 @@ def gray_preview(image: PIL.Image.Image) -> PIL.Image.Image:
 def read_mask(value, index: int, size: tuple[int, int]) -> np.ndarray:
     """An uploaded mask -> bool (H, W): white (> 50%) is the instance; a transparent PNG uses its alpha.
 
+    Single-channel masks follow the library's rule (:mod:`mtcolor.masks`, the one
+    :func:`~mtcolor.masks.masks_to_label_map` applies to pipeline calls): 0/1 when the maximum is 1,
+    else 0/255 for 8-bit, 0/65535 for 16-bit (PNG ``I;16``), and for 32-bit integers (mode ``I``,
+    e.g. TIFF) 0/255 or 0/65535 by the value range; float (mode ``F``) in [0, 1]. Colour masks are
+    read through their luminance.
+
     Args:
         value: the uploaded file (path).
         index: 1-based instance row (for messages).
@@ -190,9 +196,12 @@ def read_mask(value, index: int, size: tuple[int, int]) -> np.ndarray:
         image = image.convert("RGB" if image.mode == "RGBA" else "L")
     if image.mode == "RGB":
         image = image.convert("L")
-    from mtcolor.image_io import to_float_image
+    from mtcolor.masks import masks_to_label_map
 
-    return to_float_image(image, name)[..., 0] > 0.5
+    try:  # one mask: label 1 is the instance; an empty one is refused by build_request
+        return masks_to_label_map([image], allow_empty=True).numpy() == 1
+    except ValueError as err:  # the library names the mask "masks[0]"
+        raise ValueError(str(err).replace("masks[0]", name)) from None
 
 
 def painted_mask(editor_value, size: tuple[int, int]) -> np.ndarray | None:
