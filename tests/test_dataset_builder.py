@@ -15,10 +15,10 @@ import yaml
 from PIL import Image
 
 from dataset_builder.build import build
-from dataset_builder.colors import ColorNamer, color_categories
 from dataset_builder.config import BuildConfig
 from dataset_builder.verification import Verifier, text_problem
 from dataset_builder.writer import parse_shard, plan_units, select_units
+from mtcolor.color_names import ColorNamer, color_categories
 from mtcolor.lexicon import BASIC_COLORS, default_lexicon
 from mtcolor.records import decode_masks, decode_record, load_records
 
@@ -251,36 +251,105 @@ def test_shard_runs_split_the_job_without_coordination(tmp_path):
         build(_synthetic_config(tmp_path / "split", num_images=13), progress=False)
 
 
-def test_kill_and_resume_gives_the_same_dataset(tmp_path):
-    config = _synthetic_config(tmp_path / "killed", num_images=60, shard_size=3)
-    config_path = tmp_path / "config.yaml"
+KILL_AT = """
+import os, signal, sys
+from pathlib import Path
+
+import dataset_builder.build as build_module
+
+where, number = os.environ["MTCOLOR_TEST_KILL_AT"].split(":")
+number, seen = int(number), {"data": 0, "stats": 0, "committed": 0}
+
+
+def count_and_maybe_die(kind):
+    seen[kind] += 1
+    if kind == where and seen[kind] == number:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+real_replace = os.replace
+
+
+def replace(src, dst, *args, **kwargs):  # a unit's temporary (data/ or stats/) is complete, not renamed
+    kind = Path(os.fspath(dst)).parent.name
+    if kind in ("data", "stats"):
+        count_and_maybe_die(kind)
+    return real_replace(src, dst, *args, **kwargs)
+
+
+real_write_unit = build_module.DatasetWriter.write_unit
+
+
+def write_unit(self, *args, **kwargs):  # the unit is renamed into place (committed)
+    path = real_write_unit(self, *args, **kwargs)
+    count_and_maybe_die("committed")
+    return path
+
+
+os.replace = replace
+build_module.DatasetWriter.write_unit = write_unit
+from dataset_builder.__main__ import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _run_killed_build(config, config_path: Path, kill_at: str) -> None:
+    """``python -m dataset_builder build`` in a child that SIGKILLs itself at ``kill_at``: ``"data:N"`` /
+    ``"stats:N"`` when the N-th parquet / stats temporary is written and fsynced but not renamed,
+    ``"committed:N"`` right after the N-th unit is renamed into place. Deterministic: no timing."""
     config_path.write_text(yaml.safe_dump({k: v for k, v in config.__dict__.items()}))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dataset_builder", "build", "--config", str(config_path), "--no_progress"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MTCOLOR_TEST_KILL_AT": kill_at}
+    done = subprocess.run(
+        [sys.executable, "-c", KILL_AT, "build", "--config", str(config_path), "--no_progress"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
     )  # fmt: skip
-    data_dir = tmp_path / "killed" / "data"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if data_dir.is_dir() and any(
-            p.suffix == ".parquet" and not p.name.startswith(".") for p in data_dir.iterdir()
-        ):
-            break
-        time.sleep(0.01)
-    assert process.poll() is None, process.stderr.read().decode()[-2000:]
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    process.stderr.close()
-    done = sorted(p.name for p in data_dir.glob("*.parquet"))
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+
+
+def _files(out_dir: Path) -> dict[str, bytes | dict]:
+    """data/*.parquet as bytes and stats/*.json without their wall time, by relative path."""
+    files: dict[str, bytes | dict] = {}
+    for path in sorted(out_dir.glob("data/*.parquet")):
+        files[f"data/{path.name}"] = path.read_bytes()
+    for path in sorted(out_dir.glob("stats/*.json")):
+        stats = json.loads(path.read_text())
+        stats.pop("seconds")
+        files[f"stats/{path.name}"] = stats
+    return files
+
+
+@pytest.fixture(scope="module")
+def clean_build(tmp_path_factory) -> dict[str, bytes | dict]:
+    """The files of an uninterrupted build of the job the kill tests interrupt."""
+    out = tmp_path_factory.mktemp("clean")
+    build(_synthetic_config(out, num_images=12, shard_size=3), progress=False)
+    return _files(out)
+
+
+@pytest.mark.parametrize(
+    "kill_at, parquets_left, temporary_in",
+    [("committed:2", 2, None), ("data:2", 1, "data"), ("stats:2", 1, "stats")],
+)
+def test_kill_and_resume_gives_the_same_dataset(tmp_path, clean_build, kill_at, parquets_left, temporary_in):
+    """A build killed (SIGKILL, no clean-up) after a unit is committed, or while a unit's parquet or
+    stats temporary is complete but not yet renamed, resumes to byte-identical shards, writes only the
+    units that were not done, and leaves no temporary behind."""
+    out = tmp_path / "killed"
+    config = _synthetic_config(out, num_images=12, shard_size=3)
+    _run_killed_build(config, tmp_path / "config.yaml", kill_at)
+    done = sorted(p.name for p in (out / "data").glob("*.parquet"))
+    assert len(done) == parquets_left
     for name in done:  # whatever exists is complete
-        assert pq.read_table(data_dir / name).num_rows == 3
+        assert pq.read_table(out / "data" / name).num_rows == 3
+    hidden = [p.name for p in out.rglob(".*") if not p.name.startswith(".mtcolor-shard-")]
+    assert [p.parent.name for p in out.rglob(".*.tmp")] == ([temporary_in] if temporary_in else [])
+    assert len(hidden) == (1 if temporary_in else 0), hidden
     report = build(config, progress=False)  # resume
-    assert 0 < len(done) < report.units_total  # it was killed mid-run
-    assert report.units_skipped_done == len(done) and report.units_written == report.units_total - len(done)
-    build(_synthetic_config(tmp_path / "clean", num_images=60, shard_size=3), progress=False)
-    assert _read_rows(tmp_path / "killed") == _read_rows(tmp_path / "clean")
-    assert not [p for p in data_dir.iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert report.units_total == 4 and report.units_skipped_done == len(done)
+    assert report.units_written == report.units_total - len(done)
+    assert _files(out) == clean_build  # byte for byte
+    assert not list(out.rglob(".*"))  # the dead run's temporary and lock are gone
 
 
 # ------------------------------------------------------------------------------------ real photo
@@ -544,36 +613,6 @@ def test_builder_lock_and_workers_end_with_a_killed_main_process(tmp_path, capsy
     assert code == 0, capsys.readouterr().err
     assert len(load_records(out, "train")) + len(load_records(out, "test")) == 8
     assert not [p for p in out.rglob(".*")]  # no lock or temporary file left
-
-
-KILL_AT_STATS_RENAME = """
-import os, signal, sys
-real_replace = os.replace
-def replace(src, dst, *args, **kwargs):
-    if os.path.basename(os.path.dirname(os.fspath(src))) == "stats" and os.fspath(dst).endswith(".json"):
-        os.kill(os.getpid(), signal.SIGKILL)  # the stats temporary is written, not yet renamed
-    return real_replace(src, dst, *args, **kwargs)
-os.replace = replace
-from dataset_builder.__main__ import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def test_temporaries_of_a_killed_build_are_removed_by_the_next_run(tmp_path):
-    config = _synthetic_config(tmp_path / "out", num_images=6, shard_size=3)
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump({k: v for k, v in config.__dict__.items()}))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", KILL_AT_STATS_RENAME, "build", "--config", str(config_path), "--no_progress"],
-        cwd=ROOT, env=env, capture_output=True, text=True,
-    )  # fmt: skip
-    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
-    stats = tmp_path / "out" / "stats"
-    assert [p.name for p in stats.iterdir() if p.name.startswith(".")]  # the killed run's temporary
-    report = build(config, progress=False)
-    assert report.units_written == report.units_total
-    assert not [p for p in (tmp_path / "out").rglob(".*")]  # temporaries of the dead run removed
 
 
 def test_output_dir_that_is_a_file_is_one_line(tmp_path, capsys):
