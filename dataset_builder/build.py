@@ -6,7 +6,7 @@ Per image (:class:`BuildProcessor`, run in worker processes with ``num_proc > 1`
 2. optional downscale to ``max_side`` (masks with nearest neighbour);
 3. instances from the segmenter, then :class:`~dataset_builder.config.InstanceOptions` filtering
    (minimum area, the ``max_instances`` largest, in their original order);
-4. the colour of each instance is measured once (Lab, :class:`~dataset_builder.colors.ColorNamer`);
+4. the colour of each instance is measured once (Lab, :class:`~mtcolor.color_names.ColorNamer`);
 5. instance texts from the captioner chain (instances without a valid text are dropped);
 6. verification of each text against its pixels (agree / disagree / unknown; optional rewrite or
    drop on disagreement);
@@ -25,11 +25,11 @@ from collections import Counter
 
 import numpy as np
 
+from mtcolor.color_names import ColorNamer, strip_color_words
 from mtcolor.lexicon import default_lexicon
 from mtcolor.locks import exit_with_parent_if_launched
 
 from .captioners import CaptionerChain, InstanceInput
-from .colors import ColorNamer, strip_color_words
 from .config import CAPTIONERS, SEGMENTERS, SOURCES, BuildConfig, build_component, fingerprint
 from .segmenters import Instance
 from .sources import LoadedImage, SkipItem, SourceItem

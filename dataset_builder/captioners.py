@@ -9,7 +9,7 @@ A :class:`Captioner` turns an image and its instances into
 It returns ``None`` (or any text: the chain validates) where it cannot describe something. Built-in:
 
 * ``"rule"`` :class:`RuleBasedCaptioner`: offline; names the measured dominant colour of the pixels
-  (:class:`~dataset_builder.colors.ColorNamer`) and combines it with the object label.
+  (:class:`~mtcolor.color_names.ColorNamer`) and combines it with the object label.
 * ``"blip2"`` :class:`Blip2Captioner`: BLIP-2 through transformers from a local folder.
 * ``"openai"`` :class:`OpenAICompatibleCaptioner`: any OpenAI-compatible chat-completions endpoint
   (base URL, model and key from the environment), with retries, backoff and a rate limit.
@@ -37,9 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mtcolor.lexicon import default_lexicon
-
-from .colors import (
+from mtcolor.color_names import (
     ColorMeasurement,
     ColorNamer,
     article,
@@ -50,6 +48,8 @@ from .colors import (
     join_words,
     strip_color_words,
 )
+from mtcolor.lexicon import default_lexicon
+
 from .verification import text_problem
 
 logger = logging.getLogger(__name__)
@@ -136,12 +136,12 @@ class RuleBasedCaptioner(Captioner):
     """Offline captioner: the measured dominant colour (Lab, colour lexicon) + the object label.
 
     Instance text: "a red apple" (``"object"`` when the instance has no label). Global text: a
-    colour-scheme sentence measured on the whole image (:func:`~dataset_builder.colors.describe_scheme`)
+    colour-scheme sentence measured on the whole image (:func:`~mtcolor.color_names.describe_scheme`)
     followed by the enumeration of the instances ("The image shows a red apple and two green leaves.").
 
     Args:
         naming_vocabulary: ``"natural"`` (default), ``"basic"`` or ``"extended"``.
-        min_share, max_pixels: see :class:`~dataset_builder.colors.ColorNamer`.
+        min_share, max_pixels: see :class:`~mtcolor.color_names.ColorNamer`.
         max_global_objects: distinct phrases listed in the global text at most.
     """
 

@@ -8,7 +8,7 @@ worker processes.
 
 Built-in types: ``image_folder``, ``coco`` (COCO / COCO-Stuff annotation files; instances from the
 annotation masks), ``hf`` (any Hugging Face ``datasets`` dataset with an image column) and
-``synthetic`` (:mod:`dataset_builder.synthetic` scenes). Others plug in by import path.
+``synthetic`` (:mod:`mtcolor.synthetic` scenes). Others plug in by import path.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mtcolor.synthetic import SyntheticConfig, generate_scene, scene_seed
 
 from .segmenters import Instance
 
@@ -393,20 +395,18 @@ class HFDatasetSource(Source):
 
 
 class SyntheticSource(Source):
-    """Synthetic scenes (:mod:`dataset_builder.synthetic`) as a source of *unannotated-by-text* images
+    """Synthetic scenes (:mod:`mtcolor.synthetic`) as a source of *unannotated-by-text* images
     with exact masks and shape labels, so the captioning/verification path can run offline on them.
 
     Args:
         num_images: scenes to generate.
         seed: base seed (scene ``i`` uses a seed derived from (seed, i)).
-        config: :class:`~dataset_builder.synthetic.SyntheticConfig` fields as a dict.
+        config: :class:`~mtcolor.synthetic.SyntheticConfig` fields as a dict.
     """
 
     name = "synthetic"
 
     def __init__(self, num_images: int, seed: int = 0, config: dict | None = None):
-        from .synthetic import SyntheticConfig
-
         if num_images < 0:
             raise ValueError(f"num_images={num_images}; expected a count >= 0.")
         self.num_images = int(num_images)
@@ -420,8 +420,6 @@ class SyntheticSource(Source):
         return [SourceItem(f"synthetic:{self.seed}:{i:07d}", i) for i in range(self.num_images)]
 
     def load(self, item: SourceItem) -> LoadedImage:
-        from .synthetic import generate_scene, scene_seed
-
         row = generate_scene(self.config, scene_seed(self.seed, "train", int(item.ref)))
         image = np.asarray(row["image"], dtype=np.uint8)
         instances = [Instance(m, label) for m, label in zip(row["masks"], row["instance_labels"])]

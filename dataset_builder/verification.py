@@ -4,7 +4,7 @@
   too blurred ...", "I'm sorry, I can't ...") and texts without a colour word. A captioner chain
   falls through to its next captioner on such texts (the paper's GPT-4 -> BLIP-2 fallback).
 * :class:`Verifier` compares each colour word of an instance text with the instance's measured
-  colours (:class:`dataset_builder.colors.ColorMeasurement`):
+  colours (:class:`mtcolor.color_names.ColorMeasurement`):
 
   - ``"unknown"``: fewer than ``min_pixels`` pixels were measured, the region is too mixed (its
     largest colour category holds less than ``min_dominant_share`` of the pixels), or some but not
@@ -24,9 +24,14 @@ import re
 
 import numpy as np
 
+from mtcolor.color_names import (
+    ColorMeasurement,
+    ColorNamer,
+    color_categories,
+    instance_phrase,
+    strip_color_words,
+)
 from mtcolor.lexicon import ColorLexicon, default_lexicon
-
-from .colors import ColorMeasurement, ColorNamer, color_categories, instance_phrase, strip_color_words
 
 REFUSAL_PATTERN = re.compile(
     r"\b(unable to|cannot|can ?not|can't|can’t|could not|couldn't|not able to|sorry|apologi[sz]e|"

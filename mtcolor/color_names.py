@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mtcolor.lexicon import BASIC_COLORS, ColorLexicon, default_lexicon
+from .lexicon import BASIC_COLORS, ColorLexicon, default_lexicon
 
 #: Basic categories of the non-basic words of the extended lexicon (first = the category a pixel of
 #: that colour votes for; any listed one counts as agreement when the word appears in a text).

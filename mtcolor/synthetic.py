@@ -10,13 +10,16 @@ placed so is left out.
 Colours come from the lexicon (XKCD prototypes of :mod:`mtcolor.lexicon`). Each colour has a
 *stable lightness interval*: the Lab L values (around its prototype's L) for which the painted
 colour (prototype a, b at that L, clipped to sRGB, quantised to uint8) is still measured as that
-colour by the builder's namer (:class:`~dataset_builder.colors.ColorNamer`). Textures vary only L
+colour by the builder's namer (:class:`~mtcolor.color_names.ColorNamer`). Textures vary only L
 within that interval, and ``decorrelate_luminance=True`` draws each object's L uniformly from it, so
 brightness does not predict hue (a model has to read the text).
 
 ``holdout_pairs`` lists (colour, shape) pairs that never occur in the ``"train"`` split; every
 ``"test"`` scene contains at least one of them (its first object), for generalisation tests.
 Some scenes (``same_kind_prob``) contain two objects of the same shape in different colours.
+
+This module is the generator (a library function of the scene's seed); writing scenes as dataset
+shards or as a COCO collection is :mod:`dataset_builder.synthetic`.
 """
 
 from __future__ import annotations
@@ -24,17 +27,21 @@ from __future__ import annotations
 import functools
 import math
 import zlib
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from mtcolor.lexicon import BASIC_COLORS, default_lexicon
-
-from .colors import ColorNamer, compose_global_text, describe_scheme, instance_phrase, lab_to_rgb8, rgb_to_lab
+from .color_names import (
+    ColorNamer,
+    color_categories,
+    compose_global_text,
+    describe_scheme,
+    instance_phrase,
+    lab_to_rgb8,
+    rgb_to_lab,
+)
+from .lexicon import BASIC_COLORS, default_lexicon
 from .phrasing import PHRASINGS, phrase, scene_text
-from .sources import SourceItem
-from .writer import DatasetWriter, ItemResult, JobReport, parse_shard, plan_units, run_units
 
 SHAPES = ("circle", "square", "triangle", "star", "ring", "ellipse", "diamond", "cross")
 TEXTURES = ("flat", "stripes", "gradient", "noise")
@@ -65,7 +72,7 @@ class SyntheticConfig:
         min_visible_pixels: smallest visible area of an object.
         phrasing: instance texts: ``"plain"`` ("a red star"), ``"varied"`` (training synonyms and
             templates: "the star is ruby") or ``"language"`` (words and templates never used in
-            training: "a crimson star", "a star painted navy"); see :mod:`dataset_builder.phrasing`.
+            training: "a crimson star", "a star painted navy"); see :mod:`mtcolor.phrasing`.
             Non-plain phrasings build the global text from the instance texts.
     """
 
@@ -152,8 +159,6 @@ def stable_lightness(color: str, min_chroma_ratio: float = 0.35) -> tuple[float,
     (prototype a, b at that L, sRGB-clipped, uint8) is still measured as ``color``'s category by the
     namer and, for chromatic colours, keeps at least ``min_chroma_ratio`` of the prototype's chroma
     (so a "green" is never painted near-black)."""
-    from .colors import color_categories
-
     proto = default_lexicon("extended").lab_of(color).numpy()
     grid = np.arange(0, 101, 1.0)
     painted = lab_to_rgb8(np.stack([grid, np.full_like(grid, proto[1]), np.full_like(grid, proto[2])], 1))
@@ -380,139 +385,3 @@ def generate_scene(
         "global_captioner": "synthetic",
         "verification": ["agree"] * n,
     }
-
-
-class _SyntheticProcessor:
-    """Picklable per-item processor of :func:`build_synthetic` (item ref = scene index)."""
-
-    def __init__(self, config: SyntheticConfig, seed: int, split: str):
-        self.config, self.seed, self.split = config, seed, split
-
-    def __call__(self, item: SourceItem) -> ItemResult:
-        from collections import Counter
-
-        from mtcolor.records import encode_record
-
-        row = generate_scene(self.config, scene_seed(self.seed, self.split, int(item.ref)), self.split)
-        row["id"] = item.id
-        n = len(row["instance_texts"])
-        counters = {
-            "verification": Counter({"agree": n}),
-            "instance_captioners": Counter({"synthetic": n}),
-            "global_captioners": Counter({"synthetic": 1}),
-        }
-        return ItemResult(item.id, encode_record(row, image_format="png"), counters=counters)
-
-
-def build_synthetic(
-    out_dir: str | Path,
-    num_images: int,
-    config: SyntheticConfig | None = None,
-    seed: int = 0,
-    split: str = "train",
-    shard_size: int = 256,
-    num_proc: int = 1,
-    shard: tuple[int, int] | str | None = None,
-    progress: bool = False,
-    overwrite: bool = False,
-) -> JobReport:
-    """Write ``num_images`` synthetic scenes of ``split`` as record shards + dataset card.
-
-    Same layout, atomic writes and resumption as the real builder (:mod:`dataset_builder.writer`).
-    Call it once per split on the same ``out_dir`` (e.g. "train" then "test"); scene ``i`` of a split
-    is ``generate_scene(config, scene_seed(seed, split, i), split)`` with id
-    ``synthetic-<split>-<i:07d>``.
-    """
-    from .card import write_card
-
-    config = config or SyntheticConfig()
-    if num_images < 0:
-        raise ValueError(f"num_images={num_images}; expected a count >= 0.")
-    items = [SourceItem(f"synthetic-{split}-{i:07d}", i) for i in range(int(num_images))]
-    units = plan_units({split: items}, shard_size)
-    content = {
-        "synthetic": asdict(config),
-        "seed": int(seed),
-        "num_images": int(num_images),
-        "split": split,
-        "shard_size": shard_size,
-    }
-    from .config import fingerprint
-
-    writer = DatasetWriter(out_dir)
-    writer.register(
-        {
-            split: {
-                "kind": "synthetic",
-                "fingerprint": fingerprint(content),
-                "config": content,
-                "items": len(items),
-                "units": len(units),
-            }
-        },
-        overwrite=overwrite,
-    )
-    shard = parse_shard(shard) if not isinstance(shard, tuple) else shard
-    report = run_units(
-        writer,
-        units,
-        functools.partial(_SyntheticProcessor, config, seed, split),
-        shard,
-        num_proc,
-        progress,
-        description=f"synthetic {split}",
-    )
-    write_card(out_dir, pretty_name="mtcolor synthetic shapes")
-    return report
-
-
-def export_coco(
-    out_dir: str | Path,
-    num_images: int,
-    config: SyntheticConfig | None = None,
-    seed: int = 0,
-    image_format: str = "png",
-) -> Path:
-    """Write synthetic scenes as a COCO-style collection (``images/`` + ``annotations.json`` with RLE
-    segmentations and the shapes as categories): a fixture for the ``coco`` source, demos and
-    benchmarks. Returns the annotation file path."""
-    import json
-
-    from mtcolor.records import encode_masks
-
-    config = config or SyntheticConfig()
-    out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    categories = {shape: i + 1 for i, shape in enumerate(config.shapes)}
-    images, annotations = [], []
-    extension = {"png": "png", "jpeg": "jpg"}[image_format]
-    for index in range(num_images):
-        row = generate_scene(config, scene_seed(seed, "train", index))
-        file_name = f"{index:07d}.{extension}"
-        row["image"].save(
-            out_dir / "images" / file_name, **({"quality": 95} if image_format == "jpeg" else {})
-        )
-        images.append(
-            {"id": index + 1, "file_name": file_name, "height": row["height"], "width": row["width"]}
-        )
-        for mask, rle, label in zip(row["masks"], encode_masks(row["masks"]), row["instance_labels"]):
-            ys, xs = np.nonzero(mask)
-            bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": index + 1,
-                    "category_id": categories[label],
-                    "segmentation": rle,
-                    "area": int(mask.sum()),
-                    "bbox": bbox,
-                    "iscrowd": 0,
-                }
-            )
-    path = out_dir / "annotations.json"
-    categories_list = [{"id": i, "name": name, "supercategory": "shape"} for name, i in categories.items()]
-    path.write_text(
-        json.dumps({"images": images, "annotations": annotations, "categories": categories_list}),
-        encoding="utf-8",
-    )
-    return path

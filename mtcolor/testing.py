@@ -1,110 +1,20 @@
-"""Tiny SD-1.5-shaped components built from configs, offline, with a seed.
+"""Test helpers (imported by ``tests/`` only; runtime code uses :mod:`mtcolor.model_configs`).
 
-Used by the tests and as the starting point of the embedded demo model: a
-``UNet2DConditionModel`` with cross-attention at every level, ``ControlNetModel.from_unet``, an 8x
-``AutoencoderKL`` (like SD's), a small ``CLIPTextModel`` with the real CLIP tokenizer
-(:func:`mtcolor.tokenizer.clip_tokenizer`), a ``DDIMScheduler`` with SD-1.5's schedule and an
-``MTColorAdapter`` for that UNet.
+* :func:`tiny_components`: every MT-Color pipeline component at toy size, untrained
+  (:func:`mtcolor.model_configs.untrained_tiny_components`);
+* :func:`randomize_adapter`: "trained-looking" adapter weights for properties a zero-initialised
+  adapter would satisfy trivially.
+
+``tests/test_import_contract.py`` checks that no runtime module imports this one.
 """
 
 from __future__ import annotations
 
 import torch
 
-DDIM_CONFIG = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-}
+from .model_configs import untrained_tiny_components as tiny_components
 
-
-def tiny_unet_config(width: int = 32, cross_attention_dim: int = 32, sample_size: int = 8) -> dict:
-    return {
-        "sample_size": sample_size,
-        "in_channels": 4,
-        "out_channels": 4,
-        "block_out_channels": (width, 2 * width),
-        "layers_per_block": 1,
-        "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        "cross_attention_dim": cross_attention_dim,
-        "attention_head_dim": 4,
-        "norm_num_groups": 8,
-    }
-
-
-def tiny_vae_config(width: int = 8) -> dict:
-    return {
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ("DownEncoderBlock2D",) * 4,
-        "up_block_types": ("UpDecoderBlock2D",) * 4,
-        "block_out_channels": (width, width, 2 * width, 2 * width),
-        "layers_per_block": 1,
-        "latent_channels": 4,
-        "norm_num_groups": width,
-        "sample_size": 64,
-    }
-
-
-def tiny_text_encoder_config(hidden_size: int = 32) -> dict:
-    return {
-        "vocab_size": 49408,
-        "hidden_size": hidden_size,
-        "intermediate_size": 2 * hidden_size,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 77,
-        "projection_dim": hidden_size,
-        "bos_token_id": 49406,
-        "eos_token_id": 49407,
-        "pad_token_id": 49407,
-    }
-
-
-def tiny_components(
-    seed: int = 0, *, with_controlnet: bool = True, tokenizer_cache: str | None = None
-) -> dict:
-    """Build every MT-Color pipeline component at toy size (seconds on a CPU, no network).
-
-    Returns a dict with ``vae, text_encoder, tokenizer, unet, controlnet, adapter, scheduler``; every
-    model is seeded from ``seed`` (each with its own ``torch.manual_seed`` so they do not depend on
-    construction order).
-    """
-    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from .models.adapter import MTColorAdapter
-    from .tokenizer import clip_tokenizer
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**tiny_unet_config())
-    controlnet = None
-    if with_controlnet:
-        torch.manual_seed(seed + 1)
-        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
-    torch.manual_seed(seed + 2)
-    vae = AutoencoderKL(**tiny_vae_config())
-    torch.manual_seed(seed + 3)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_encoder_config()))
-    torch.manual_seed(seed + 4)
-    adapter = MTColorAdapter.from_unet(unet, mask_size=16, mask_channels=(4, 8, 8), encoder_hidden_dim=32)
-    for model in (unet, controlnet, vae, text_encoder, adapter):
-        if model is not None:
-            model.eval()
-    return {
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": clip_tokenizer(tokenizer_cache),
-        "unet": unet,
-        "controlnet": controlnet,
-        "adapter": adapter,
-        "scheduler": DDIMScheduler(**DDIM_CONFIG),
-    }
+__all__ = ["randomize_adapter", "tiny_components"]
 
 
 @torch.no_grad()
@@ -119,31 +29,3 @@ def randomize_adapter(adapter, seed: int = 0, gate: float = 1.0, scale: float = 
             param.fill_(gate)
         else:
             param.copy_(torch.randn(param.shape, generator=generator) * scale)
-
-
-def sd15_unet_config() -> dict:
-    """The SD-1.5 UNet architecture (859.5 M parameters), for benchmarks with random weights."""
-    return {
-        "sample_size": 64,
-        "in_channels": 4,
-        "out_channels": 4,
-        "block_out_channels": (320, 640, 1280, 1280),
-        "layers_per_block": 2,
-        "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        "cross_attention_dim": 768,
-        "attention_head_dim": 8,
-    }
-
-
-def sd15_models(seed: int = 0, with_controlnet: bool = True) -> dict:
-    """SD-1.5-sized UNet (+ ControlNet.from_unet) and a matching MTColorAdapter, random weights."""
-    from diffusers import ControlNetModel, UNet2DConditionModel
-
-    from .models.adapter import MTColorAdapter
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**sd15_unet_config()).eval()
-    controlnet = ControlNetModel.from_unet(unet).eval() if with_controlnet else None
-    adapter = MTColorAdapter.from_unet(unet).eval()
-    return {"unet": unet, "controlnet": controlnet, "adapter": adapter}

@@ -3,16 +3,11 @@
 import numpy as np
 import pytest
 
-from dataset_builder.colors import ColorNamer, rgb_to_lab
-from dataset_builder.synthetic import (
-    SHAPES,
-    SyntheticConfig,
-    build_synthetic,
-    generate_scene,
-    stable_lightness,
-)
+from dataset_builder.synthetic import build_synthetic
 from dataset_builder.verification import Verifier
+from mtcolor.color_names import ColorNamer, rgb_to_lab
 from mtcolor.records import decode_record, encode_record, load_records
+from mtcolor.synthetic import SHAPES, SyntheticConfig, generate_scene, scene_seed, stable_lightness
 
 
 def test_scene_is_deterministic_and_exact():
@@ -121,9 +116,7 @@ def test_build_synthetic_splits_and_card(tmp_path):
         ("red", "circle") in zip(c, k) for c, k in zip(test["instance_colors"], test["instance_labels"])
     )
     record = decode_record(train[0])
-    expected = generate_scene(
-        config, __import__("dataset_builder.synthetic", fromlist=["scene_seed"]).scene_seed(1, "train", 0)
-    )
+    expected = generate_scene(config, scene_seed(1, "train", 0))
     assert np.array_equal(record.masks.numpy(), expected["masks"])
     assert np.array_equal(
         (record.image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), np.asarray(expected["image"])

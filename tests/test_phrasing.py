@@ -5,8 +5,8 @@ import re
 import numpy as np
 import pytest
 
-from dataset_builder.phrasing import HELDOUT_TEMPLATES, HELDOUT_WORDS, fill, phrase, scene_text
-from dataset_builder.synthetic import SyntheticConfig, generate_scene
+from mtcolor.phrasing import HELDOUT_TEMPLATES, HELDOUT_WORDS, fill, phrase, scene_text
+from mtcolor.synthetic import SyntheticConfig, generate_scene
 
 CONFIG = SyntheticConfig(phrasing="varied", holdout_pairs=[("red", "circle")])
 UNSEEN_WORDS = {w for words in HELDOUT_WORDS.values() for w in words}
