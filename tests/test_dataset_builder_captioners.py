@@ -1,9 +1,12 @@
-"""The OpenAI-compatible captioner against a local fake server (127.0.0.1), and the fallback chain."""
+"""The OpenAI-compatible captioner against a local fake server (127.0.0.1), and the fallback chain.
 
+Waits (backoff, rate limit) and timeouts run on a fake clock: outcomes never depend on wall time.
+"""
+
+import io
 import json
 import logging
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -27,11 +30,13 @@ KEY = "sk-test-SECRET-4242"
 
 class FakeChatServer:
     """A bounded fake ``/chat/completions`` endpoint. ``script`` holds the next responses:
-    ("ok", text) | ("filter",) | ("status", code, retry_after) | ("sleep", seconds, text); when empty it
-    answers "A red box." to instance prompts and a colour description to global prompts."""
+    ("ok", text) | ("filter",) | ("status", code, retry_after) | ("hang",) (no answer until the server
+    stops); when empty it answers "A red box." to instance prompts and a colour description to global
+    prompts."""
 
     def __init__(self, max_requests=200):
         self.script = []
+        self.release = threading.Event()  # ends the "hang" steps
         self.requests = []
         self.max_requests = max_requests
         server = self
@@ -66,9 +71,8 @@ class FakeChatServer:
                     elif step[0] == "status":
                         headers = {"Retry-After": str(step[2])} if step[2] is not None else {}
                         self._send(step[1], {"error": {"message": f"status {step[1]}"}}, headers)
-                    elif step[0] == "sleep":
-                        time.sleep(step[1])
-                        self._reply(step[2])
+                    elif step[0] == "hang":
+                        server.release.wait()
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
@@ -105,8 +109,44 @@ class FakeChatServer:
         return self
 
     def __exit__(self, *exc):
+        self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class FakeClock:
+    """``monotonic()`` and ``sleep()`` for the captioner: sleeping advances the clock, instantly."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.sleeps = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class SlowEndpoint:
+    """A fake transport (the captioner's ``opener``) on a :class:`FakeClock`: request ``i`` takes
+    ``delays[i]`` seconds; one longer than the request's timeout raises ``TimeoutError`` at the
+    timeout, as a socket read does; otherwise it answers ``text``."""
+
+    def __init__(self, clock: FakeClock, delays: list[float], text: str = "a green box"):
+        self.clock, self.delays, self.text = clock, list(delays), text
+        self.requests = []  # (clock at send, timeout)
+
+    def open(self, request, timeout):
+        self.requests.append((self.clock.now, timeout))
+        delay = self.delays.pop(0)
+        if delay > timeout:
+            self.clock.now += timeout
+            raise TimeoutError("timed out")
+        self.clock.now += delay
+        answer = {"choices": [{"message": {"content": self.text}, "finish_reason": "stop"}]}
+        return io.BytesIO(json.dumps(answer).encode())
 
 
 @pytest.fixture
@@ -158,27 +198,50 @@ def test_refusals_fall_through_to_the_next_captioner(server):
 
 
 def test_http_429_then_success_retries_with_backoff(server, caplog):
-    captioner = OpenAICompatibleCaptioner(timeout=5, max_retries=3, backoff=0.01)
+    clock = FakeClock()
+    captioner = OpenAICompatibleCaptioner(
+        timeout=5, max_retries=3, backoff=0.25, clock=clock.monotonic, sleep=clock.sleep
+    )
     image, instances = _scene()
-    server.script = [("status", 429, "0"), ("status", 503, None), ("ok", "a crimson box")]
+    server.script = [("status", 429, "7"), ("status", 503, None), ("ok", "a crimson box")]
     with caplog.at_level(logging.WARNING):
         assert captioner.caption_instances(image, instances) == ["a crimson box"]
     assert len(server.requests) == 3 and captioner.counters["retries"] == 2
+    assert clock.sleeps == [7.0, 0.5]  # the server's Retry-After, then backoff * 2**1
     assert "HTTP 429" in caplog.text and KEY not in caplog.text
 
 
 def test_timeout_then_retry_and_exhausted_retries(server, caplog):
+    """Timeouts on a fake clock: the first request outlasts its 0.3 s, the retry (after backoff) answers."""
     image, instances = _scene()
-    captioner = OpenAICompatibleCaptioner(timeout=0.3, max_retries=1, backoff=0.0)
-    server.script = [("sleep", 1.0, "a blue box"), ("ok", "a green box")]
+    clock = FakeClock()
+    endpoint = SlowEndpoint(clock, delays=[1.0, 0.05])
+    captioner = OpenAICompatibleCaptioner(
+        timeout=0.3, max_retries=1, backoff=0.5, opener=endpoint, clock=clock.monotonic, sleep=clock.sleep
+    )
     with caplog.at_level(logging.WARNING):
         assert captioner.caption_instances(image, instances) == ["a green box"]
-    assert "timeout" in caplog.text
-    strict = OpenAICompatibleCaptioner(timeout=0.3, max_retries=0)
-    server.script = [("sleep", 1.0, "a blue box")]
-    with pytest.raises(CaptionerError, match="failed 1 times; last problem: timeout"):
+    assert endpoint.requests == [(0.0, 0.3), (0.8, 0.3)]  # timed out at 0.3, waited 0.5, retried
+    assert clock.sleeps == [0.5] and captioner.counters["retries"] == 1
+    assert "timeout after 0.3 s" in caplog.text
+    endpoint = SlowEndpoint(clock, delays=[1.0, 0.4])
+    strict = OpenAICompatibleCaptioner(
+        timeout=0.3, max_retries=1, backoff=0.0, opener=endpoint, clock=clock.monotonic, sleep=clock.sleep
+    )
+    with pytest.raises(CaptionerError, match="failed 2 times; last problem: timeout after 0.3 s"):
         strict.caption_instances(image, instances)
+    assert len(endpoint.requests) == 2 and strict.counters["failures"] == 1
     assert KEY not in caplog.text
+
+
+def test_a_server_that_never_answers_is_a_timeout(server):
+    """A real socket read timeout (the server holds the request until the test ends, so the outcome does
+    not depend on timing) is reported as a timeout, the kind of failure that is retried."""
+    image, instances = _scene()
+    server.script = [("hang",)]
+    captioner = OpenAICompatibleCaptioner(timeout=0.5, max_retries=0)
+    with pytest.raises(CaptionerError, match=r"failed 1 times; last problem: timeout after 0.5 s \(\w+\)"):
+        captioner.caption_instances(image, instances)
 
 
 def test_auth_errors_are_fatal_and_keyless(server):
@@ -202,11 +265,17 @@ def test_missing_endpoint_or_model_raises(monkeypatch):
 
 
 def test_rate_limit_spaces_requests(server):
-    captioner = OpenAICompatibleCaptioner(timeout=5, max_retries=0, requests_per_minute=600)  # 0.1 s apart
+    clock = FakeClock()
+    captioner = OpenAICompatibleCaptioner(
+        timeout=5, max_retries=0, requests_per_minute=600, clock=clock.monotonic, sleep=clock.sleep
+    )  # 0.1 s apart
     image, instances = _scene()
-    start = time.monotonic()
     captioner.caption_instances(image, instances * 3)
-    assert time.monotonic() - start >= 0.2 - 1e-3
+    assert len(server.requests) == 3
+    assert clock.sleeps == pytest.approx([0.1, 0.1])  # the first request does not wait
+    clock.sleep(0.25)  # idle longer than the interval: the next request goes at once
+    captioner.caption_instances(image, instances)
+    assert clock.sleeps == pytest.approx([0.1, 0.1, 0.25])
 
 
 def test_build_with_vlm_chain_never_writes_the_key(server, tmp_path):
