@@ -108,7 +108,7 @@ def launch(
 
 
 def _launch(demo, session: Session, host: str, port: int | None, max_file_size, quiet: bool) -> None:
-    from .app import CSS
+    from .layout import CSS
 
     demo.launch(
         server_name=host,

@@ -1,0 +1,373 @@
+"""The gradio page's layout: every component of the page, created in order, and the texts shown in it.
+
+:func:`build_layout` creates the components inside the caller's ``gr.Blocks`` and returns them as one
+:class:`Page`; :mod:`webui.app` wires their events to :class:`webui.session.Session`. Nothing here
+handles an event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from mtcolor.sam import SAM_CHECKPOINTS_URL
+
+from .inputs import ATTENTION_MODES, FUSIONS, LIMITS, MAX_INSTANCES
+from .overlay import instance_color
+from .session import SETTING_NAMES, TABLE_HEADERS, Session
+
+TITLE = "mtcolor: instance-aware text-guided colorization"
+
+INTRO = (
+    "Upload a gray (or colour) photo, mark each object with a mask (upload one, or paint it) and type the "
+    "colour it should have (*a red car*); add a global prompt if you like, then **Colorize**. The result keeps "
+    "your image's size and luminance. Or click an example: it loads and runs in one click."
+)
+CSS = """
+#input-image img, #overlay img, #result-image img { width: 100%; height: 100%; object-fit: contain; }
+.instance-row { align-items: center; }
+.instance-chip { font-size: 1.4em; min-width: 2.2em !important; flex-grow: 0 !important; }
+"""
+#: parameter names of the colorize endpoint, per instance row
+ROW_FIELDS = ("text", "mask", "sam")
+
+
+def chip(k: int) -> str:
+    """The coloured square and number of instance ``k`` (its colour in the overlay)."""
+    return f'<span style="color: rgb{instance_color(k)}" title="instance {k}">■ {k}</span>'
+
+
+def sam_note(session: Session) -> str:
+    """How to use SAM prompts on this server, or how to turn them on."""
+    if session.sam_enabled:
+        return (
+            "**SAM prompts** are on: type `box x0,y0,x1,y1` or `points x,y; x,y` (image pixels) in an instance's "
+            "SAM prompt instead of a mask, or choose the instance under *Paint a mask* and click on the instance "
+            "overlay to add points."
+        )
+    return (
+        "**SAM point/box prompts** are off. To mark objects with a box or a few clicks instead of a mask, start the "
+        f"server with a local [Segment Anything checkpoint]({SAM_CHECKPOINTS_URL}): "
+        "`mtcolor ui --sam_checkpoint sam_vit_b_01ec64.pth`."
+    )
+
+
+def describe_settings(session: Session, label: str) -> str:
+    """The note under the model menu for the model labelled ``label``."""
+    choice = session.choice(label)
+    if choice.kind == "lcoins":
+        return (
+            "L-CoIns colorizes in one pass from one caption (the global prompt, else the instance texts joined); "
+            "it has no sampling settings, and the masks serve only the per-instance table."
+        )
+    return "Defaults are the values this model's recipe measured best (`recipe.json`), where it records them."
+
+
+@dataclass
+class Page:
+    """The page's components (gradio blocks), by role. ``groups``, ``texts``, ``masks``, ``sams`` and
+    ``removes`` hold one per instance row (:data:`~webui.inputs.MAX_INSTANCES`)."""
+
+    examples: gr.Gallery
+    count: gr.State
+    image: gr.Image
+    input_note: gr.Markdown
+    prompt: gr.Textbox
+    groups: list[gr.Group]
+    texts: list[gr.Textbox]
+    masks: list[gr.Image]
+    sams: list[gr.Textbox]
+    removes: list[gr.Button]
+    add: gr.Button
+    editor: gr.ImageEditor
+    target: gr.Dropdown
+    use_paint: gr.Button
+    model: gr.Dropdown
+    settings_note: gr.Markdown
+    sampling: gr.Column
+    steps: gr.Slider
+    guidance: gr.Slider
+    alpha: gr.Slider
+    beta: gr.Slider
+    seed: gr.Number
+    working: gr.Slider
+    attention: gr.Radio
+    fusion: gr.Radio
+    run: gr.Button
+    status: gr.Markdown
+    compare: gr.ImageSlider
+    overlay: gr.Image
+    mask_check: gr.Markdown
+    download: gr.DownloadButton
+    table: gr.Dataframe
+    result: gr.Image
+
+    @property
+    def settings(self) -> list:
+        """The sampling-setting components, in :data:`~webui.session.SETTING_NAMES` order."""
+        return [
+            self.steps,
+            self.guidance,
+            self.alpha,
+            self.beta,
+            self.seed,
+            self.attention,
+            self.fusion,
+            self.working,
+        ]
+
+    @property
+    def run_inputs(self) -> dict:
+        """The colorize endpoint's named parameters -> their components."""
+        return {
+            "image": self.image,
+            "prompt": self.prompt,
+            "model": self.model,
+            **dict(zip(SETTING_NAMES, self.settings)),
+            **{f"text_{k}": c for k, c in enumerate(self.texts, start=1)},
+            **{f"mask_{k}": c for k, c in enumerate(self.masks, start=1)},
+            **{f"sam_{k}": c for k, c in enumerate(self.sams, start=1)},
+        }
+
+    @property
+    def run_outputs(self) -> list:
+        """What a colorize call fills, in the order the handler returns it."""
+        return [
+            self.result,
+            self.compare,
+            self.download,
+            self.table,
+            self.overlay,
+            self.mask_check,
+            self.status,
+        ]
+
+    @property
+    def preview_inputs(self) -> list:
+        """What the instance overlay is drawn from."""
+        return [self.image, self.model, self.working, *self.texts, *self.masks]
+
+
+def build_layout(session: Session) -> Page:
+    """Create the page's components for ``session`` (call inside a ``gr.Blocks`` context)."""
+
+    defaults = session.defaults()
+    choice_labels = [c.label for c in session.choices]
+    gr.Markdown(f"# {TITLE}\n{INTRO}")
+    examples = gr.Gallery(
+        value=[(ex.thumbnail, ex.name) for ex in session.examples],
+        label="Examples: one click loads and runs one",
+        columns=5,
+        height=250,
+        allow_preview=False,
+        object_fit="contain",
+        interactive=False,
+        elem_id="examples",
+    )
+    count = gr.State(1)
+    with gr.Row(equal_height=False):
+        # ---------------------------------------------------------------- inputs
+        with gr.Column(scale=5):
+            image = gr.Image(
+                label="Input image (gray or colour, any size, 8/16-bit)",
+                type="filepath",
+                image_mode=None,
+                sources=["upload", "clipboard"],
+                height=320,
+                elem_id="input-image",
+            )
+            input_note = gr.Markdown(elem_id="input-note")
+            prompt = gr.Textbox(
+                label="Global prompt (optional)", placeholder="a sunny street", elem_id="prompt"
+            )
+            groups, texts, masks, sams, removes = [], [], [], [], []
+            with gr.Accordion("Instances: one mask and one text each", open=True):
+                for k in range(1, MAX_INSTANCES + 1):
+                    with gr.Group(visible=k == 1, elem_id=f"instance-{k}") as group:
+                        with gr.Row(equal_height=True, elem_classes="instance-row"):
+                            gr.HTML(chip(k), elem_classes="instance-chip")
+                            texts.append(
+                                gr.Textbox(
+                                    label=f"Instance {k} text",
+                                    placeholder="a red car",
+                                    scale=4,
+                                    elem_id=f"text-{k}",
+                                )
+                            )
+                            masks.append(
+                                gr.Image(
+                                    label=f"Instance {k} mask",
+                                    type="filepath",
+                                    image_mode=None,
+                                    sources=["upload", "clipboard"],
+                                    height=120,
+                                    scale=2,
+                                    elem_id=f"mask-{k}",
+                                )
+                            )
+                            sams.append(
+                                gr.Textbox(
+                                    label=f"Instance {k} SAM prompt",
+                                    placeholder="box 10,20,200,160",
+                                    visible=session.sam_enabled,
+                                    scale=3,
+                                    elem_id=f"sam-{k}",
+                                )
+                            )
+                            removes.append(
+                                gr.Button("✕", scale=0, min_width=44, size="sm", elem_id=f"remove-{k}")
+                            )
+                    groups.append(group)
+                add = gr.Button("+ Add an instance", size="sm", elem_id="add-instance")
+                gr.Markdown(sam_note(session), elem_id="sam-note")
+            with gr.Accordion("Paint a mask", open=False):
+                editor = gr.ImageEditor(
+                    label="Paint over one object (any brush colour), then use it as an instance's mask",
+                    type="numpy",
+                    image_mode="RGBA",
+                    sources=[],
+                    layers=False,
+                    transforms=[],
+                    brush=gr.Brush(colors=["#ff00ff", "#00e5ff", "#ffe600"], color_mode="fixed"),
+                    elem_id="paint-editor",
+                )
+                with gr.Row():
+                    target = gr.Dropdown(
+                        choices=[1], value=1, label="Instance", scale=1, elem_id="paint-target"
+                    )
+                    use_paint = gr.Button("Use the painting as this instance's mask", elem_id="paint-use")
+            with gr.Accordion("Model and advanced settings", open=False):
+                model = gr.Dropdown(
+                    choices=choice_labels, value=choice_labels[0], label="Model", elem_id="model"
+                )
+                settings_note = gr.Markdown(describe_settings(session, choice_labels[0]))
+                with gr.Column(visible=session.default_choice.kind == "mtcolor") as sampling:
+                    steps = gr.Slider(
+                        *LIMITS["num_inference_steps"],
+                        step=1,
+                        value=defaults["num_inference_steps"],
+                        label="Denoising steps",
+                        elem_id="steps",
+                    )
+                    guidance = gr.Slider(
+                        *LIMITS["guidance_scale"],
+                        step=0.1,
+                        value=defaults["guidance_scale"],
+                        label="Guidance scale (<= 1 turns classifier-free guidance off)",
+                        elem_id="guidance",
+                    )
+                    with gr.Row():
+                        alpha = gr.Slider(
+                            *LIMITS["alpha"],
+                            step=0.05,
+                            value=defaults["alpha"],
+                            label="alpha: share of per-instance steps",
+                            elem_id="alpha",
+                        )
+                        beta = gr.Slider(
+                            *LIMITS["beta"],
+                            step=0.05,
+                            value=defaults["beta"],
+                            label="beta: global latent weight",
+                            elem_id="beta",
+                        )
+                    with gr.Row():
+                        seed = gr.Number(
+                            value=defaults["seed"],
+                            precision=0,
+                            label="Seed (-1 = random)",
+                            elem_id="seed",
+                        )
+                        working = gr.Slider(
+                            *LIMITS["working_resolution"],
+                            step=8,
+                            value=defaults["working_resolution"],
+                            label="Working resolution (short side the model runs at)",
+                            elem_id="working-resolution",
+                        )
+                    with gr.Row():
+                        attention = gr.Radio(
+                            list(ATTENTION_MODES),
+                            value=defaults["attention_mode"],
+                            label="Masked attention mode",
+                            elem_id="attention-mode",
+                        )
+                        fusion = gr.Radio(
+                            list(FUSIONS), value=defaults["fusion"], label="Fusion", elem_id="fusion"
+                        )
+            run = gr.Button("Colorize", variant="primary", elem_id="colorize-btn")
+        # ---------------------------------------------------------------- outputs
+        with gr.Column(scale=6):
+            status = gr.Markdown("Results appear here.", elem_id="status")
+            compare = gr.ImageSlider(
+                label="Before / after",
+                type="pil",
+                format="png",
+                interactive=False,
+                max_height=420,
+                elem_id="compare",
+            )
+            with gr.Row(equal_height=False):
+                overlay = gr.Image(
+                    label="Instances (the label map the masks resolve to)",
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    height=260,
+                    elem_id="overlay",
+                )
+                mask_check = gr.Markdown(elem_id="mask-check")
+            download = gr.DownloadButton("Download PNG", interactive=False, elem_id="download-btn")
+            table = gr.Dataframe(
+                headers=TABLE_HEADERS,
+                datatype=["number", "str", "str", "str", "str", "number"],
+                column_widths=["7%", "33%", "17%", "17%", "11%", "15%"],
+                interactive=False,
+                wrap=True,
+                label="Per instance: requested vs measured colour (adherence metric)",
+                elem_id="instance-table",
+            )
+            result = gr.Image(
+                label="Result at the input's own size",
+                height=320,
+                type="pil",
+                format="png",
+                interactive=False,
+                elem_id="result-image",
+            )
+    return Page(
+        examples=examples,
+        count=count,
+        image=image,
+        input_note=input_note,
+        prompt=prompt,
+        groups=groups,
+        texts=texts,
+        masks=masks,
+        sams=sams,
+        removes=removes,
+        add=add,
+        editor=editor,
+        target=target,
+        use_paint=use_paint,
+        model=model,
+        settings_note=settings_note,
+        sampling=sampling,
+        steps=steps,
+        guidance=guidance,
+        alpha=alpha,
+        beta=beta,
+        seed=seed,
+        working=working,
+        attention=attention,
+        fusion=fusion,
+        run=run,
+        status=status,
+        compare=compare,
+        overlay=overlay,
+        mask_check=mask_check,
+        download=download,
+        table=table,
+        result=result,
+    )
