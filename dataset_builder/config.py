@@ -10,7 +10,7 @@ A config file (YAML or JSON)::
       - {type: blip2, model_path: /models/blip2-opt-2.7b}
       - {type: rule}
     global_captioners: null                 # null = the same chain
-    verification: {tolerance: 25, rewrite: false, drop_disagree: false}
+    verification: {tolerance: 20, rewrite: false, drop_disagree: false}
     instances: {min_area_fraction: 0.001, min_area: 16, max_instances: 32, min_instances: 1}
     split: train
     test_fraction: 0.2                      # a stable hash of the image id puts ~20% in "test"

@@ -3,16 +3,18 @@
 * :func:`text_problem` rejects empty texts, refusals ("Unable to provide color description, image is
   too blurred ...", "I'm sorry, I can't ...") and texts without a colour word. A captioner chain
   falls through to its next captioner on such texts (the paper's GPT-4 -> BLIP-2 fallback).
-* :class:`Verifier` compares each colour word of an instance text with the instance's measured
-  colours (:class:`mtcolor.color_names.ColorMeasurement`):
+* :class:`Verifier` checks each colour word of an instance text against the instance's measured
+  pixels (:class:`mtcolor.color_names.ColorMeasurement`) with the project's one colour-word matcher,
+  :func:`mtcolor.metrics.adherence.match_color_word` (the colour adherence metric's), so an
+  instance the builder verifies as ``"agree"`` also scores as adhering, and the other way round:
 
-  - ``"unknown"``: fewer than ``min_pixels`` pixels were measured, the region is too mixed (its
-    largest colour category holds less than ``min_dominant_share`` of the pixels), or some but not
-    all colour words of the text agree ("a red and white bus" on a red-only bus).
-  - a colour word *agrees* when one of its basic categories ("light blue" -> blue, "teal" -> green or
-    blue) is a measured cluster, or when its Lab prototype lies within ``tolerance`` (CIE76) of a
-    cluster's mean colour (a near miss across a category border, e.g. "orange" on a brownish orange).
-  - ``"agree"``: every colour word agrees; ``"disagree"``: none does.
+  - ``"unknown"``: no colour word, or fewer than ``min_pixels`` pixels were measured;
+  - one colour word (``"a red apple"``): ``"agree"`` / ``"disagree"`` is the matcher's verdict on
+    the measured pixels;
+  - several colour words (``"a red and white bus"``; the metric skips such texts): each word is
+    matched against the pixels of each measured colour cluster; ``"agree"`` when every word matches
+    a cluster, ``"disagree"`` when none does, ``"unknown"`` when only some do or when the region is
+    too mixed to judge (its largest cluster holds less than ``min_dominant_share`` of the pixels).
 
   With ``rewrite=True`` a disagreeing text is replaced by the rule-based namer's phrase for the
   measured colour (the record then says ``"agree"`` and the captioner ``"<original>+rule"``).
@@ -27,11 +29,11 @@ import numpy as np
 from mtcolor.color_names import (
     ColorMeasurement,
     ColorNamer,
-    color_categories,
     instance_phrase,
     strip_color_words,
 )
 from mtcolor.lexicon import ColorLexicon, default_lexicon
+from mtcolor.metrics.adherence import match_color_word, pixels_to_lab
 
 REFUSAL_PATTERN = re.compile(
     r"\b(unable to|cannot|can ?not|can't|can’t|could not|couldn't|not able to|sorry|apologi[sz]e|"
@@ -62,27 +64,28 @@ def text_problem(text: str | None, lexicon: ColorLexicon | None = None) -> str |
 
 
 class Verifier:
-    """Check instance texts against their pixels.
+    """Check instance texts against their pixels (rules: module docstring).
 
     Args:
-        tolerance: CIE76 distance within which a colour word's prototype matches a measured cluster.
-        min_pixels: fewer measured pixels give ``"unknown"``.
-        min_dominant_share: a region whose largest colour category holds less than this share of the
-            pixels is too mixed to judge (``"unknown"``).
+        tolerance: the matcher's agreement tolerance (Lab distance ``d`` of
+            :mod:`mtcolor.metrics.adherence`; default 20, the metric's).
+        min_pixels: fewer measured pixels give ``"unknown"`` (16, the metric's ``min_pixels``).
+        min_dominant_share: with several colour words, a region whose largest colour cluster holds
+            less than this share of the pixels is too mixed to judge (``"unknown"``).
         rewrite: replace disagreeing texts by the rule-based namer's phrase.
         drop_disagree: drop instances whose text disagrees (after ``rewrite`` there are none).
     """
 
     def __init__(
         self,
-        tolerance: float = 25.0,
+        tolerance: float = 20.0,
         min_pixels: int = 16,
         min_dominant_share: float = 0.3,
         rewrite: bool = False,
         drop_disagree: bool = False,
     ):
-        if tolerance < 0:
-            raise ValueError(f"tolerance={tolerance}; expected a CIE76 distance >= 0.")
+        if not tolerance > 0:
+            raise ValueError(f"tolerance={tolerance}; expected a positive Lab distance (default 20).")
         if not 0 <= min_dominant_share <= 1:
             raise ValueError(f"min_dominant_share={min_dominant_share}; expected a fraction in [0, 1].")
         self.tolerance = float(tolerance)
@@ -92,23 +95,24 @@ class Verifier:
         self.drop_disagree = bool(drop_disagree)
         self.lexicon = default_lexicon("extended")
 
-    def _word_agrees(self, word: str, measurement: ColorMeasurement) -> bool:
-        categories = set(color_categories(word))
-        if categories & set(measurement.categories):
-            return True
-        prototype = self.lexicon.lab_of(word).numpy()
-        labs = np.array([c.lab for c in measurement.clusters], dtype=np.float32).reshape(-1, 3)
-        return bool((np.linalg.norm(labs - prototype, axis=1) <= self.tolerance).any())
+    def _matches(self, word: str, pixels: np.ndarray) -> bool:
+        """The matcher's verdict for uint8 pixels (n, 3); False for fewer than ``min_pixels``."""
+        if len(pixels) < self.min_pixels:
+            return False
+        return match_color_word(pixels_to_lab(pixels), word, self.tolerance, lexicon=self.lexicon).agrees
 
     def verify(self, text: str, measurement: ColorMeasurement) -> str:
         """``"agree"`` / ``"disagree"`` / ``"unknown"`` for one instance text and its measurement."""
         words = list(dict.fromkeys(m.word for m in self.lexicon.find(text)))
+        if not words or measurement.num_pixels < self.min_pixels or measurement.pixels is None:
+            return "unknown"
+        if len(words) == 1:
+            return "agree" if self._matches(words[0], measurement.pixels) else "disagree"
         dominant = measurement.dominant
-        if not words or measurement.num_pixels < self.min_pixels or dominant is None:
+        if dominant is None or dominant.share < self.min_dominant_share:
             return "unknown"
-        if dominant.share < self.min_dominant_share:
-            return "unknown"
-        agreements = [self._word_agrees(w, measurement) for w in words]
+        clusters = [measurement.pixels_of(c.category) for c in measurement.clusters]
+        agreements = [any(self._matches(w, pixels) for pixels in clusters) for w in words]
         if all(agreements):
             return "agree"
         return "disagree" if not any(agreements) else "unknown"

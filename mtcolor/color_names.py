@@ -1,4 +1,5 @@
-"""Measuring and naming colours: shared by the rule-based namer, the verifier and the synthetic generator.
+"""Measuring and naming colours: shared by the synthetic generator, the demo, and the dataset builder's
+rule-based captioner and verifier.
 
 Measurement (:meth:`ColorNamer.measure`): the instance's pixels (a deterministic subsample of at most
 ``max_pixels``) are converted to CIE Lab (kornia, D65) and each pixel gets its nearest word of the
@@ -17,7 +18,7 @@ saturated) and a pure prototype colour gets its own name.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -42,6 +43,8 @@ NATURAL_EXTRAS = (
     "cyan", "magenta", "khaki",
 )  # fmt: skip
 _CHROMATIC = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown")
+#: The basic colour categories in the order of :attr:`ColorNamer.categories` (pixel votes index it).
+CATEGORIES = tuple(sorted(BASIC_COLORS))
 #: Neutral anchors of the natural naming vocabulary (without them dark neutral pixels would be named
 #: "dark teal"); the shared lexicon spells them "gray" like every other gray word.
 NEUTRAL_ANCHORS = ("dark gray", "light gray")
@@ -96,10 +99,20 @@ class ColorCluster:
 
 @dataclass(frozen=True)
 class ColorMeasurement:
-    """What the pixels of a region look like: clusters sorted by share (largest first)."""
+    """What the pixels of a region look like: clusters sorted by share (largest first).
+
+    Attributes:
+        num_pixels: measured pixels (a deterministic subsample of at most ``max_pixels``).
+        clusters: basic categories holding at least ``min_share`` of them.
+        pixels: the measured pixels, uint8 (num_pixels, 3) sRGB (None for a measurement built by hand).
+        pixel_categories: each measured pixel's basic category, uint8 (num_pixels,) index into
+            :data:`CATEGORIES`.
+    """
 
     num_pixels: int
     clusters: tuple[ColorCluster, ...]
+    pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
+    pixel_categories: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def dominant(self) -> ColorCluster | None:
@@ -108,6 +121,12 @@ class ColorMeasurement:
     @property
     def categories(self) -> tuple[str, ...]:
         return tuple(c.category for c in self.clusters)
+
+    def pixels_of(self, category: str) -> np.ndarray:
+        """uint8 (n, 3) measured pixels whose basic category is ``category``."""
+        if self.pixels is None or self.pixel_categories is None:
+            return np.zeros((0, 3), np.uint8)
+        return self.pixels[self.pixel_categories == CATEGORIES.index(category)]
 
 
 def sample_pixels(image: np.ndarray, mask: np.ndarray | None, max_pixels: int) -> np.ndarray:
@@ -226,7 +245,7 @@ class ColorNamer:
         self.max_pixels = int(max_pixels)
         self.measure_lexicon = measurement_lexicon()
         self.naming = naming_lexicon(naming_vocabulary)
-        self.categories = sorted(BASIC_COLORS)
+        self.categories = list(CATEGORIES)
         index = {c: i for i, c in enumerate(self.categories)}
         # Pixel vote of every measurement word: its first category.
         self._word_category = np.array([index[color_categories(w)[0]] for w in self.measure_lexicon.words])
@@ -247,9 +266,10 @@ class ColorNamer:
 
     def measure_pixels(self, rgb: np.ndarray) -> ColorMeasurement:
         """Measure uint8 RGB pixels (N, 3)."""
+        rgb = np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
         n = int(rgb.shape[0])
         if n == 0:
-            return ColorMeasurement(0, ())
+            return ColorMeasurement(0, (), rgb, np.zeros(0, np.uint8))
         votes = self.pixel_categories(rgb)
         counts = np.bincount(votes, minlength=len(self.categories))
         order = np.argsort(-counts, kind="stable")
@@ -262,7 +282,7 @@ class ColorNamer:
             clusters.append(
                 ColorCluster(self.categories[index], float(share), tuple(round(float(v), 3) for v in mean))
             )
-        return ColorMeasurement(n, tuple(clusters))
+        return ColorMeasurement(n, tuple(clusters), rgb, votes.astype(np.uint8))
 
     def measure(self, image: np.ndarray, mask: np.ndarray | None = None) -> ColorMeasurement:
         """Measure the pixels of ``image`` (uint8 (H, W, 3)) under ``mask`` (bool (H, W), None = all)."""

@@ -148,3 +148,34 @@ def test_max_chroma_scale_reaches_the_gamut_boundary():
     assert ((rgb > -1e-3) & (rgb < 1 + 1e-3)).all()
     # the colour produced at the boundary round-trips through rgb_to_lab
     assert torch.allclose(rgb_to_lab(rgb.clamp(0, 1)[..., None, None])[..., 0, 0], lab[..., 0, 0], atol=0.5)
+
+
+def _verdicts(rgb: tuple[int, int, int], text: str) -> tuple[str, bool]:
+    """(the dataset builder's verdict, the adherence metric's) on one 10 x 20 instance painted ``rgb``."""
+    import numpy as np
+
+    from dataset_builder.verification import Verifier
+    from mtcolor.color_names import ColorNamer
+
+    image = np.zeros((20, 20, 3), np.uint8)
+    image[:, :10] = rgb
+    image[:, 10:] = (3, 67, 223)  # another instance beside it
+    mask = np.zeros((20, 20), bool)
+    mask[:, :10] = True
+    verdict = Verifier().verify(text, ColorNamer().measure(image, mask))
+    label_map = torch.from_numpy(mask.astype("int64"))[None]
+    metric = color_adherence(torch.from_numpy(image).permute(2, 0, 1)[None] / 255.0, label_map, [[text]])
+    return verdict, metric.instances[0].agrees
+
+
+def test_dataset_verifier_and_metric_share_one_matcher():
+    """Regression: the dataset builder's verifier had its own rule (a word agreed when one of its basic
+    categories was a measured cluster), so "a crimson apple" painted xkcd red was verified "agree"
+    while the adherence metric scored the same instance as not adhering (d = 35: crimson is a darker
+    red). Both now call ``match_color_word``: the verdicts are the same on every instance."""
+    assert _verdicts((229, 0, 0), "a crimson apple") == ("disagree", False)
+    assert _verdicts((229, 0, 0), "a red apple") == ("agree", True)
+    for word in ("red", "orange", "brown", "dark red", "maroon", "pink", "salmon", "white", "gray"):
+        for rgb in ((229, 0, 0), (249, 115, 6), (101, 55, 0), (200, 120, 110), (230, 230, 225)):
+            verdict, agrees = _verdicts(rgb, f"a {word} apple")
+            assert verdict == ("agree" if agrees else "disagree"), (word, rgb, verdict, agrees)

@@ -180,13 +180,101 @@ def max_chroma_scale(lightness: torch.Tensor, ab: torch.Tensor, iterations: int 
     return torch.where(full, torch.ones_like(lo), lo)
 
 
-def _single_word(lexicon: ColorLexicon, text: str) -> tuple[str | None, str]:
+def single_color_word(text: str, lexicon: ColorLexicon | None = None) -> tuple[str | None, str]:
+    """The one canonical colour word ``text`` names, else ``(None, reason)``: ``"no colour word"`` or
+    ``"several colour words [...]"`` (``"a red and white bus"``)."""
+    lexicon = lexicon or default_lexicon()
     words = list(dict.fromkeys(match.word for match in lexicon.find(text)))
     if not words:
         return None, "no colour word"
     if len(words) > 1:
         return None, f"several colour words {words}"
     return words[0], ""
+
+
+@dataclass(frozen=True)
+class WordMatch:
+    """How a region's colour compares with one colour word (definition: module docstring).
+
+    Attributes:
+        word: the canonical colour word.
+        measured: measured Lab (L, a, b) of the region.
+        reference: the gamut-aware reference Lab the distance is taken to.
+        distance: ``d``.
+        agrees: ``d <= tolerance`` (and, for a chromatic word, measured chroma >= ``c_0``).
+        chromatic_share: share of the region's pixels above the near-achromatic chroma threshold.
+    """
+
+    word: str
+    measured: tuple[float, float, float]
+    reference: tuple[float, float, float]
+    distance: float
+    agrees: bool
+    chromatic_share: float
+
+
+def match_color_word(
+    lab: torch.Tensor,
+    word: str,
+    tolerance: float = 20.0,
+    *,
+    lexicon: ColorLexicon | None = None,
+    lightness_weight: float = 0.25,
+    achromatic_lightness_weight: float = 0.75,
+    achromatic_chroma: float = 10.0,
+    min_chromatic_share: float = 0.2,
+) -> WordMatch:
+    """Does a region have the colour ``word`` names? The project's one colour-word matcher: the
+    adherence metric scores each instance with it and the dataset builder's verifier
+    (:class:`dataset_builder.verification.Verifier`) checks instance texts with it, so the two
+    cannot disagree on an instance.
+
+    Args:
+        lab: (3, n) Lab values of the region's pixels (L in [0, 100]), n >= 1.
+        word: a colour word of ``lexicon`` (any spelling variant).
+        tolerance, lightness_weight, achromatic_lightness_weight, achromatic_chroma,
+        min_chromatic_share: see the module docstring.
+
+    Returns:
+        :class:`WordMatch`.
+    """
+    lexicon = lexicon or default_lexicon()
+    word = lexicon.canonical(word)
+    prototype = lexicon.lab_of(word).to(lab)
+    proto_chroma = float(torch.hypot(prototype[1], prototype[2]))
+    chroma = torch.hypot(lab[1], lab[2])
+    if proto_chroma < achromatic_chroma:
+        threshold, weight = achromatic_chroma, achromatic_lightness_weight
+        share = float((chroma >= threshold).float().mean())
+        measured = lab.median(dim=1).values
+        reference = prototype
+    else:
+        threshold, weight = min(achromatic_chroma, proto_chroma / 2), lightness_weight
+        chromatic = chroma >= threshold
+        share = float(chromatic.float().mean())
+        chosen = lab[:, chromatic] if share >= min_chromatic_share else lab
+        measured = chosen.median(dim=1).values
+        scale = max_chroma_scale(measured[:1].cpu().float(), prototype[1:].cpu().float()[None])[0].to(lab)
+        reference = torch.stack([prototype[0], scale * prototype[1], scale * prototype[2]])
+    delta = measured - reference
+    distance = float(torch.sqrt((weight * delta[0]) ** 2 + delta[1] ** 2 + delta[2] ** 2))
+    measured_chroma = float(torch.hypot(measured[1], measured[2]))
+    agrees = distance <= tolerance and (proto_chroma < achromatic_chroma or measured_chroma >= threshold)
+    return WordMatch(
+        word=word,
+        measured=tuple(round(float(v), 4) for v in measured),
+        reference=tuple(round(float(v), 4) for v in reference),
+        distance=distance,
+        agrees=agrees,
+        chromatic_share=share,
+    )
+
+
+def pixels_to_lab(rgb) -> torch.Tensor:
+    """uint8 sRGB pixels (N, 3) -> (3, N) Lab, with the same conversion as the metric's images
+    (:func:`mtcolor.color.rgb_to_lab`)."""
+    pixels = torch.as_tensor(rgb).reshape(-1, 3).to(torch.float32) / 255.0  # (N, 3) in [0, 1]
+    return rgb_to_lab(pixels.T[None, :, None, :])[0, :, 0, :]  # (3, N)
 
 
 def color_adherence(
@@ -248,7 +336,7 @@ def color_adherence(
                 )
                 word = word if not reason else None
             else:
-                word, reason = _single_word(lexicon, text)
+                word, reason = single_color_word(text, lexicon)
             values = pixels[:, flat_labels == label]  # (3, n)
             if word is None:
                 skipped.append((index, label, reason))
@@ -256,42 +344,27 @@ def color_adherence(
             if values.shape[1] < min_pixels:
                 skipped.append((index, label, f"{values.shape[1]} pixels < min_pixels={min_pixels}"))
                 continue
-            prototype = lexicon.lab_of(word).to(values)
-            proto_chroma = float(torch.hypot(prototype[1], prototype[2]))
-            chroma = torch.hypot(values[1], values[2])
-            if proto_chroma < achromatic_chroma:
-                threshold, weight = achromatic_chroma, achromatic_lightness_weight
-                chromatic = chroma >= threshold
-                share = float(chromatic.float().mean())
-                measured = values.median(dim=1).values
-                reference = prototype
-            else:
-                threshold, weight = min(achromatic_chroma, proto_chroma / 2), lightness_weight
-                chromatic = chroma >= threshold
-                share = float(chromatic.float().mean())
-                chosen = values[:, chromatic] if share >= min_chromatic_share else values
-                measured = chosen.median(dim=1).values
-                scale = max_chroma_scale(measured[:1].cpu().float(), prototype[1:].cpu().float()[None])[0].to(
-                    values
-                )
-                reference = torch.stack([prototype[0], scale * prototype[1], scale * prototype[2]])
-            delta = measured - reference
-            distance = float(torch.sqrt((weight * delta[0]) ** 2 + delta[1] ** 2 + delta[2] ** 2))
-            measured_chroma = float(torch.hypot(measured[1], measured[2]))
-            agrees = distance <= tolerance and (
-                proto_chroma < achromatic_chroma or measured_chroma >= threshold
+            match = match_color_word(
+                values,
+                word,
+                tolerance,
+                lexicon=lexicon,
+                lightness_weight=lightness_weight,
+                achromatic_lightness_weight=achromatic_lightness_weight,
+                achromatic_chroma=achromatic_chroma,
+                min_chromatic_share=min_chromatic_share,
             )
             instances.append(
                 InstanceAdherence(
                     image_index=index,
                     instance=label,
                     text=text,
-                    word=word,
-                    measured=tuple(round(float(v), 4) for v in measured),
-                    reference=tuple(round(float(v), 4) for v in reference),
-                    distance=distance,
-                    agrees=agrees,
-                    chromatic_share=share,
+                    word=match.word,
+                    measured=match.measured,
+                    reference=match.reference,
+                    distance=match.distance,
+                    agrees=match.agrees,
+                    chromatic_share=match.chromatic_share,
                     pixels=int(values.shape[1]),
                 )
             )
