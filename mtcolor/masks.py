@@ -286,19 +286,41 @@ def resize_label_map(
     return out[0] if squeeze else out
 
 
+def _halvings(height: int, width: int):
+    """(height, width), then each UNet level below it: halved by stride-2 convolutions (``ceil`` on
+    odd sizes), down to (1, 1) and on forever (callers stop)."""
+    h, w = int(height), int(width)
+    while True:
+        yield h, w
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+
+
+def attention_grids(latent_size: tuple[int, int], levels: int) -> list[tuple[int, int]]:
+    """The token grids (h, w) of a UNet's ``levels`` resolutions for latents of ``latent_size``,
+    finest first: the latent grid, then each level halved (``ceil`` on odd sizes). SD-1.5 at 512 px:
+    ``attention_grids((64, 64), 4) == [(64, 64), (32, 32), (16, 16), (8, 8)]``.
+
+    These are the grids :func:`token_grid` finds from a token count; ``levels`` is
+    ``len(unet.config.block_out_channels)``.
+    """
+    chain = _halvings(*latent_size)
+    return [next(chain) for _ in range(levels)]
+
+
 def token_grid(num_tokens: int, height: int, width: int) -> tuple[int, int]:
     """The (h, w) token grid with ``h * w == num_tokens`` for an image/latent of size (height, width).
 
     A UNet halves its feature maps with stride-2 convolutions (``ceil`` on odd sizes), so the grid is
-    first searched along that chain starting at (height, width); if no level has ``num_tokens``
-    tokens, the factor pair of ``num_tokens`` whose aspect ratio is closest to ``height / width`` is
-    used (as diffusers' ``IPAdapterMaskProcessor.downsample`` derives it from the token count).
+    first searched along that chain (:func:`attention_grids`) starting at (height, width); if no level
+    has ``num_tokens`` tokens, the factor pair of ``num_tokens`` whose aspect ratio is closest to
+    ``height / width`` is used (as diffusers' ``IPAdapterMaskProcessor.downsample`` derives it from
+    the token count).
     """
     if num_tokens < 1:
         raise ValueError(f"num_tokens must be positive, got {num_tokens}.")
-    h, w = int(height), int(width)
-    while h * w > num_tokens and (h > 1 or w > 1):
-        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    for h, w in _halvings(height, width):
+        if h * w <= num_tokens or (h, w) == (1, 1):
+            break
     if h * w == num_tokens:
         return h, w
     target = math.log(height / width)
@@ -328,7 +350,38 @@ def _labels_present(label_map: torch.Tensor) -> list[int]:
     return torch.bincount(label_map.reshape(-1).long()).nonzero().flatten().tolist()
 
 
-def instance_masks(label_map: torch.Tensor, num_instances: int) -> torch.Tensor:
-    """Label map (..., H, W) -> float one-hot masks (..., n + 1, H, W): index 0 is m_g, k is m_k."""
-    one_hot = torch.nn.functional.one_hot(label_map.long(), num_instances + 1)  # (..., H, W, n+1)
-    return one_hot.movedim(-1, -3).float()
+def lost_instances(
+    label_map: torch.Tensor, size: tuple[int, int], grids: Sequence[tuple[int, int]]
+) -> dict[int, list[tuple[int, int]]]:
+    """Instances too small for some grids: ``{k: [grid, ...]}`` in ascending ``k``.
+
+    Args:
+        label_map: int tensor (H, W), the call's label map at the input size (0 = background).
+        size: (h, w) working size the image is resized to.
+        grids: token grids at the working size, finest first (e.g. :func:`attention_grids` of the
+            latent size).
+
+    Instance ``k`` is listed when it covers no cell of ``size`` (then ``size`` comes first in its
+    list, followed by every grid: it conditions none of them) or no token of some of ``grids`` (those
+    grids are listed). An instance absent from ``label_map`` (an empty mask) is not listed. The
+    pipeline's small-instance diagnostics and the web UI's mask check both read this.
+    """
+    lost_at_size = vanished_instances(label_map, size)  # already gone at the working size
+    lost: dict[int, list[tuple[int, int]]] = {k: [tuple(size)] for k in lost_at_size}
+    working = resize_label_map(label_map, size)
+    for grid in grids:
+        for k in sorted(set(vanished_instances(working, grid)) | set(lost_at_size)):
+            lost.setdefault(k, []).append(tuple(grid))
+    return dict(sorted(lost.items()))
+
+
+def instance_masks(
+    label_map: torch.Tensor, num_instances: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Label map (..., H, W) -> one-hot masks (..., n + 1, H, W) in ``dtype`` (1 inside, 0 outside):
+    index 0 is m_g (the background, MT eq. 8), ``k`` is m_k. Labels above ``n`` belong to no mask.
+
+    The one place masks are cut out of a label map (multi-instance fusion, the web UI overlay).
+    """
+    labels = torch.arange(num_instances + 1, device=label_map.device).view(-1, 1, 1)  # (n+1, 1, 1)
+    return (label_map.unsqueeze(-3) == labels).to(dtype)

@@ -2,7 +2,8 @@
 
 For the first ``alpha * T`` steps every instance ``i`` is denoised on its own (its text as the
 prompt, itself as the only instance) from the same initial noise as the global latent; then the
-latents are fused (MT eq. 8) and global sampling continues (MT eq. 9).
+latents are fused (MT eq. 8, :func:`fuse_latents`) and global sampling continues (MT eq. 9, the
+pipeline's global phase: ``pipelines.mtcolor_phases.global_sampling``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from .masks import instance_masks
 
 FUSIONS = ("paper", "normalized", "no_crop")
 
@@ -58,9 +61,8 @@ def fuse_latents(
     n = instance_latents.shape[0]
     if fusion == "no_crop":
         return (global_latents + instance_latents.sum(0)) / (n + 1)
-    labels = torch.arange(1, n + 1, device=label_map.device).view(n, 1, 1)
-    m = (label_map[None] == labels).to(global_latents.dtype)[:, None]  # (n, 1, h, w) m_i
-    m_g = (label_map == 0).to(global_latents.dtype)[None]  # (1, h, w)
+    masks = instance_masks(label_map, n, global_latents.dtype)  # (n + 1, h, w): m_g, m_1 .. m_n
+    m_g, m = masks[:1], masks[1:, None]  # (1, h, w), (n, 1, h, w)
     instance_part = (m * instance_latents).sum(0)
     if fusion == "paper":
         return beta * m_g * global_latents + instance_part

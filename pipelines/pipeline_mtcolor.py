@@ -1,45 +1,46 @@
 """MTColorPipeline: instance-aware, text-guided colorization with MT-Color (SD-1.5 + ControlNet +
 pixel-level mask attention + masked instance branch + multi-instance sampling).
 
-Conventions follow diffusers' ``StableDiffusionControlNetPipeline``; the MT-Color wiring of one
-denoising step lives in :func:`mtcolor.denoise.predict_noise`, shared with the training scripts.
+Conventions follow diffusers' ``StableDiffusionControlNetPipeline``. The call is split over three
+modules: this one (the pipeline class, construction, ``__call__`` in numbered steps),
+:mod:`pipelines.mtcolor_inputs` (the call's options, ``check_inputs``, input normalisation, text
+encoding, small-instance diagnostics) and :mod:`pipelines.mtcolor_phases` (the denoising phases of
+MT section III.C: instance sampling, fusion MT eq. 8, global sampling MT eq. 9). The MT-Color wiring
+of one denoising step lives in :func:`mtcolor.denoise.predict_noise`, shared with the training
+scripts.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import math
-import numbers
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
-from mtcolor.attention.kernels import IMPLS, MODES
-from mtcolor.color import luminance_to_gray, recombine_luminance, resize, rgb_to_lab
-from mtcolor.conditioning import encode_texts
-from mtcolor.denoise import predict_noise
-from mtcolor.image_io import to_uint8_image
-from mtcolor.inputs import Sample, prepare_samples, working_size
-from mtcolor.masks import resize_label_map, vanished_instances
+from mtcolor.color import luminance_to_gray, resize
+from mtcolor.inputs import Sample, working_size
+from mtcolor.masks import resize_label_map
 from mtcolor.models.adapter import MTColorAdapter
-from mtcolor.sampling import FUSIONS, fuse_latents, instance_passes
 
+from . import mtcolor_inputs
 from .loading import load_pipeline
+from .mtcolor_card import write_card
+from .mtcolor_inputs import OUTPUT_TYPES, CallOptions, MTColorInputsMixin, SmallInstanceWarning
+from .mtcolor_phases import TextEmbeds, colorize_group, format_images
+
+__all__ = ["MTColorPipeline", "MTColorPipelineOutput", "SmallInstanceWarning", "CallOptions", "OUTPUT_TYPES"]
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -56,11 +57,6 @@ EXAMPLE_DOC_STRING = """
         True
         ```
 """
-
-
-class SmallInstanceWarning(UserWarning):
-    """Some instances are smaller than one token of the coarser attention grids (which they then do
-    not condition). Issued once per call; the details are in ``MTColorPipelineOutput.diagnostics``."""
 
 
 @dataclass
@@ -85,64 +81,7 @@ class MTColorPipelineOutput(BaseOutput):
     diagnostics: list[dict] = field(default_factory=list)
 
 
-@dataclass
-class _TextEmbeds:
-    """Encoded texts of every generated image (rows / list items in output order)."""
-
-    prompt: torch.Tensor  # (N, L, D) global prompt hidden states
-    negative: torch.Tensor | None  # (N, L, D), None without classifier-free guidance
-    instance_hidden: list  # per image (n_b, L, D) hidden states of its instance texts (or None)
-    instance_pooled: list  # per image (n_b, D_text) pooled instance text embeddings
-
-    def select(self, rows: list[int]) -> _TextEmbeds:
-        return _TextEmbeds(
-            self.prompt[rows],
-            None if self.negative is None else self.negative[rows],
-            [self.instance_hidden[r] for r in rows],
-            [self.instance_pooled[r] for r in rows],
-        )
-
-
-@dataclass
-class _Units:
-    """The latents denoised together in one phase, with their per-unit conditioning. The first
-    ``batch`` units are the global latents, one per image; instance passes follow."""
-
-    latents: torch.Tensor  # (U, 4, h, w)
-    prompt_embeds: torch.Tensor  # (U, L, D)
-    negative_embeds: torch.Tensor | None  # (U, L, D), None without classifier-free guidance
-    label_maps: torch.Tensor  # (U, h_img, w_img)
-    instance_embeds: torch.Tensor  # (U, n_max, D_text)
-    instance_counts: torch.Tensor  # (U,)
-    control: torch.Tensor | None  # (U, 3, h_img, w_img)
-    source: torch.Tensor  # (U,) int64: the image of the group each unit belongs to
-
-    def take(self, rows) -> _Units:
-        return _Units(**{f.name: _rows(getattr(self, f.name), rows) for f in fields(self)})
-
-
-def _rows(value, rows):
-    return None if value is None else value[rows]
-
-
-@dataclass(frozen=True)
-class _SamplingOptions:
-    """The per-call options every group of images is sampled with (see ``__call__``)."""
-
-    num_inference_steps: int
-    alpha: float
-    beta: float
-    fusion: str
-    eta: float
-    max_batch: int | None
-    controlnet_conditioning_scale: float
-    use_control_residuals: bool
-    context_options: dict
-    callback_on_step_end: Callable | None
-    callback_tensors: tuple[str, ...]
-
-
-class MTColorPipeline(DiffusionPipeline):
+class MTColorPipeline(MTColorInputsMixin, DiffusionPipeline):
     r"""Colorize a gray image from instance masks + instance texts (+ an optional global prompt).
 
     Components:
@@ -246,48 +185,11 @@ class MTColorPipeline(DiffusionPipeline):
         sections: dict | None = None,
         load_from: str | None = None,
     ):
-        """Write ``folder/README.md`` describing this pipeline (see :func:`mtcolor.hub.write_model_card`).
+        """Write ``folder/README.md`` describing this pipeline (see :func:`pipelines.mtcolor_card.write_card`).
 
         ``load_from`` is the Python expression shown in the usage example (default: the folder path).
         """
-        from mtcolor.hub import write_model_card
-
-        unet = self.unet.config
-        facts = {
-            "Model": (
-                f"- UNet: `block_out_channels={list(unet.block_out_channels)}`, cross-attention dim "
-                f"{unet.cross_attention_dim}\n- ControlNet: {'yes' if self.controlnet is not None else 'no (stage-1 model)'}\n"
-                f"- MT-Color adapter: {sum(p.numel() for p in self.adapter.parameters()):,} parameters, "
-                f"attention mode `{self.adapter.config.attention_mode}`, PMAM keys from "
-                f"`{self.adapter.config.pmam_key_source}`\n- Scheduler: `{type(self.scheduler).__name__}`"
-            ),
-            "Inputs": (
-                "- `image`: a gray photo, any size (a colour input contributes its luminance)\n"
-                "- `masks` + `texts`: one binary mask (aligned with the image) and one text per instance, "
-                'e.g. "a red car"\n- `prompt`: optional global description\n'
-                "The output has the input's size and exact luminance (Lab L); the model predicts the colour."
-            ),
-        }
-        facts.update(sections or {})
-        return write_model_card(
-            folder,
-            pipeline_class=type(self).__name__,
-            pipeline_tag="image-to-image",
-            base_model=base_model,
-            tags=["mt-color", "controlnet", "text-guided-colorization", *tags],
-            description=(
-                "MT-Color: instance-aware, text-guided image colorization (SD-1.5-style UNet + ControlNet on "
-                "the gray image + pixel-level mask attention + a masked instance self-attention branch + "
-                "multi-instance sampling), as implemented by the `mtcolor` package on Hugging Face diffusers."
-            ),
-            usage=(
-                ("import mtcolor\n" if load_from else "")
-                + "from mtcolor import MTColorPipeline\n\n"
-                + f"pipe = MTColorPipeline.from_pretrained({load_from or repr(str(folder))})\n"
-                'image = pipe(gray, masks, texts, prompt="a sunny street").images[0]'
-            ),
-            sections=facts,
-        )
+        return write_card(self, folder, base_model, tags, sections, load_from)
 
     # ------------------------------------------------------------------ state read by callbacks
     @property
@@ -335,303 +237,6 @@ class MTColorPipeline(DiffusionPipeline):
         finally:
             self.unet.set_attn_processor(original)
 
-    # ------------------------------------------------------------------ inputs
-    def check_inputs(
-        self,
-        *,
-        samples: list[Sample],
-        num_inference_steps,
-        guidance_scale,
-        alpha,
-        beta,
-        eta,
-        fusion,
-        output_type,
-        working_resolution,
-        num_images_per_prompt,
-        controlnet_conditioning_scale,
-        attention_mode,
-        attention_impl,
-        max_batch,
-        generator,
-        callback_on_step_end_tensor_inputs,
-        prompt=None,
-        negative_prompt=None,
-        prompt_embeds=None,
-        negative_prompt_embeds=None,
-        instance_prompt_embeds=None,
-        instance_pooled_embeds=None,
-    ) -> None:
-        """Raise ``ValueError`` / ``TypeError`` naming the argument, the value received and the fix.
-
-        ``samples`` are the prepared inputs (one per input image); ``instance_prompt_embeds`` /
-        ``instance_pooled_embeds`` are None or one tensor per input image.
-        """
-        for b, sample in enumerate(samples):
-            if min(sample.size) < 1:
-                name = f"image[{b}]" if len(samples) > 1 else "image"
-                raise ValueError(
-                    f"{name} is empty ({sample.size[0]} x {sample.size[1]} pixels, H x W); pass an image with "
-                    "at least one pixel in each dimension."
-                )
-        if (
-            isinstance(num_inference_steps, bool)
-            or not isinstance(num_inference_steps, int)
-            or num_inference_steps < 1
-        ):
-            raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}.")
-        _check_number("alpha", alpha, 0.0, 1.0, "the share of instance-sampling steps, e.g. 0.2")
-        _check_number("beta", beta, 0.0, None, "the global latent's weight in MT eq. 8, e.g. 0.2")
-        _check_number("guidance_scale", guidance_scale, 0.0, None, "e.g. 7.5; <= 1 disables guidance")
-        _check_number("eta", eta, 0.0, None, "DDIM's eta: 0 deterministic, 1 DDPM-like")
-        _check_number("controlnet_conditioning_scale", controlnet_conditioning_scale, None, None, "e.g. 1.0")
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion={fusion!r}; expected one of {FUSIONS}.")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r}; expected one of {OUTPUT_TYPES}.")
-        if attention_mode is not None and attention_mode not in MODES:
-            raise ValueError(
-                f"attention_mode={attention_mode!r}; expected one of {MODES} or None (the adapter's "
-                f"default, {self.adapter.config.attention_mode!r})."
-            )
-        if attention_impl not in IMPLS:
-            raise ValueError(
-                f"attention_impl={attention_impl!r}; expected one of {IMPLS} ('auto' picks one)."
-            )
-        if (
-            isinstance(working_resolution, bool)
-            or not isinstance(working_resolution, int)
-            or working_resolution < self.vae_scale_factor
-        ):
-            raise ValueError(
-                f"working_resolution must be an int >= {self.vae_scale_factor} (or None for the model's own "
-                f"{self.default_working_resolution}), got {working_resolution!r}."
-            )
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be a positive int, got {num_images_per_prompt!r}.")
-        if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
-            raise ValueError(f"max_batch must be a positive int or None, got {max_batch!r}.")
-        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-        if unknown:
-            raise ValueError(
-                f"callback_on_step_end_tensor_inputs has {unknown}; allowed: {self._callback_tensor_inputs}."
-            )
-        batch = len(samples)
-        total = batch * num_images_per_prompt
-        if isinstance(generator, list) and len(generator) != total:
-            raise ValueError(
-                f"generator is a list of {len(generator)} generators but {total} images are generated "
-                f"({batch} inputs x num_images_per_prompt={num_images_per_prompt}); pass one per image."
-            )
-        self._check_embeds(
-            samples,
-            alpha,
-            prompt,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            instance_prompt_embeds,
-            instance_pooled_embeds,
-        )
-
-    def _check_embeds(
-        self,
-        samples,
-        alpha,
-        prompt,
-        negative_prompt,
-        prompt_embeds,
-        negative_prompt_embeds,
-        instance_prompt_embeds,
-        instance_pooled_embeds,
-    ) -> None:
-        """Precomputed text embeddings: not together with their texts, and of the right shapes."""
-        for name, text, embeds in (
-            ("prompt", prompt, prompt_embeds),
-            ("negative_prompt", negative_prompt, negative_prompt_embeds),
-        ):
-            if text is not None and embeds is not None:
-                raise ValueError(f"{name} and {name}_embeds are both given; pass only one of them.")
-        width = self.unet.config.cross_attention_dim
-        length = None
-        for name, embeds in (
-            ("prompt_embeds", prompt_embeds),
-            ("negative_prompt_embeds", negative_prompt_embeds),
-        ):
-            if embeds is None:
-                continue
-            got = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
-            if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3:
-                raise ValueError(f"{name} is {got}; pass a (B, L, D) tensor (one row per input image).")
-            expected = (len(samples), length or embeds.shape[1], width)
-            if got != expected:
-                raise ValueError(
-                    f"{name} has shape {got}; expected (B, L, D) = {expected}: one row per input image, "
-                    f"D = the UNet's cross_attention_dim ({width}), the same L as the other text embeddings."
-                )
-            length = embeds.shape[1]
-        if instance_pooled_embeds is None:
-            if instance_prompt_embeds is not None:
-                raise ValueError(
-                    "instance_prompt_embeds is given without instance_pooled_embeds; pass both (the pooled "
-                    "embeddings are the instance encoder's text input, MT eq. 3), or pass texts instead."
-                )
-            return
-        if length is None:
-            from mtcolor.text_encoders import text_max_length
-
-            length = text_max_length(self.tokenizer, self.text_encoder)
-        text_dim = self.adapter.config.text_embed_dim
-        for b, sample in enumerate(samples):
-            tag = f"[{b}]" if len(samples) > 1 else ""
-            n = len(sample.texts)
-            pooled = instance_pooled_embeds[b]
-            if tuple(pooled.shape) != (n, text_dim):
-                raise ValueError(
-                    f"instance_pooled_embeds{tag} has shape {tuple(pooled.shape)}; expected (n, D) = "
-                    f"{(n, text_dim)}: one row per mask, D = the adapter's text_embed_dim."
-                )
-            if instance_prompt_embeds is None:
-                if n and alpha > 0:
-                    raise ValueError(
-                        f"instance_prompt_embeds is None but alpha={alpha} samples each instance with its own "
-                        "text as the prompt; pass instance_prompt_embeds (n, L, D) per image, or alpha=0."
-                    )
-                continue
-            hidden = instance_prompt_embeds[b]
-            if tuple(hidden.shape) != (n, length, width):
-                raise ValueError(
-                    f"instance_prompt_embeds{tag} has shape {tuple(hidden.shape)}; expected (n, L, D) = "
-                    f"{(n, length, width)}: one row per mask, the prompt embeddings' L and D."
-                )
-
-    def _prepare_samples(
-        self, image, masks, texts, prompt, negative_prompt, instance_prompt_embeds, instance_pooled_embeds
-    ) -> tuple[list[Sample], bool, list | None, list | None]:
-        """Normalise the inputs (see :func:`mtcolor.inputs.prepare_samples`).
-
-        Returns ``(samples, batched, instance_prompt_embeds, instance_pooled_embeds)``: ``batched``
-        tells whether ``image`` was a batch (a list or a 4-D tensor); the instance embeddings become one
-        tensor per image (or None). Instances given as embeddings are named after them in warnings.
-        """
-        batched = isinstance(image, (list, tuple)) or (isinstance(image, torch.Tensor) and image.ndim == 4)
-        count = len(image) if batched else 1
-        hidden = _per_image(instance_prompt_embeds, "instance_prompt_embeds", batched, count, 3)
-        pooled = _per_image(instance_pooled_embeds, "instance_pooled_embeds", batched, count, 2)
-        if pooled is not None:
-            if texts is not None:
-                raise ValueError("texts and instance_pooled_embeds are both given; pass only one of them.")
-            texts = [
-                [f"instance_pooled_embeds{f'[{b}]' if batched else ''}[{i}]" for i in range(len(p))]
-                for b, p in enumerate(pooled)
-            ]
-            per_image_masks = list(masks) if batched and masks is not None else [masks]
-            for b, (m, names) in enumerate(zip(per_image_masks, texts)):
-                n_masks = 0 if m is None else (1 if getattr(m, "ndim", 0) == 2 else len(m))
-                if n_masks != len(names):
-                    tag = f"[{b}]" if batched else ""
-                    raise ValueError(
-                        f"masks{tag} has {n_masks} masks but instance_pooled_embeds{tag} has {len(names)} rows; "
-                        "give exactly one embedding per mask."
-                    )
-            texts = texts if batched else texts[0]
-        samples = prepare_samples(image, masks, texts, prompt, negative_prompt)
-        return samples, batched, hidden, pooled
-
-    # ------------------------------------------------------------------ text conditioning
-    def _encode_unique(self, texts: list[str], names: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-        """:func:`mtcolor.conditioning.encode_texts` on each distinct text once; rows follow ``texts``."""
-        unique = list(dict.fromkeys(texts))
-        labels = [", ".join(dict.fromkeys(n for t, n in zip(texts, names) if t == u)) for u in unique]
-        hidden, pooled = encode_texts(self.tokenizer, self.text_encoder, unique, device, labels)
-        rows = torch.tensor([unique.index(t) for t in texts], device=hidden.device)
-        return hidden[rows], pooled[rows]
-
-    def encode_prompt(
-        self,
-        prompt,
-        device,
-        num_images_per_prompt: int = 1,
-        do_classifier_free_guidance: bool = True,
-        negative_prompt=None,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        *,
-        batch_size: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        r"""Encode the global prompt (and the negative prompt under classifier-free guidance), as
-        ``StableDiffusionControlNetPipeline.encode_prompt`` does.
-
-        Args:
-            prompt: str, list of str (one per image) or None (no prompt: ``""``).
-            device: device of the returned embeddings.
-            num_images_per_prompt: images per prompt; every row is repeated that many times (image-major).
-            do_classifier_free_guidance: encode the negative prompt too; otherwise it is skipped and
-                ``negative_prompt_embeds`` is returned as given (None by default).
-            negative_prompt: str, list of str or None (``""``).
-            prompt_embeds: (B, L, D) precomputed text-encoder hidden states, used instead of ``prompt``.
-            negative_prompt_embeds: (B, L, D) precomputed, used instead of ``negative_prompt``.
-            batch_size: number of images B when ``prompt`` is a str or None (default 1).
-
-        Returns:
-            ``prompt_embeds`` (B * num_images_per_prompt, L, D) and ``negative_prompt_embeds`` of the same
-            shape or None. Texts longer than the text encoder's limit are truncated with a warning that
-            names them (``prompt``, ``prompt[1]``, ``negative_prompt``).
-        """
-        if prompt_embeds is None:
-            texts, names = _texts_and_names(prompt, "prompt", batch_size)
-            prompt_embeds = self._encode_unique(texts, names, device)[0]
-        if do_classifier_free_guidance and negative_prompt_embeds is None:
-            texts, names = _texts_and_names(negative_prompt, "negative_prompt", prompt_embeds.shape[0])
-            negative_prompt_embeds = self._encode_unique(texts, names, device)[0]
-        repeat = lambda x: None if x is None else x.to(device).repeat_interleave(num_images_per_prompt, 0)  # noqa: E731
-        return repeat(prompt_embeds), repeat(negative_prompt_embeds)
-
-    def encode_instance_texts(
-        self,
-        texts: list[list[str]],
-        device,
-        num_images_per_prompt: int = 1,
-        instance_prompt_embeds: list[torch.Tensor] | None = None,
-        instance_pooled_embeds: list[torch.Tensor] | None = None,
-        names: list[list[str]] | None = None,
-    ) -> tuple[list, list]:
-        """Encode every instance text of a call once: its hidden states (the prompt of its instance
-        pass) and its pooled embedding (the instance encoder's text input, MT eq. 3).
-
-        Args:
-            texts: per input image, its instance texts (possibly none).
-            device: device of the returned embeddings.
-            num_images_per_prompt: every image's entry is repeated that many times (image-major).
-            instance_prompt_embeds: per image (n_b, L, D) precomputed hidden states (or None).
-            instance_pooled_embeds: per image (n_b, D_text) precomputed pooled embeddings; with it,
-                ``texts`` are not encoded.
-            names: per image, how truncation warnings name each text (default ``texts[b][i]``).
-
-        Returns:
-            two lists with one entry per generated image: hidden states (n_b, L, D) (None when only
-            pooled embeddings were given) and pooled embeddings (n_b, D_text).
-        """
-        if instance_pooled_embeds is not None:
-            hidden = list(instance_prompt_embeds or [None] * len(texts))
-            pooled = list(instance_pooled_embeds)
-        else:
-            names = names or [[f"texts[{b}][{i}]" for i in range(len(t))] for b, t in enumerate(texts)]
-            flat = [text for sample in texts for text in sample]
-            hidden, pooled = [], []
-            if flat:
-                all_hidden, all_pooled = self._encode_unique(flat, [n for s in names for n in s], device)
-                sizes = [len(t) for t in texts]
-                hidden, pooled = list(all_hidden.split(sizes)), list(all_pooled.split(sizes))
-            else:
-                width = self.adapter.config.text_embed_dim
-                hidden = [None] * len(texts)
-                pooled = [torch.zeros(0, width, device=device) for _ in texts]
-        move = lambda x: None if x is None else x.to(device)  # noqa: E731
-        hidden = [move(h) for h in hidden for _ in range(num_images_per_prompt)]
-        pooled = [move(p) for p in pooled for _ in range(num_images_per_prompt)]
-        return hidden, pooled
-
     # ------------------------------------------------------------------ preparation
     def prepare_latents(self, batch, latent_size, dtype, device, generator, latents=None) -> torch.Tensor:
         """Initial noise z_T (batch, 4, h, w), from ``generator`` unless ``latents`` is given."""
@@ -665,66 +270,6 @@ class MTColorPipeline(DiffusionPipeline):
             if sample.label_map is not None:
                 label_maps[b] = resize_label_map(sample.label_map, size)
         return label_maps.to(device), control
-
-    def _attention_grids(self, latent_size: tuple[int, int]) -> list[tuple[int, int]]:
-        """Token grids (h, w) of the UNet's attention levels, finest first."""
-        grids, (h, w) = [], latent_size
-        for _ in self.unet.config.block_out_channels:
-            grids.append((h, w))
-            h, w = -(-h // 2), -(-w // 2)
-        return grids
-
-    def small_instances(self, samples: list[Sample], working_resolution: int, batched: bool) -> list[dict]:
-        """Instances smaller than one token of some attention grids at the working size (they do not
-        condition those grids): the ``"small_instance"`` diagnostics of :class:`MTColorPipelineOutput`."""
-        found = []
-        for b, sample in enumerate(samples):
-            if sample.label_map is None:
-                continue
-            size = working_size(sample.size, working_resolution, self.vae_scale_factor)
-            label_map = resize_label_map(sample.label_map, size)
-            lost_at_size = vanished_instances(sample.label_map, size)  # already gone at the working size
-            lost: dict[int, list] = {k: [size] for k in lost_at_size}
-            latent_size = (size[0] // self.vae_scale_factor, size[1] // self.vae_scale_factor)
-            for grid in self._attention_grids(latent_size):
-                for k in sorted(set(vanished_instances(label_map, grid)) | set(lost_at_size)):
-                    lost.setdefault(k, []).append(grid)
-            for k in sorted(lost):
-                found.append(
-                    {
-                        "kind": "small_instance",
-                        "image": b,
-                        "instance": k - 1,
-                        "name": f"texts[{b}][{k - 1}]" if batched else f"texts[{k - 1}]",
-                        "text": sample.texts[k - 1],
-                        "pixels": int((label_map == k).sum()),
-                        "working_size": list(size),
-                        "lost_grids": [list(grid) for grid in lost[k]],
-                    }
-                )
-        return found
-
-    @staticmethod
-    def _warn_small_instances(diagnostics: list[dict]) -> None:
-        """One :class:`SmallInstanceWarning` summarising every small instance of the call."""
-        groups: dict[tuple, list[dict]] = {}
-        for item in diagnostics:
-            if item["kind"] == "small_instance":
-                groups.setdefault(tuple(tuple(g) for g in item["lost_grids"]), []).append(item)
-        if not groups:
-            return
-        parts = []
-        for grids, items in groups.items():
-            where = " and ".join(f"{h}x{w}" for h, w in grids)
-            named = ", ".join(f"{item['name']} {item['text']!r}" for item in items)
-            verb = "instances are" if len(items) > 1 else "instance is"
-            parts.append(f"{len(items)} {verb} smaller than one token at {where} ({named})")
-        warnings.warn(
-            "; ".join(parts) + ": they condition finer attention grids only. Enlarge those masks or raise "
-            "working_resolution to keep them; the output's diagnostics list the details.",
-            SmallInstanceWarning,
-            stacklevel=4,
-        )
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -833,35 +378,48 @@ class MTColorPipeline(DiffusionPipeline):
 
         Examples:
         """
-        # 0. A callback object declares the tensors it reads
+        # 0. The call's options, packed once (a callback object declares the tensors it reads)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-
-        # 1. Check inputs
-        if sam_points is not None or sam_boxes is not None:
-            masks = self._masks_from_sam(image, masks, sam_points, sam_boxes, sam_checkpoint, sam_model_type)
-        samples, batched, instance_prompt_embeds, instance_pooled_embeds = self._prepare_samples(
-            image, masks, texts, prompt, negative_prompt, instance_prompt_embeds, instance_pooled_embeds
-        )
-        if working_resolution is None:
-            working_resolution = self.default_working_resolution
-        self.check_inputs(
-            samples=samples,
+        options = CallOptions(
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             alpha=alpha,
             beta=beta,
-            eta=eta,
             fusion=fusion,
+            eta=eta,
+            working_resolution=self.default_working_resolution
+            if working_resolution is None
+            else working_resolution,
             output_type=output_type,
-            working_resolution=working_resolution,
+            preserve_luminance=preserve_luminance,
             num_images_per_prompt=num_images_per_prompt,
             controlnet_conditioning_scale=controlnet_conditioning_scale,
             attention_mode=attention_mode,
             attention_impl=attention_impl,
+            use_pmam=use_pmam,
+            use_instance_branch=use_instance_branch,
+            use_instance_masks=use_instance_masks,
+            use_control_residuals=use_control_residuals,
             max_batch=max_batch,
+            callback_on_step_end=callback_on_step_end,
+            callback_tensors=tuple(callback_on_step_end_tensor_inputs),
+        )
+
+        # 1. Check inputs
+        if sam_points is not None or sam_boxes is not None:
+            masks = mtcolor_inputs.masks_from_sam(
+                image, masks, sam_points, sam_boxes, sam_checkpoint, sam_model_type
+            )
+        samples, batched, instance_prompt_embeds, instance_pooled_embeds = (
+            mtcolor_inputs.prepare_call_samples(
+                image, masks, texts, prompt, negative_prompt, instance_prompt_embeds, instance_pooled_embeds
+            )
+        )
+        self.check_inputs(
+            samples=samples,
+            options=options,
             generator=generator,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             prompt=prompt,
             negative_prompt=negative_prompt,
             prompt_embeds=prompt_embeds,
@@ -874,8 +432,8 @@ class MTColorPipeline(DiffusionPipeline):
         device = self._execution_device
 
         # 2. Instances smaller than one token of the coarser attention grids: one summary warning
-        diagnostics = self.small_instances(samples, working_resolution, batched)
-        self._warn_small_instances(diagnostics)
+        diagnostics = self.small_instances(samples, options.working_resolution, batched)
+        mtcolor_inputs.warn_small_instances(diagnostics, stacklevel=3)  # the caller's line
 
         # 3. Encode the global prompts and every instance text once
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
@@ -899,46 +457,27 @@ class MTColorPipeline(DiffusionPipeline):
                 for b, s in enumerate(samples)
             ],
         )
-        embeds = _TextEmbeds(prompt_embeds, negative_prompt_embeds, instance_hidden, instance_pooled)
+        embeds = TextEmbeds(prompt_embeds, negative_prompt_embeds, instance_hidden, instance_pooled)
 
         # 4. One entry per generated image; images that share a working size are denoised together
         samples = [s for s in samples for _ in range(num_images_per_prompt)]
         groups: dict[tuple[int, int], list[int]] = {}
         for row, sample in enumerate(samples):
-            size = working_size(sample.size, working_resolution, self.vae_scale_factor)
+            size = working_size(sample.size, options.working_resolution, self.vae_scale_factor)
             groups.setdefault(size, []).append(row)
-        options = _SamplingOptions(
-            num_inference_steps=num_inference_steps,
-            alpha=alpha,
-            beta=beta,
-            fusion=fusion,
-            eta=eta,
-            max_batch=max_batch,
-            controlnet_conditioning_scale=controlnet_conditioning_scale,
-            use_control_residuals=use_control_residuals,
-            context_options={
-                "mode": attention_mode,
-                "impl": attention_impl,
-                "use_pmam": use_pmam,
-                "use_instance_branch": use_instance_branch,
-                "use_instance_masks": use_instance_masks,
-            },
-            callback_on_step_end=callback_on_step_end,
-            callback_tensors=tuple(callback_on_step_end_tensor_inputs),
-        )
 
-        # 5. Denoise and decode each group, with the MT-Color processors installed for this call only
+        # 5. Denoise (MT section III.C, eq. 8-9) and decode each group, with the MT-Color processors
+        #    installed for this call only
         results: list = [None] * len(samples)
         with self.mtcolor_attention():
             for size, rows in groups.items():
-                outputs = self._colorize_group(
+                outputs = colorize_group(
+                    self,
                     [samples[r] for r in rows],
                     embeds.select(rows),
                     size,
                     [generator[r] for r in rows] if isinstance(generator, list) else generator,
                     None if latents is None else latents[rows],
-                    output_type,
-                    preserve_luminance,
                     options,
                 )
                 for row, output in zip(rows, outputs):
@@ -946,314 +485,7 @@ class MTColorPipeline(DiffusionPipeline):
 
         # 6. Post-process
         self.maybe_free_model_hooks()
-        images = self._format(results, output_type)
+        images = format_images(results, output_type)
         if not return_dict:
             return (images,)
         return MTColorPipelineOutput(images=images, diagnostics=diagnostics)
-
-    @staticmethod
-    def _masks_from_sam(image, masks, points, boxes, checkpoint, model_type):
-        if masks is not None:
-            raise ValueError("masks and sam_points/sam_boxes are both given; pass one of them.")
-        from mtcolor.sam import masks_from_sam
-
-        return masks_from_sam(image, points=points, boxes=boxes, checkpoint=checkpoint, model_type=model_type)
-
-    # ------------------------------------------------------------------ one group of images
-    def _colorize_group(
-        self,
-        samples: list[Sample],
-        embeds: _TextEmbeds,
-        size: tuple[int, int],
-        generator,
-        latents: torch.Tensor | None,
-        output_type: str,
-        preserve_luminance: bool,
-        options: _SamplingOptions,
-    ) -> list:
-        """Denoise and decode the images of ``samples``, which share the working size ``size``."""
-        device, dtype = self._execution_device, self.unet.dtype
-        batch = len(samples)
-        latent_size = (size[0] // self.vae_scale_factor, size[1] // self.vae_scale_factor)
-
-        # a. Label maps and the gray conditioning image at the working size
-        label_maps, control = self.prepare_conditioning(samples, size, device, dtype)
-
-        # b. Timesteps and the initial noise z_T (shared by every instance pass: z_T^i = z_T)
-        self.scheduler.set_timesteps(options.num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        self._num_timesteps = len(timesteps)
-        latents = self.prepare_latents(batch, latent_size, dtype, device, generator, latents)
-
-        # c. Phase-1 units (MT section III.C): the global latents, then one per instance pass
-        units = self._global_units(latents, embeds, label_maps, control, dtype)
-        passes = instance_passes(units.instance_counts.tolist())
-        instance_steps = int(round(options.alpha * options.num_inference_steps)) if passes else 0
-        if instance_steps and hasattr(self.scheduler, "model_outputs"):
-            raise ValueError(
-                f"{type(self.scheduler).__name__} keeps a multistep history, which multi-instance sampling "
-                "(alpha > 0) cannot fuse; use DDIMScheduler (the default) or alpha=0."
-            )
-        if instance_steps:
-            units = self._with_instance_units(units, embeds, passes)
-
-        # d. Denoising loop: fusion (MT eq. 8) after the instance steps, then global sampling (MT eq. 9)
-        latents = self._denoising_loop(
-            units, samples, passes, instance_steps, timesteps, latent_size, generator, options
-        )
-
-        # e. Decode and recombine with each input's own luminance at full resolution
-        return self._decode(latents, samples, output_type, preserve_luminance)
-
-    def _global_units(self, latents, embeds: _TextEmbeds, label_maps, control, dtype) -> _Units:
-        """One unit per image: its prompt, all its instances (pooled texts padded to n_max)."""
-        device, batch = latents.device, latents.shape[0]
-        counts = torch.tensor([len(p) for p in embeds.instance_pooled], dtype=torch.long, device=device)
-        n_max = int(counts.max()) if batch else 0
-        instance_embeds = torch.zeros(
-            batch, n_max, self.adapter.config.text_embed_dim, device=device, dtype=dtype
-        )
-        for b, pooled in enumerate(embeds.instance_pooled):
-            instance_embeds[b, : len(pooled)] = pooled.to(device=device, dtype=dtype)
-        return _Units(
-            latents=latents,
-            prompt_embeds=embeds.prompt.to(device=device, dtype=dtype),
-            negative_embeds=None
-            if embeds.negative is None
-            else embeds.negative.to(device=device, dtype=dtype),
-            label_maps=label_maps,
-            instance_embeds=instance_embeds,
-            instance_counts=counts,
-            control=control,
-            source=torch.arange(batch, device=device),
-        )
-
-    def _with_instance_units(self, units: _Units, embeds: _TextEmbeds, passes) -> _Units:
-        """Append one unit per instance pass: its own text as the prompt, itself as the only instance."""
-        device, dtype = units.latents.device, units.latents.dtype
-        idx = torch.tensor([p.sample for p in passes], device=device)
-        own_prompt = torch.stack([embeds.instance_hidden[p.sample][p.instance - 1] for p in passes])
-        own_label = torch.stack(
-            [(units.label_maps[p.sample] == p.instance).long() for p in passes]
-        )  # the instance becomes instance 1, everything else background
-        own_embeds = torch.zeros(len(passes), *units.instance_embeds.shape[1:], device=device, dtype=dtype)
-        for j, p in enumerate(passes):
-            own_embeds[j, 0] = units.instance_embeds[p.sample, p.instance - 1]
-        extra = _Units(
-            latents=units.latents[idx],
-            prompt_embeds=own_prompt.to(device=device, dtype=dtype),
-            negative_embeds=_rows(units.negative_embeds, idx),
-            label_maps=own_label,
-            instance_embeds=own_embeds,
-            instance_counts=torch.ones(len(passes), dtype=torch.long, device=device),
-            control=_rows(units.control, idx),
-            source=idx,
-        )
-        return _Units(
-            **{
-                f.name: None
-                if getattr(units, f.name) is None
-                else torch.cat([getattr(units, f.name), getattr(extra, f.name)])
-                for f in fields(_Units)
-            }
-        )
-
-    def _denoising_loop(
-        self, units: _Units, samples, passes, instance_steps, timesteps, latent_size, generator, options
-    ) -> torch.Tensor:
-        """Run every step on ``units``; returns the final latents (B, 4, h, w) of the B images."""
-        batch = len(samples)
-        contexts_cfg = None  # the guidance the MT-Color contexts were built for
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    continue
-                if i == instance_steps and units.latents.shape[0] > batch:
-                    fused = self._fuse(units, batch, passes, latent_size, options)  # MT eq. 8
-                    units = replace(units.take(slice(0, batch)), latents=fused)  # then MT eq. 9
-                    contexts_cfg = None
-                cfg = self.do_classifier_free_guidance  # a callback may have changed guidance_scale
-                if cfg and units.negative_embeds is None:
-                    negatives = [s.negative_prompt for s in samples]
-                    negative, _ = self._encode_unique(
-                        negatives, ["negative_prompt"] * batch, units.latents.device
-                    )
-                    units.negative_embeds = negative.to(units.prompt_embeds.dtype)[units.source]
-                if cfg != contexts_cfg:
-                    chunks, contexts = self._contexts(units, latent_size, cfg, options)
-                    contexts_cfg = cfg
-                noise = self._denoise(units, t, cfg, contexts, chunks, options)
-                step_generator = (
-                    [generator[s] for s in units.source.tolist()]
-                    if isinstance(generator, list)
-                    else generator
-                )
-                extra_step = self.prepare_extra_step_kwargs(step_generator, options.eta)
-                units.latents = self.scheduler.step(noise, t, units.latents, **extra_step, return_dict=False)[
-                    0
-                ]
-                if options.callback_on_step_end is not None:
-                    self._step_callback(units, batch, i, t, options)
-                progress_bar.update()
-        if units.latents.shape[0] > batch:  # alpha = 1 (or interrupted during phase 1): fuse at the end
-            units.latents = self._fuse(units, batch, passes, latent_size, options)
-        return units.latents[:batch]
-
-    def _step_callback(self, units: _Units, batch: int, step: int, t, options: _SamplingOptions) -> None:
-        """Call ``callback_on_step_end`` with the global rows and take back the tensors it returns."""
-        values = {
-            "latents": units.latents[:batch],
-            "prompt_embeds": units.prompt_embeds[:batch],
-            "negative_prompt_embeds": _rows(units.negative_embeds, slice(0, batch)),
-        }
-        inputs = {k: values[k] for k in options.callback_tensors}
-        outputs = options.callback_on_step_end(self, step, t, inputs) or {}
-        for key, attr in (
-            ("latents", "latents"),
-            ("prompt_embeds", "prompt_embeds"),
-            ("negative_prompt_embeds", "negative_embeds"),
-        ):
-            new = outputs.get(key)
-            current = getattr(units, attr)
-            if new is None or current is None or new is values[key]:
-                continue
-            if tuple(new.shape) != tuple(values[key].shape):
-                raise ValueError(
-                    f"callback_on_step_end returned {key} of shape {tuple(new.shape)}; expected "
-                    f"{tuple(values[key].shape)} (one row per image of the batch)."
-                )
-            setattr(units, attr, torch.cat([new.to(current.dtype), current[batch:]]))
-
-    def _denoise(self, units: _Units, t, cfg: bool, contexts: list, chunks: list, options) -> torch.Tensor:
-        """Noise prediction (with classifier-free guidance if ``cfg``) for every unit, chunk by chunk."""
-        outputs = []
-        for (start, stop), context in zip(chunks, contexts):
-            latents = units.latents[start:stop]
-            embeds = units.prompt_embeds[start:stop]
-            control = units.control[start:stop] if units.control is not None else None
-            if cfg:
-                latents = torch.cat([latents, latents])
-                embeds = torch.cat([units.negative_embeds[start:stop], embeds])
-                control = torch.cat([control, control]) if control is not None else None
-            model_input = self.scheduler.scale_model_input(latents, t)
-            noise = predict_noise(
-                self.unet,
-                model_input,
-                t,
-                embeds,
-                context=context,
-                controlnet=self.controlnet,
-                control_image=control,
-                conditioning_scale=options.controlnet_conditioning_scale,
-                use_control_residuals=options.use_control_residuals,
-            )
-            if cfg:
-                uncond, cond = noise.chunk(2)
-                noise = uncond + self.guidance_scale * (cond - uncond)
-            outputs.append(noise)
-        return torch.cat(outputs)
-
-    def _contexts(self, units: _Units, latent_size, cfg: bool, options: _SamplingOptions):
-        """Chunk the units (by ``max_batch`` UNet rows) and build one MT-Color context per chunk;
-        the negative (unconditional) rows get the null instance condition."""
-        count = units.latents.shape[0]
-        max_batch = options.max_batch
-        per_chunk = count if max_batch is None else max(1, max_batch // (2 if cfg else 1))
-        chunks = [(s, min(s + per_chunk, count)) for s in range(0, count, per_chunk)]
-        contexts = []
-        for start, stop in chunks:
-            label = units.label_maps[start:stop]
-            embeds = units.instance_embeds[start:stop]
-            counts = units.instance_counts[start:stop]
-            if cfg:
-                label = torch.cat([torch.zeros_like(label), label])
-                embeds = torch.cat([torch.zeros_like(embeds), embeds])
-                counts = torch.cat([torch.zeros_like(counts), counts])
-            contexts.append(
-                self.adapter.build_context(label, embeds, counts, latent_size, **options.context_options)
-            )
-        return chunks, contexts
-
-    @staticmethod
-    def _fuse(units: _Units, batch, passes, latent_size, options: _SamplingOptions) -> torch.Tensor:
-        """MT eq. 8 (or the chosen fusion) of every image's global latent with its instance latents."""
-        latents = units.latents
-        fused = latents[:batch].clone()
-        for b in range(batch):
-            rows = [batch + j for j, p in enumerate(passes) if p.sample == b]
-            if not rows:
-                continue  # no instance: nothing to fuse
-            label = resize_label_map(units.label_maps[b], latent_size)
-            fused[b] = fuse_latents(
-                latents[b], latents[rows], label, beta=options.beta, fusion=options.fusion
-            )
-        return fused
-
-    def _decode(self, latents, samples: list[Sample], output_type: str, preserve_luminance: bool) -> list:
-        """Latents (B, 4, h, w) -> per image (3, H, W) RGB in [0, 1] at its input's size (or the latents)."""
-        if output_type == "latent":
-            return list(latents)
-        decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
-        decoded = (decoded.float() / 2 + 0.5).clamp(0, 1).cpu()  # (B, 3, h, w) in [0, 1]
-        outputs = []
-        for b, sample in enumerate(samples):
-            if preserve_luminance:
-                ab = rgb_to_lab(decoded[b : b + 1])[:, 1:]
-                outputs.append(recombine_luminance(sample.lightness[None].float(), ab)[0])
-            else:
-                outputs.append(resize(decoded[b : b + 1], sample.size, mode="bicubic").clamp(0, 1)[0])
-        return outputs
-
-    @staticmethod
-    def _format(results: list, output_type: str):
-        if output_type in ("latent", "pt"):
-            same = len({tuple(r.shape) for r in results}) == 1
-            return torch.stack(results) if same else results
-        arrays = [r.permute(1, 2, 0).numpy() for r in results]
-        if output_type == "np":
-            same = len({a.shape for a in arrays}) == 1
-            return np.stack(arrays) if same else arrays
-        return [PIL.Image.fromarray(to_uint8_image(a)) for a in arrays]  # row tiles: no float copies
-
-
-def _check_number(name: str, value, low: float | None, high: float | None, hint: str) -> None:
-    """A finite real number in [low, high], else TypeError / ValueError naming ``name``."""
-    bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"{name} must be a real number in {bounds}, got {value!r} ({type(value).__name__}); pass a float "
-            f"({hint})."
-        )
-    if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
-        raise ValueError(f"{name} must be a finite number in {bounds}, got {value!r}; pass a float ({hint}).")
-
-
-def _texts_and_names(value, name: str, batch_size: int | None) -> tuple[list[str], list[str]]:
-    """A prompt argument (None, str or list) -> one text per image and how warnings name it."""
-    if value is None or isinstance(value, str):
-        count = batch_size or 1
-        return [value or ""] * count, [name] * count
-    texts = [text or "" for text in value]
-    if batch_size is not None and len(texts) != batch_size:
-        raise ValueError(
-            f"{name} has {len(texts)} entries for {batch_size} images; pass one per image or a str."
-        )
-    return texts, [f"{name}[{i}]" for i in range(len(texts))]
-
-
-def _per_image(value, name: str, batched: bool, count: int, ndim: int) -> list | None:
-    """Instance embeddings -> one tensor per image (a tensor for one image, a list for a batch)."""
-    if value is None:
-        return None
-    items = [value] if isinstance(value, torch.Tensor) and not batched else value
-    if not isinstance(items, (list, tuple)) or len(items) != count:
-        what = f"a list of {len(items)}" if isinstance(items, (list, tuple)) else type(value).__name__
-        raise ValueError(
-            f"{name} is {what}; pass one tensor per input image ({count}): a tensor for a single image, "
-            "a list for a batch."
-        )
-    for b, item in enumerate(items):
-        if not isinstance(item, torch.Tensor) or item.ndim != ndim:
-            got = f"shape {tuple(item.shape)}" if isinstance(item, torch.Tensor) else type(item).__name__
-            raise ValueError(f"{name}[{b}] has {got}; expected a {ndim}-D tensor (one row per instance).")
-    return list(items)

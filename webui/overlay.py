@@ -14,7 +14,7 @@ import html
 import numpy as np
 import PIL.Image
 
-from mtcolor.demo import PALETTE
+from mtcolor.demo_scenes import PALETTE
 
 
 def instance_color(k: int) -> tuple[int, int, int]:
@@ -27,13 +27,14 @@ def label_overlay(
 ) -> np.ndarray:
     """(H, W, 3) uint8: the gray image with label ``k`` tinted in the colour of its page row ``rows[k - 1]``."""
     out = np.repeat(np.asarray(gray.convert("L"), dtype=np.float32)[..., None], 3, -1)
-    if label_map is not None:
-        for k in np.unique(label_map):
-            if k == 0:
-                continue
-            region = label_map == k
-            row = rows[k - 1] if rows else int(k)
-            out[region] = (1 - opacity) * out[region] + opacity * np.array(instance_color(row))
+    if label_map is not None and label_map.size:
+        # one colour per label (a lookup table, no per-label masks); label 0 (background) is not tinted
+        count = int(label_map.max())
+        colors = np.array(
+            [(0, 0, 0)] + [instance_color(rows[k - 1] if rows else k) for k in range(1, count + 1)]
+        )
+        inside = label_map > 0  # (H, W)
+        out[inside] = (1 - opacity) * out[inside] + opacity * colors[label_map[inside]]
     return out.clip(0, 255).round().astype(np.uint8)
 
 
@@ -64,33 +65,31 @@ def vanishing_messages(
 ) -> list[str]:
     """Instances (named by page row) smaller than one token of an MT-Color attention grid.
 
-    The grids are those ``MTColorPipeline`` conditions: the latent grid of the working size and
-    each coarser UNet level (halving, rounded up).
+    The grids are those ``MTColorPipeline`` conditions (:func:`mtcolor.masks.attention_grids`: the
+    latent grid of the working size and each coarser UNet level), and an instance is lost as the
+    pipeline's small-instance diagnostics say (:func:`mtcolor.masks.lost_instances`).
     """
     import torch
 
     from mtcolor.inputs import working_size
-    from mtcolor.masks import resize_label_map, vanished_instances
+    from mtcolor.masks import attention_grids, lost_instances
 
     factor = pipe.vae_scale_factor
     size = working_size(label_map.shape, int(working_resolution), factor)
-    working = resize_label_map(torch.from_numpy(label_map), size)
-    h, w = size[0] // factor, size[1] // factor
-    lost: dict[int, list[str]] = {}
-    for _ in range(len(pipe.unet.config.block_out_channels)):
-        for k in vanished_instances(working, (h, w)):
-            lost.setdefault(k, []).append(f"{h}x{w}")
-        h, w = -(-h // 2), -(-w // 2)
-    gone = set(range(1, len(texts) + 1)) - set(torch.unique(working).tolist())
+    grids = attention_grids((size[0] // factor, size[1] // factor), len(pipe.unet.config.block_out_channels))
+    lost = lost_instances(torch.from_numpy(label_map), size, grids)
+    present = set(np.unique(label_map).tolist())
+    # gone at the working size: lost there, or an empty mask (no pixel at all)
+    gone = {k for k in range(1, len(texts) + 1) if k not in present or lost.get(k, [None])[0] == size}
     messages = [
         f"Instance {rows[k - 1]} ({texts[k - 1]!r}) disappears at the {size[0]}x{size[1]} working size; raise the working "
         "resolution or enlarge its mask."
         for k in sorted(gone)
     ]
     messages += [
-        f"Instance {rows[k - 1]} ({texts[k - 1]!r}) is smaller than one token of the {', '.join(grids)} attention "
-        "grid(s) and does not condition them."
-        for k, grids in sorted(lost.items())
+        f"Instance {rows[k - 1]} ({texts[k - 1]!r}) is smaller than one token of the "
+        f"{', '.join(f'{h}x{w}' for h, w in lost_grids)} attention grid(s) and does not condition them."
+        for k, lost_grids in lost.items()
         if k not in gone
     ]
     return messages
