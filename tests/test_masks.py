@@ -6,7 +6,15 @@ import PIL.Image
 import pytest
 import torch
 
-from mtcolor.masks import instance_masks, masks_to_label_map, resize_label_map, token_grid, vanished_instances
+from mtcolor.masks import (
+    attention_grids,
+    instance_masks,
+    lost_instances,
+    masks_to_label_map,
+    resize_label_map,
+    token_grid,
+    vanished_instances,
+)
 
 
 def _rect(h, w, top, left, bottom, right):
@@ -207,3 +215,36 @@ def test_vanished_instances_and_one_hot():
     assert vanished_instances(label, (4, 4)) == [2]
     one_hot = instance_masks(label, 2)
     assert one_hot.shape == (3, 16, 16) and torch.equal(one_hot.sum(0), torch.ones(16, 16))
+
+
+def test_instance_masks_is_the_one_hot_of_the_labels():
+    label = torch.tensor([[0, 1, 2], [2, 2, 5]])  # 5 > n: in no mask
+    masks = instance_masks(label, 2)
+    assert masks.dtype == torch.float32 and masks.shape == (3, 2, 3)
+    for k in range(3):
+        assert torch.equal(masks[k], (label == k).float())
+    assert masks[:, 1, 2].sum() == 0
+    batched = instance_masks(torch.stack([label, label]), 2, torch.bool)  # (..., H, W) -> (..., n + 1, H, W)
+    assert (
+        batched.dtype == torch.bool
+        and batched.shape == (2, 3, 2, 3)
+        and torch.equal(batched[1], masks.bool())
+    )
+
+
+def test_attention_grids_are_the_chain_token_grid_searches():
+    assert attention_grids((64, 64), 4) == [(64, 64), (32, 32), (16, 16), (8, 8)]  # SD-1.5 at 512 px
+    assert attention_grids((8, 11), 3) == [(8, 11), (4, 6), (2, 3)]  # ceil on odd sizes
+    for grid in attention_grids((33, 50), 5):
+        assert token_grid(grid[0] * grid[1], 33, 50) == grid
+
+
+def test_lost_instances_lists_the_grids_each_instance_misses():
+    label = torch.zeros(64, 64, dtype=torch.long)
+    label[:40, :40] = 1  # big: kept everywhere
+    label[50:53, 50:53] = 2  # 3x3 pixels: owns one cell of the 32x32 working size, 1/4 of a 16x16 cell
+    label[60, 2] = 3  # one pixel: gone at the 32x32 working size already
+    grids = attention_grids((16, 16), 2)  # working 32x32 / factor 2: grids 16x16 and 8x8
+    lost = lost_instances(label, (32, 32), grids)
+    assert lost == {2: [(16, 16), (8, 8)], 3: [(32, 32), (16, 16), (8, 8)]}
+    assert lost_instances(label, (64, 64), attention_grids((64, 64), 1)) == {}
