@@ -23,8 +23,20 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from tqdm.auto import tqdm
+
+from mtcolor.demo_scenes import synthetic_config
+from mtcolor.embedded import embedded_model, recommended_guidance_scale
+from mtcolor.scene_eval import (
+    colorize_scenes,
+    format_share,
+    ground_truth_colorfulness,
+    held_out_scenes,
+    scene_gray,
+    score_scenes,
+)
+from training.recipes.tiny_stages import STEPS, build_data, lcoins_command, mtcolor_ablations, run_stage
 
 MT_ROWS = [
     ("MT-Color (full)", {}),
@@ -37,7 +49,7 @@ MT_ROWS = [
     ("mask mode: paper (switch)", {"attention_mode": "paper"}),
 ]
 
-#: retrained module ablations: (row name, ``training.recipes.tiny.MT_ABLATIONS`` key)
+#: retrained module ablations: (row name, ``training.recipes.tiny_stages.MT_ABLATIONS`` key)
 MT_RETRAINED = [
     ("w/o PMAM (retrained)", "no_pmam"),
     ("w/o instance masks (retrained)", "no_instance_masks"),
@@ -62,10 +74,6 @@ def mtcolor_ablation_models(
     ``model`` (an MT-Color pipeline folder, e.g. the embedded ``mtcolor-tiny``) provides the frozen
     base model and the stage-1 weights that the stage-2-only ablations reuse (stage 2 freezes them).
     """
-    from tqdm.auto import tqdm
-
-    from training.recipes.tiny import STEPS, build_data, mtcolor_ablations
-
     work_dir, model = Path(work_dir), Path(model)
     recipe = json.loads((model / "recipe.json").read_text()) if (model / "recipe.json").is_file() else {}
     seed = recipe.get("seed", 0) if seed is None else seed
@@ -93,11 +101,7 @@ def lcoins_ablation_models(
     work_dir, seed: int = 0, steps: int | None = None, data_scale: float = 1.0, threads: int = 1
 ):
     """Train (once; finished ones are reused) the four L-CoIns Table 1 ablations with the recipe's
-    data, steps and seed (``training.recipes.tiny``), and return ``[(row name, model folder)]``."""
-    from tqdm.auto import tqdm
-
-    from training.recipes.tiny import STEPS, build_data, lcoins_command, run_stage
-
+    data, steps and seed (``training.recipes.tiny_stages``), and return ``[(row name, model folder)]``."""
     work_dir = Path(work_dir)
     data = work_dir / "data"
     build_data(data, seed, data_scale)
@@ -114,102 +118,6 @@ def lcoins_ablation_models(
             )
         models.append((name, folder))
     return models
-
-
-def _scenes(config, count: int, seed: int, phrasing: str | None = None) -> list[dict]:
-    """Held-out test scenes; ``phrasing="language"`` gives the same scenes (pixels and masks) with
-    colour words and templates never used in training (the held-out language split)."""
-    from dataset_builder.synthetic import generate_scene
-
-    return [
-        generate_scene(config, seed=50_000 + seed * 10_000 + i, split="test", phrasing=phrasing)
-        for i in range(count)
-    ]
-
-
-def _gray(scene) -> np.ndarray:
-    from ..color import image_luminance
-
-    return (image_luminance(scene["image"])[0].numpy() / 100.0).astype(np.float32)
-
-
-def _metrics(outputs: torch.Tensor, scenes: list[dict], holdout: set) -> dict:
-    from ..masks import masks_to_label_map
-    from ..metrics import color_adherence, color_bleeding, colorfulness, psnr, ssim
-
-    targets = torch.stack(
-        [torch.from_numpy(np.asarray(s["image"], dtype=np.float32) / 255.0).permute(2, 0, 1) for s in scenes]
-    )
-    label_maps = torch.stack([masks_to_label_map(list(s["masks"]), warn_overlap=False) for s in scenes])
-    # scored against the colour each text names (the scene's canonical colour: "crimson" names red)
-    texts = [[f"a {c} {k}" for c, k in zip(s["instance_colors"], s["instance_labels"])] for s in scenes]
-    adherence = color_adherence(outputs, label_maps, texts)
-    labels = [s["instance_labels"] for s in scenes]
-    held = adherence.where(lambda r: (r.word, labels[r.image_index][r.instance - 1]) in holdout)
-    return {
-        "adherence": adherence.accuracy,
-        "adherence_holdout": held.accuracy,
-        "holdout_instances": len(held.instances),
-        "instances": len(adherence.instances),
-        "bleeding": color_bleeding(outputs, label_maps).leak,
-        "psnr": float(psnr(outputs, targets).mean()),
-        "ssim": float(ssim(outputs, targets).mean()),
-        "colorfulness": float(colorfulness(outputs).mean()),
-    }
-
-
-def wilson_interval(share: float, count: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a share measured on ``count`` instances."""
-    if count == 0:
-        return (float("nan"), float("nan"))
-    denominator = 1 + z**2 / count
-    centre = (share + z**2 / (2 * count)) / denominator
-    half = z * np.sqrt(share * (1 - share) / count + z**2 / (4 * count**2)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def format_share(share: float, count: int) -> str:
-    """``share [low, high] (count)`` with the 95% Wilson interval."""
-    low, high = wilson_interval(share, count)
-    return f"{share:.1%} [{low:.0%}, {high:.0%}] ({count})"
-
-
-def _ground_truth_colorfulness(scenes: list[dict]) -> float:
-    from ..metrics import colorfulness
-
-    images = torch.stack(
-        [torch.from_numpy(np.asarray(s["image"], dtype=np.float32) / 255.0).permute(2, 0, 1) for s in scenes]
-    )
-    return float(colorfulness(images).mean())
-
-
-def run_mtcolor(
-    pipe, scenes, rows, steps: int, seed: int, batch: int, working: int, guidance_scale: float = 7.5
-) -> list[tuple[str, dict]]:
-    """Colorize ``scenes`` once per ``(row name, pipeline options)``; returns ``[(name, {"outputs":
-    (N, 3, H, W) in [0, 1], "seconds"})]``."""
-    results = []
-    for name, options in rows:
-        options = {"guidance_scale": guidance_scale, **options}
-        start = time.perf_counter()
-        outs = []
-        for i in range(0, len(scenes), batch):
-            chunk = scenes[i : i + batch]
-            outs.append(
-                pipe(
-                    [_gray(s) for s in chunk],
-                    [list(s["masks"]) for s in chunk],
-                    [s["instance_texts"] for s in chunk],
-                    prompt=[s["global_text"] for s in chunk],
-                    num_inference_steps=steps,
-                    working_resolution=working,
-                    generator=[torch.Generator().manual_seed(seed + i + j) for j in range(len(chunk))],
-                    output_type="pt",
-                    **options,
-                ).images
-            )
-        results.append((name, {"outputs": torch.cat(outs), "seconds": time.perf_counter() - start}))
-    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,30 +163,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="MT-Color ablations trained at the same time")
     args = parser.parse_args(argv)
 
-    from pipelines.pipeline_lcoins import LCoInsPipeline
+    from pipelines.pipeline_lcoins import LCoInsPipeline  # (heavy: after the arguments are checked)
     from pipelines.pipeline_mtcolor import MTColorPipeline
-
-    from ..demo import synthetic_config
-    from ..embedded import embedded_model
 
     model = args.model or embedded_model("mtcolor-tiny")
     pipe = MTColorPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
     config = synthetic_config(model)
     holdout = {tuple(p) for p in config.holdout_pairs}
-    scenes = _scenes(config, args.scenes, args.seed)
+    scenes = held_out_scenes(config, args.scenes, args.seed)
     rows = [r for r in MT_ROWS if args.rows is None or r[0] in args.rows]
-    from ..embedded import recommended_guidance_scale
-
     guidance = recommended_guidance_scale(model) if args.guidance_scale is None else args.guidance_scale
-    results = run_mtcolor(pipe, scenes, rows, args.steps, args.seed, args.batch, config.image_size, guidance)
+    results = colorize_scenes(
+        pipe, scenes, rows, args.steps, args.seed, args.batch, config.image_size, guidance
+    )
     # the held-out language split: the same scenes asked with unseen colour words and phrasings
-    language_scenes = _scenes(config, args.scenes, args.seed, "language")
+    language_scenes = held_out_scenes(config, args.scenes, args.seed, "language")
     language: dict[str, dict] = {}
 
     def run_row(name: str, model_pipe, scene_list) -> list[tuple[str, dict]]:
         """One row (a model with its own defaults) on ``scene_list``."""
-        return run_mtcolor(
+        return colorize_scenes(
             model_pipe,
             scene_list,
             [(name, {})],
@@ -292,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     def run_language(name: str, model_pipe) -> None:
         if not args.no_language:
             ((_, result),) = run_row(name, model_pipe, language_scenes)
-            language[name] = _metrics(result["outputs"], language_scenes, holdout)
+            language[name] = score_scenes(result["outputs"], language_scenes, holdout)
 
     if any(name == "MT-Color (full)" for name, _ in rows):
         run_language("MT-Color (full)", pipe)
@@ -318,14 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, folder in lcoins_models:
         lc = LCoInsPipeline.from_pretrained(folder)
         start = time.perf_counter()
-        out = lc([_gray(s) for s in scenes], [s["global_text"] for s in scenes], output_type="pt").images
+        out = lc([scene_gray(s) for s in scenes], [s["global_text"] for s in scenes], output_type="pt").images
         out = torch.stack(list(out)) if isinstance(out, list) else out
         results.append((name, {"outputs": out, "seconds": time.perf_counter() - start}))
         if not args.no_language:
             captions = [s["global_text"] for s in language_scenes]
-            out = lc([_gray(s) for s in language_scenes], captions, output_type="pt").images
+            out = lc([scene_gray(s) for s in language_scenes], captions, output_type="pt").images
             out = torch.stack(list(out)) if isinstance(out, list) else out
-            language[name] = _metrics(out, language_scenes, holdout)
+            language[name] = score_scenes(out, language_scenes, holdout)
 
     print(
         f"# Ablations on {len(scenes)} held-out synthetic scenes ({args.steps} steps, guidance {guidance}, "
@@ -338,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "Adherence: share of instances with the colour their text names, with its 95% Wilson interval; "
         "language split: the same scenes asked with colour words and phrasings never used in training "
         "(crimson, navy, 'a star painted X', 'an X-coloured star'), scored against the colour they name. "
-        f"Ground truth colorfulness: {_ground_truth_colorfulness(scenes):.1f}.\n"
+        f"Ground truth colorfulness: {ground_truth_colorfulness(scenes):.1f}.\n"
     )
     print(
         "| row | adherence | adherence (held-out pairs) | adherence (language split) | bleeding (leak) | PSNR | "
@@ -347,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     table = []
     for name, result in results:
-        m = _metrics(result["outputs"], scenes, holdout)
+        m = score_scenes(result["outputs"], scenes, holdout)
         lang = language.get(name)
         row = {"row": name, **m, "seconds": result["seconds"]}
         if lang is not None:

@@ -29,7 +29,8 @@ def main(argv: list[str]) -> int:
 
     from dataset_builder.build import build
     from dataset_builder.config import BuildConfig
-    from dataset_builder.synthetic import SyntheticConfig, export_coco
+    from dataset_builder.synthetic import export_coco
+    from mtcolor.synthetic import SyntheticConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

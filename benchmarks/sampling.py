@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from ._util import machine_line
+from mtcolor.bench import machine_line
 
 
 def _masks(size: int, instances: int) -> list[np.ndarray]:
@@ -33,17 +33,16 @@ def _masks(size: int, instances: int) -> list[np.ndarray]:
 
 
 def _pipeline(sd15: bool):
+    from mtcolor.model_configs import untrained_sd15_models, untrained_tiny_components
     from pipelines.pipeline_mtcolor import MTColorPipeline
 
-    from ..testing import sd15_models, tiny_components
-
-    components = tiny_components(0)
+    components = untrained_tiny_components(0)
     if sd15:
         from transformers import CLIPTextConfig, CLIPTextModel
 
-        from ..testing import tiny_text_encoder_config
+        from mtcolor.model_configs import tiny_text_encoder_config
 
-        models = sd15_models(0)
+        models = untrained_sd15_models(0)
         components.update(models)
         components["text_encoder"] = CLIPTextModel(CLIPTextConfig(**tiny_text_encoder_config(768)))
         from diffusers import AutoencoderKL

@@ -4,7 +4,7 @@
 
 1. Stage 1 and stage 2 run for ``--steps`` optimizer steps through the real trainers
    (``training/stage1.py`` / ``stage2.py``: data loading, augmentation, text encoding, VAE encoding,
-   forward, backward, AdamW) on the tiny components of :mod:`mtcolor.testing` and a synthetic
+   forward, backward, AdamW) on the tiny components of :mod:`mtcolor.model_configs` and a synthetic
    record dataset. Each stage runs in its own process, so its peak memory is its own: peak resident
    set size on CPU (and the part above the resident size after the imports), peak
    allocated memory on CUDA. Steps/s excludes start-up, checkpointing and export.
@@ -117,10 +117,11 @@ def _worker(args) -> int:
 def _prepare(args, root: Path) -> None:
     from diffusers import StableDiffusionPipeline
 
-    from dataset_builder.synthetic import SyntheticConfig, build_synthetic
-    from mtcolor.testing import tiny_components
+    from dataset_builder.synthetic import build_synthetic
+    from mtcolor.model_configs import untrained_tiny_components
+    from mtcolor.synthetic import SyntheticConfig
 
-    parts = tiny_components(0, with_controlnet=False)
+    parts = untrained_tiny_components(0, with_controlnet=False)
     StableDiffusionPipeline(
         vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], unet=parts["unet"],
         scheduler=parts["scheduler"], safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -147,8 +148,8 @@ def sd15_parameter_counts() -> list[tuple[str, int, int]]:
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from mtcolor.model_configs import sd15_unet_config
     from mtcolor.models.adapter import MTColorAdapter
-    from mtcolor.testing import sd15_unet_config
     from training.mtcolor_model import MTColorTrainingModel, configure_trainable
 
     with init_empty_weights():
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return _worker(args)
     import torch
 
-    from mtcolor.bench._util import machine_line
+    from mtcolor.bench import machine_line
 
     threads = args.threads or torch.get_num_threads()
     print(f"# MT-Color training benchmark\n\n{machine_line()}; stage runs with {threads} thread(s)\n")
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {stage: _run_stage(args, root, stage) for stage in (1, 2)}
     device = "CUDA peak allocated" if torch.cuda.is_available() else "peak RSS"
     print(
-        f"Tiny components (mtcolor.testing), {args.images} synthetic records, {args.resolution} px, batch "
+        f"Tiny components (mtcolor.model_configs), {args.images} synthetic records, {args.resolution} px, batch "
         f"{args.batch_size}, {args.steps} steps per stage, one process, fp32.\n"
     )
     print(f"| stage | steps/s | s/step | {device} (GB) | above start (GB) | trainable | total params |")

