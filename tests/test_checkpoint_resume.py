@@ -1,5 +1,5 @@
 """Resume from damaged checkpoints: checksums recorded at save time, verified at resume, fall back to
-the newest intact checkpoint (training.common, on a tiny Accelerator with a Linear model)."""
+the newest intact checkpoint (training.checkpoints, on a tiny Accelerator with a Linear model)."""
 
 import json
 import logging
@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from training import common
+from training import checkpoints
 
 
 def _reset_accelerate():
@@ -45,7 +45,7 @@ def saved(tmp_path):
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad()
-        common.save_checkpoint(accelerator, out, step, None, {"stage": 1})
+        checkpoints.save_checkpoint(accelerator, out, step, None, {"stage": 1})
     yield accelerator, model, out
     _reset_accelerate()
 
@@ -71,17 +71,17 @@ DAMAGES = {
 
 def test_marker_records_size_and_sha256_of_every_file(saved):
     _, _, out = saved
-    marker = json.loads((out / "checkpoint-4" / common.CHECKPOINT_MARKER).read_text())
+    marker = json.loads((out / "checkpoint-4" / checkpoints.CHECKPOINT_MARKER).read_text())
     on_disk = sorted(
         p.relative_to(out / "checkpoint-4").as_posix()
         for p in (out / "checkpoint-4").rglob("*")
-        if p.is_file() and p.name != common.CHECKPOINT_MARKER
+        if p.is_file() and p.name != checkpoints.CHECKPOINT_MARKER
     )
     assert sorted(marker["files"]) == on_disk
     assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl"} <= set(on_disk)
     assert "adapter/diffusion_pytorch_model.safetensors" in on_disk
     assert all(len(entry["sha256"]) == 64 and entry["bytes"] > 0 for entry in marker["files"].values())
-    assert common.resolve_checkpoint("latest", out) == out / "checkpoint-4"
+    assert checkpoints.resolve_checkpoint("latest", out) == out / "checkpoint-4"
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
@@ -90,7 +90,7 @@ def test_latest_falls_back_to_the_newest_intact_checkpoint(saved, caplog, damage
     name, apply = DAMAGES[damage]
     apply(out / "checkpoint-4" / name)
     with caplog.at_level(logging.WARNING, logger="mtcolor.training"):
-        resolved = common.resolve_checkpoint("latest", out)
+        resolved = checkpoints.resolve_checkpoint("latest", out)
     assert resolved == out / "checkpoint-2"
     warning = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert f"checkpoint {str(out / 'checkpoint-4')!r}: " in warning
@@ -104,8 +104,8 @@ def test_a_damaged_explicit_checkpoint_is_refused_naming_folder_and_file(saved, 
     _, _, out = saved
     name, apply = DAMAGES[damage]
     apply(out / "checkpoint-4" / name)
-    with pytest.raises(common.CheckpointError) as caught:
-        common.resolve_checkpoint(str(out / "checkpoint-4"), out)
+    with pytest.raises(checkpoints.CheckpointError) as caught:
+        checkpoints.resolve_checkpoint(str(out / "checkpoint-4"), out)
     assert f"checkpoint {str(out / 'checkpoint-4')!r}: {name.split('/')[0]}" in str(caught.value)
 
 
@@ -113,35 +113,35 @@ def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(saved):
     _, _, out = saved
     for step in (2, 4):
         _truncate(out / f"checkpoint-{step}" / "optimizer.bin")
-    with pytest.raises(common.CheckpointError, match="no intact checkpoint in .* to resume from"):
-        common.resolve_checkpoint("latest", out)
+    with pytest.raises(checkpoints.CheckpointError, match="no intact checkpoint in .* to resume from"):
+        checkpoints.resolve_checkpoint("latest", out)
 
 
 def test_checkpoint_without_checksums_gets_structural_checks(saved, caplog):
     """Checkpoints written before checksums existed are still resumed, truncated safetensors refused."""
     _, _, out = saved
     for step in (2, 4):
-        marker_path = out / f"checkpoint-{step}" / common.CHECKPOINT_MARKER
+        marker_path = out / f"checkpoint-{step}" / checkpoints.CHECKPOINT_MARKER
         marker = json.loads(marker_path.read_text())
         del marker["files"]
         marker_path.write_text(json.dumps(marker))
     with caplog.at_level(logging.WARNING, logger="mtcolor.training"):
-        assert common.resolve_checkpoint("latest", out) == out / "checkpoint-4"
+        assert checkpoints.resolve_checkpoint("latest", out) == out / "checkpoint-4"
     assert "has no checksums" in caplog.text
     _truncate(out / "checkpoint-4" / "adapter" / "diffusion_pytorch_model.safetensors")
-    assert common.resolve_checkpoint("latest", out) == out / "checkpoint-2"
+    assert checkpoints.resolve_checkpoint("latest", out) == out / "checkpoint-2"
     (out / "checkpoint-2" / "random_states_0.pkl").write_bytes(b"")
-    with pytest.raises(common.CheckpointError, match="random_states_0.pkl is empty"):
-        common.resolve_checkpoint(str(out / "checkpoint-2"), out)
+    with pytest.raises(checkpoints.CheckpointError, match="random_states_0.pkl is empty"):
+        checkpoints.resolve_checkpoint(str(out / "checkpoint-2"), out)
 
 
 def test_resolve_or_fail_is_one_error_line_with_exit_status_2(saved, capsys):
     """What the trainers (stage 1/2, base, L-CoIns) call: no traceback, the folder and the file named."""
     _, _, out = saved
     (out / "checkpoint-4" / "optimizer.bin").write_bytes(b"")
-    assert common.resolve_checkpoint_or_fail("latest", out) == out / "checkpoint-2"
+    assert checkpoints.resolve_checkpoint_or_fail("latest", out) == out / "checkpoint-2"
     with pytest.raises(SystemExit) as caught:
-        common.resolve_checkpoint_or_fail(str(out / "checkpoint-4"), out)
+        checkpoints.resolve_checkpoint_or_fail(str(out / "checkpoint-4"), out)
     assert caught.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert (

@@ -1,6 +1,12 @@
 """training/train_lcoins.py: arguments, data formats, smoke training, checkpoints and resume."""
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -12,7 +18,8 @@ from mtcolor import LCoInsPipeline
 from mtcolor.color import rgb_to_lab
 from mtcolor.models.lcoins_losses import smooth_l1_loss
 from pipelines.pipeline_lcoins import tokenize_captions
-from training.common import list_checkpoints, resolve_checkpoint
+from training import loop
+from training.checkpoints import CHECKPOINT_MARKER, list_checkpoints, resolve_checkpoint
 from training.lcoins_data import collate, load_caption_dataset
 from training.train_lcoins import build_components, main, parse_args
 
@@ -160,3 +167,145 @@ def test_ablation_flags_configure_the_model(tmp_path, pairs_data):
     model, text_encoder, _ = build_components(args)
     assert model.config.use_group_tokens and not model.config.use_grouping_attention
     assert model.config.text_embed_dim == text_encoder.config.hidden_size == 32
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 15: L-CoIns on the shared training loop (process count, epochs, exact resume)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _weights(folder) -> dict:
+    pipe = LCoInsPipeline.from_pretrained(folder)
+    return {
+        **{f"model.{k}": v for k, v in pipe.model.state_dict().items()},
+        **{f"text_encoder.{k}": v for k, v in pipe.text_encoder.state_dict().items()},
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_the_same_epochs_and_weights_as_one(tmp_path, pairs_data):
+    """8 pairs, batch 2, 1 epoch: 2 processes x batch 2 = 1 process x batch 2 x 2 accumulation steps.
+    Both run 2 optimizer steps (one pass over the data, not one per process), draw the same
+    augmentation, pseudo captions and dropout for each sample, and end with the same weights."""
+    flags = ["--num_train_epochs", "1", "--checkpointing_steps", "1", "--num_validation_samples", "0"]
+    one = main(tiny_args(pairs_data, tmp_path / "one", *flags, "--gradient_accumulation_steps", "2"))
+    two = tmp_path / "two"
+    argv = ["--train_data", pairs_data, "--output_dir", two, "--model_config", "tiny", "--text_encoder_config", "tiny",
+            "--train_batch_size", 2, "--learning_rate", "2e-3", "--report_to", "none", "--seed", 0, *flags]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", REPO / "training" / "configs" / "accelerate_cpu_2proc.yaml",
+        "--main_process_port", _free_port(), REPO / "training" / "train_lcoins.py", *argv,
+    ]  # fmt: skip
+    done = subprocess.run([str(c) for c in command], env=env, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trainable weights identical on all 2 processes" in done.stderr
+    steps = ["checkpoint-1", "checkpoint-2"]
+    assert [p.name for p in list_checkpoints(one)] == [p.name for p in list_checkpoints(two)] == steps
+    marker = json.loads((two / "checkpoint-2" / CHECKPOINT_MARKER).read_text())
+    assert (marker["num_processes"], marker["epoch"], marker["step"]) == (2, 0, 2)
+    assert "2 optimisation steps" in (two / "README.md").read_text()
+    a, b = _weights(one), _weights(two)
+    set_seed(0)
+    initial, _, _ = build_components(tiny_args(pairs_data, tmp_path / "unused"))
+    assert not torch.equal(a["model.text_proj.weight"], initial.state_dict()["text_proj.weight"])  # it trained
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=2e-6, msg=key)
+
+
+def _kill_after_checkpoint(monkeypatch, step: int):
+    """Make the training loop end (raise ``Killed``) right after it wrote checkpoint ``step``."""
+    real_save = loop.save_checkpoint
+
+    def save_then_die(accelerator, output_dir, saved_step, *args, **kwargs):
+        path = real_save(accelerator, output_dir, saved_step, *args, **kwargs)
+        if saved_step == step:
+            raise Killed(path)
+        return path
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+
+
+class Killed(Exception):
+    pass
+
+
+def _checkpoint_tensors(folder) -> dict:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for path in sorted(Path(folder).rglob("*.safetensors")):
+        for key, value in load_file(str(path)).items():
+            tensors[f"{path.relative_to(folder)}:{key}"] = value
+    optimizer = torch.load(Path(folder) / "optimizer.bin", weights_only=True)["state"]
+    for index, state in optimizer.items():
+        for key, value in state.items():
+            tensors[f"optimizer:{index}:{key}"] = torch.as_tensor(value)
+    return tensors
+
+
+def _assert_identical(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [key for key in a if not torch.equal(a[key], b[key])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, pairs_data):
+    """6 steps (4 per epoch: the resume points are mid-epoch and across an epoch), a trained text
+    encoder (dropout on), augmentation, pseudo captions, validation every 2 steps."""
+    out = tmp_path_factory.mktemp("lcoins_uninterrupted")
+    main(tiny_args(pairs_data, out, *RESUME_FLAGS))
+    return out
+
+
+RESUME_FLAGS = ["--max_train_steps", "6", "--checkpointing_steps", "2", "--validation_steps", "2",
+                "--num_validation_samples", "1"]  # fmt: skip
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path, pairs_data, uninterrupted, monkeypatch):
+    out = tmp_path / "killed"
+    _kill_after_checkpoint(monkeypatch, 2)
+    with pytest.raises(Killed):
+        main(tiny_args(pairs_data, out, *RESUME_FLAGS))
+    _kill_after_checkpoint(monkeypatch, 4)
+    with pytest.raises(Killed):
+        main(tiny_args(pairs_data, out, *RESUME_FLAGS, "--resume_from_checkpoint", "latest"))
+    monkeypatch.undo()
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
+    main(tiny_args(pairs_data, out, *RESUME_FLAGS, "--resume_from_checkpoint", "latest"))
+    for step in (2, 4, 6):
+        _assert_identical(
+            _checkpoint_tensors(uninterrupted / f"checkpoint-{step}"),
+            _checkpoint_tensors(out / f"checkpoint-{step}"),
+        )
+    _assert_identical(_weights(uninterrupted), _weights(out))
+
+
+def test_resume_takes_the_step_from_the_checkpoint_marker(tmp_path, pairs_data, uninterrupted):
+    """A checkpoint folder renamed by hand (checkpoint-2 -> checkpoint-5) still resumes at step 2."""
+    out = tmp_path / "renamed"
+    out.mkdir()
+    shutil.copytree(uninterrupted / "checkpoint-2", out / "checkpoint-5")
+    main(tiny_args(pairs_data, out, *RESUME_FLAGS, "--resume_from_checkpoint", "latest"))
+    _assert_identical(_weights(uninterrupted), _weights(out))
+
+
+@pytest.mark.parametrize(
+    "changed, written",
+    [(["--beta=-1e-3"], "loss="), (["--no_counter_color_loss"], "loss="), (["--freeze_text_encoder"], "freeze_text_encoder=")],
+)  # fmt: skip
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, pairs_data, uninterrupted, changed, written):
+    out = tmp_path / "changed"
+    out.mkdir()
+    shutil.copytree(uninterrupted / "checkpoint-2", out / "checkpoint-2")
+    with pytest.raises(ValueError, match=f"checkpoint-2 was written with {written}"):
+        main(tiny_args(pairs_data, out, *RESUME_FLAGS, *changed, "--resume_from_checkpoint", "latest"))
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]  # nothing trained from it

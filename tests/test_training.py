@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training import common, stage1, stage2
+from training import checkpoints, loop, stage1, stage2
 from training.mtcolor_data import AugmentConfig, InstanceColorizationDataset, collate, load_training_records
 from training.mtcolor_model import (
     MTColorTrainingModel,
@@ -233,7 +233,7 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(assets, stage1_run
     argv = stage_args(
         assets, out, "--adapter_name_or_path", assets.adapter, "--max_train_steps", 4, "--use_ema"
     )
-    real_save = common.save_checkpoint
+    real_save = checkpoints.save_checkpoint
 
     class Killed(Exception):
         pass
@@ -242,11 +242,11 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(assets, stage1_run
         path = real_save(*args, **kwargs)
         raise Killed(path)
 
-    monkeypatch.setattr(common, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         run_stage(stage1, argv)
-    monkeypatch.setattr(common, "save_checkpoint", real_save)
-    assert [p.name for p in common.list_checkpoints(out)] == ["checkpoint-2"]
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert [p.name for p in checkpoints.list_checkpoints(out)] == ["checkpoint-2"]
     # leftovers of a kill during a later save: never picked by `latest`
     (out / "checkpoint-3.tmp" / "adapter").mkdir(parents=True)
     (out / "checkpoint-9" / "adapter").mkdir(parents=True)
@@ -338,7 +338,7 @@ def test_accelerate_launch_with_two_cpu_processes_matches_one_process(assets, st
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Num processes: 2" in done.stderr
     assert "trainable weights identical on all 2 processes" in done.stderr
-    marker = json.loads((out / "checkpoint-2" / common.CHECKPOINT_MARKER).read_text())
+    marker = json.loads((out / "checkpoint-2" / checkpoints.CHECKPOINT_MARKER).read_text())
     assert marker["num_processes"] == 2
     assert (out / "checkpoint-2" / "random_states_1.pkl").is_file()  # every process saved its RNG state
     two = _tensors(out / "checkpoint-2", ADAPTER_WEIGHTS)
@@ -483,7 +483,7 @@ def test_resume_falls_back_past_a_checkpoint_whose_adapter_was_deleted(assets, s
     )
     assert result.global_step == 4 and result.steps_run == 2
     assert result.losses == stage1_run.result.losses[2:]
-    common.verify_checkpoint(out / "checkpoint-4")  # rewritten whole
+    checkpoints.verify_checkpoint(out / "checkpoint-4")  # rewritten whole
 
 
 def test_resume_from_a_damaged_explicit_checkpoint_is_one_line(assets, stage1_run, capsys):

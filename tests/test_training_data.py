@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from mtcolor.records import encode_record
-from training import common
+from training import arguments, checkpoints
 from training.mtcolor_data import AugmentConfig, InstanceColorizationDataset, collate, drop_instances
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
@@ -166,7 +166,7 @@ def test_latest_checkpoint_ignores_partial_ones(tmp_path):
         folder = tmp_path / name
         (folder / "adapter").mkdir(parents=True)
         if complete:
-            (folder / common.CHECKPOINT_MARKER).write_text(json.dumps({"step": 0}))
+            (folder / checkpoints.CHECKPOINT_MARKER).write_text(json.dumps({"step": 0}))
         return folder
 
     make("checkpoint-2")
@@ -175,11 +175,11 @@ def test_latest_checkpoint_ignores_partial_ones(tmp_path):
     make("checkpoint-14.tmp", complete=True)  # marker written, killed before the rename
     make("checkpoint-20", complete=False)  # not written by the trainer
     make("other-30")
-    assert common.list_checkpoints(tmp_path) == [tmp_path / "checkpoint-2", newest]
-    assert common.resolve_checkpoint("latest", tmp_path) == newest
-    assert common.resolve_checkpoint("latest", tmp_path / "missing") is None
+    assert checkpoints.list_checkpoints(tmp_path) == [tmp_path / "checkpoint-2", newest]
+    assert checkpoints.resolve_checkpoint("latest", tmp_path) == newest
+    assert checkpoints.resolve_checkpoint("latest", tmp_path / "missing") is None
     with pytest.raises(ValueError, match="not a complete checkpoint"):
-        common.resolve_checkpoint(str(tmp_path / "checkpoint-20"), tmp_path)
+        checkpoints.resolve_checkpoint(str(tmp_path / "checkpoint-20"), tmp_path)
 
 
 def test_parse_args_config_file_and_validation(tmp_path):
@@ -230,7 +230,7 @@ def test_shipped_configs_parse():
 
     for path in sorted(CONFIGS.glob("stage[12]_*.yaml")):
         module = stage1 if path.name.startswith("stage1") else stage2
-        values = common.load_config_file(str(path), module.build_parser())
+        values = arguments.load_config_file(str(path), module.build_parser())
         assert values, path
 
 
@@ -247,9 +247,9 @@ def test_save_checkpoint_is_atomic_and_keeps_the_limit(tmp_path):
         for step in (1, 2, 3):
             with torch.no_grad():
                 model.weight.fill_(step)
-            common.save_checkpoint(accelerator, tmp_path, step, 2, {"stage": 1})
+            checkpoints.save_checkpoint(accelerator, tmp_path, step, 2, {"stage": 1})
         assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-3"]
-        marker = json.loads((tmp_path / "checkpoint-3" / common.CHECKPOINT_MARKER).read_text())
+        marker = json.loads((tmp_path / "checkpoint-3" / checkpoints.CHECKPOINT_MARKER).read_text())
         files = marker.pop("files")  # size + sha256 of every file, verified on resume
         assert marker == {"stage": 1, "step": 3}
         for name, record in files.items():
@@ -258,7 +258,7 @@ def test_save_checkpoint_is_atomic_and_keeps_the_limit(tmp_path):
         assert files
         with torch.no_grad():
             model.weight.zero_()
-        accelerator.load_state(str(common.resolve_checkpoint("latest", tmp_path)))
+        accelerator.load_state(str(checkpoints.resolve_checkpoint("latest", tmp_path)))
         assert bool((model.weight == 3).all())
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)

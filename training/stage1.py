@@ -22,14 +22,18 @@ from pathlib import Path
 if __package__ in (None, ""):  # `accelerate launch training/stage1.py` runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training import common  # noqa: E402
+from training import mtcolor_train  # noqa: E402
+from training.arguments import mapping_argument  # noqa: E402
+from training.loop import TrainResult  # noqa: E402
 from training.mtcolor_model import Components, load_adapter, load_base_models  # noqa: E402
 
 STAGE = 1
 
 
 def build_parser():
-    parser = common.build_parser("MT-Color stage 1: train the instance encoder and instance branches.", STAGE)
+    parser = mtcolor_train.build_parser(
+        "MT-Color stage 1: train the instance encoder and instance branches.", STAGE
+    )
     group = parser.add_argument_group("stage 1")
     group.add_argument(
         "--adapter_name_or_path",
@@ -49,9 +53,9 @@ def build_parser():
 def parse_args(argv: list[str] | None = None):
     """Parse and validate the stage-1 arguments (``--config`` YAML + flags)."""
     parser = build_parser()
-    args = common.parse_args(parser, argv)
+    args = mtcolor_train.parse_args(parser, argv)
     try:
-        args.adapter_config = common.mapping_argument(args.adapter_config, "adapter_config")
+        args.adapter_config = mapping_argument(args.adapter_config, "adapter_config")
     except ValueError as error:
         parser.error(str(error))
     if args.adapter_config and args.adapter_name_or_path:
@@ -84,9 +88,9 @@ def build_components(args) -> Components:
     )
 
 
-def main(args) -> common.TrainResult:
+def main(args) -> TrainResult:
     """Train stage 1; writes checkpoints and ``<output_dir>/pipeline``."""
-    return common.train(args, STAGE, build_components, script="training/stage1.py")
+    return mtcolor_train.train(args, STAGE, build_components, script="training/stage1.py")
 
 
 if __name__ == "__main__":

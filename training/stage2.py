@@ -32,7 +32,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # `accelerate launch training/stage2.py` runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training import common  # noqa: E402
+from training import mtcolor_train  # noqa: E402
+from training.arguments import mapping_argument  # noqa: E402
+from training.loop import TrainResult  # noqa: E402
 from training.mtcolor_model import (  # noqa: E402
     ADAPTER_SWITCHES,
     Components,
@@ -45,7 +47,7 @@ STAGE = 2
 
 
 def build_parser():
-    parser = common.build_parser("MT-Color stage 2: train the ControlNet and the PMAM modules.", STAGE)
+    parser = mtcolor_train.build_parser("MT-Color stage 2: train the ControlNet and the PMAM modules.", STAGE)
     group = parser.add_argument_group("stage 2")
     group.add_argument(
         "--adapter_name_or_path",
@@ -86,9 +88,9 @@ def build_parser():
 def parse_args(argv: list[str] | None = None):
     """Parse and validate the stage-2 arguments (``--config`` YAML + flags)."""
     parser = build_parser()
-    args = common.parse_args(parser, argv)
+    args = mtcolor_train.parse_args(parser, argv)
     try:
-        args.adapter_config = common.mapping_argument(args.adapter_config, "adapter_config")
+        args.adapter_config = mapping_argument(args.adapter_config, "adapter_config")
     except ValueError as error:
         parser.error(str(error))
     if args.fresh_adapter:
@@ -164,9 +166,9 @@ def build_components(args) -> Components:
     )
 
 
-def main(args) -> common.TrainResult:
+def main(args) -> TrainResult:
     """Train stage 2; writes checkpoints and ``<output_dir>/pipeline``."""
-    return common.train(args, STAGE, build_components, script="training/stage2.py")
+    return mtcolor_train.train(args, STAGE, build_components, script="training/stage2.py")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,360 @@
+"""Checkpoints of every trainer in this folder: save, verify, resolve and resume, plus the
+process-safety helpers that guard the output folder.
+
+* :func:`save_checkpoint` writes ``accelerator.save_state`` into ``checkpoint-<step>.tmp`` and renames
+  it to ``checkpoint-<step>`` only once complete, with a ``checkpoint.json`` marker written last that
+  holds the run's settings, the step and the size and sha256 of every file;
+* :func:`resolve_checkpoint` turns ``--resume_from_checkpoint`` into a verified folder (``latest``:
+  the newest complete one whose files still match their checksums, falling back past damaged ones
+  with a warning); the step to resume at is the marker's ``step``, never the folder name;
+* :func:`lock_output_dir` keeps two runs from writing into one ``--output_dir`` and
+  :func:`stop_if_orphaned` ends a trainer whose launcher is gone (:mod:`mtcolor.locks`).
+
+Generic: no MT-Color or L-CoIns module is imported here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from mtcolor.locks import FolderLockedError, fsync_directory, lock_folder, parent_gone, unlock_folder
+
+logger = logging.getLogger("mtcolor.training")
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINT_MARKER = "checkpoint.json"
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of ``output_dir``, oldest first.
+
+    Complete = named ``checkpoint-<step>`` (renamed from ``checkpoint-<step>.tmp`` after the save)
+    and holding the ``checkpoint.json`` marker written last; anything else (a ``.tmp`` folder left
+    by a kill during a save, a copy in progress) is ignored.
+    """
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = CHECKPOINT_PATTERN.match(path.name)
+        if match and path.is_dir() and (path / CHECKPOINT_MARKER).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def resolve_checkpoint(value: str | None, output_dir: str | os.PathLike) -> Path | None:
+    """``--resume_from_checkpoint`` -> a verified checkpoint folder (``latest``: the newest intact one).
+
+    ``latest`` checks the complete checkpoints newest first with :func:`verify_checkpoint`; damaged
+    ones (truncated or replaced files, a deleted subfolder, an invalid marker) are skipped with a
+    warning naming the folder and the file, so the run resumes from the newest intact checkpoint.
+    Returns None when there is no checkpoint at all.
+
+    Raises:
+        CheckpointError: an explicit checkpoint that is not complete or fails verification, or
+            ``latest`` when every checkpoint of ``output_dir`` is damaged.
+    """
+    if value is None:
+        return None
+    if value == "latest":
+        damaged = []
+        for path in reversed(list_checkpoints(output_dir)):
+            try:
+                verify_checkpoint(path)
+            except CheckpointError as error:
+                logger.warning(f"skipping a damaged checkpoint: {error}")
+                damaged.append(str(error))
+                continue
+            if damaged:
+                logger.warning(
+                    f"resuming from {path}, the newest intact checkpoint ({len(damaged)} newer one(s) damaged)"
+                )
+            return path
+        if damaged:
+            raise CheckpointError(
+                f"no intact checkpoint in {str(output_dir)!r} to resume from: {'; '.join(damaged)}. Restore the "
+                "files, or delete the damaged checkpoint folders to start a new run."
+            )
+        return None
+    path = Path(value)
+    if not CHECKPOINT_PATTERN.match(path.name) or not (path / CHECKPOINT_MARKER).is_file():
+        raise CheckpointError(
+            f"--resume_from_checkpoint={value!r} is not a complete checkpoint (a checkpoint-<step> folder with "
+            f"{CHECKPOINT_MARKER}); pick one listed by the trainer or pass 'latest'."
+        )
+    verify_checkpoint(path)
+    return path
+
+
+def resolve_checkpoint_or_fail(value: str | None, output_dir: str | os.PathLike) -> Path | None:
+    """:func:`resolve_checkpoint` for a training script: a checkpoint that cannot be resumed ends the
+    run with one ``error:`` line naming the folder and the file (:func:`fail`, exit status 2)."""
+    try:
+        return resolve_checkpoint(value, output_dir)
+    except CheckpointError as error:
+        fail(str(error))
+
+
+def save_checkpoint(
+    accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None, info: dict
+) -> Path:
+    """``accelerator.save_state`` into ``checkpoint-<step>.tmp``, then rename to ``checkpoint-<step>``.
+
+    Every process must call it (processes save their RNG states; DeepSpeed shards its state). The
+    marker ``checkpoint.json`` (``info`` + the step + the size and sha256 of every file, see
+    :func:`checkpoint_manifest`) is written last, inside the temporary folder; files, marker and
+    folder are fsynced and the rename is atomic, so a kill at any moment leaves either no
+    ``checkpoint-<step>`` or a complete one, and later damage is detected at resume. Older
+    checkpoints beyond ``total_limit`` are deleted after the new one is complete. ``output_dir``
+    must be on a file system shared by all processes of a multi-node run.
+    """
+    root = Path(output_dir)
+    final = root / f"checkpoint-{step}"
+    temporary = root / f"checkpoint-{step}.tmp"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        if temporary.exists():
+            shutil.rmtree(temporary)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        marker = {**info, "step": int(step), "files": checkpoint_manifest(temporary, fsync=True)}
+        with open(temporary / CHECKPOINT_MARKER, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(marker, indent=1, default=str))
+            handle.flush()
+            os.fsync(handle.fileno())
+        fsync_directory(temporary)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        fsync_directory(root)
+        logger.info(f"saved state to {final}")
+        if total_limit is not None:
+            existing = list_checkpoints(root)
+            for old in existing[: max(0, len(existing) - total_limit)]:
+                logger.info(f"removing old checkpoint {old} (checkpoints_total_limit={total_limit})")
+                shutil.rmtree(old)
+        for stale in root.glob("checkpoint-*.tmp"):  # left behind by an earlier killed save
+            if stale != temporary:
+                shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# ================================================================================================
+# checkpoint integrity: checksums recorded at save time, verified at resume
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from (the message names the folder and the file)."""
+
+
+def _sha256(path: Path, fsync: bool = False) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+        if fsync:
+            os.fsync(handle.fileno())
+    return digest.hexdigest()
+
+
+def checkpoint_manifest(folder: str | os.PathLike, fsync: bool = False) -> dict[str, dict]:
+    """``{relative path: {"bytes": size, "sha256": hex}}`` of every file under ``folder`` except the
+    marker (what :func:`save_checkpoint` records and :func:`verify_checkpoint` compares).
+
+    ``fsync``: also flush every file (and folder) to disk while reading it.
+    """
+    root = Path(folder)
+    files = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_dir():
+            if fsync:
+                fsync_directory(path)
+            continue
+        relative = path.relative_to(root).as_posix()
+        if relative == CHECKPOINT_MARKER:
+            continue
+        files[relative] = {"bytes": path.stat().st_size, "sha256": _sha256(path, fsync)}
+    return files
+
+
+def read_checkpoint_marker(folder: str | os.PathLike) -> dict:
+    """The parsed ``checkpoint.json`` of ``folder``; :class:`CheckpointError` when unreadable."""
+    path = Path(folder) / CHECKPOINT_MARKER
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {str(folder)!r}: {CHECKPOINT_MARKER} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r}: {CHECKPOINT_MARKER} is not valid JSON ({error})"
+        ) from None
+    if not isinstance(marker, dict) or not isinstance(marker.get("step"), int):
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r}: {CHECKPOINT_MARKER} has no integer 'step' (got {str(marker)[:80]})"
+        )
+    return marker
+
+
+def verify_checkpoint(folder: str | os.PathLike) -> dict:
+    """Check a checkpoint against the sizes and sha256 sums recorded in its marker; returns the marker.
+
+    A checkpoint written before checksums were recorded gets structural checks only (no empty file,
+    every ``.safetensors`` as long as its header says) and a warning.
+
+    Raises:
+        CheckpointError: naming the folder and the first missing, truncated or changed file.
+    """
+    folder = Path(folder)
+    marker = read_checkpoint_marker(folder)
+    files = marker.get("files")
+    if not isinstance(files, dict):
+        logger.warning(f"checkpoint {folder} has no checksums (written by an older version); not verified")
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            problem = _structure_problem(path)
+            if problem is not None:
+                raise CheckpointError(f"checkpoint {str(folder)!r}: {path.relative_to(folder)} {problem}")
+        return marker
+    for relative, expected in sorted(files.items()):
+        path = folder / relative
+        where = f"checkpoint {str(folder)!r}: {relative}"
+        if not path.is_file():
+            raise CheckpointError(f"{where} is missing")
+        size = path.stat().st_size
+        if size != expected.get("bytes"):
+            raise CheckpointError(
+                f"{where} has {size} bytes, {expected.get('bytes')} when saved (truncated?)"
+            )
+        if _sha256(path) != expected.get("sha256"):
+            raise CheckpointError(
+                f"{where} differs from the file saved (sha256 mismatch: modified or replaced)"
+            )
+    return marker
+
+
+def _structure_problem(path: Path) -> str | None:
+    """Cheap checks of one file of an unverifiable checkpoint."""
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes)"
+    if path.suffix != ".safetensors":
+        return None
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        try:
+            header = json.loads(handle.read(length)) if 0 < length <= size - 8 else None
+        except (ValueError, UnicodeDecodeError):
+            header = None
+    if not isinstance(header, dict):
+        return "has no valid safetensors header (truncated?)"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, IndexError, ValueError):
+        return "has an invalid safetensors header"
+    if 8 + length + end != size:
+        return f"has {size} bytes, {8 + length + end} by its safetensors header (truncated?)"
+    return None
+
+
+def load_checkpoint_state(accelerator, checkpoint: Path, marker: dict) -> None:
+    """``accelerator.load_state`` of a verified checkpoint. One written without checksums (older
+    version) could still be damaged in ways the structural checks miss: its loading errors end the
+    run with one line naming the folder instead of a traceback."""
+    if isinstance(marker.get("files"), dict):
+        accelerator.load_state(str(checkpoint))
+        return
+    try:
+        accelerator.load_state(str(checkpoint))
+    except Exception as error:  # noqa: BLE001 - any loading error of an unverifiable checkpoint
+        fail(
+            f"checkpoint {str(checkpoint)!r} (written without checksums) could not be loaded: "
+            f"{type(error).__name__}: {error}; resume from another checkpoint-<step> folder."
+        )
+
+
+# ================================================================================================
+# process safety: the output-folder lock and the launcher's lifetime
+def fail(message: str) -> None:
+    """End a training script like ``parser.error``: one ``error:`` line on stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def lock_output_dir(output_dir: str | os.PathLike) -> None:
+    """Hold ``output_dir`` (created if missing) for this process until :func:`release_output_dir` or
+    exit. A folder held by a live run refuses the start (:func:`fail`, naming the holder's pid); the
+    lock of a killed run is taken over."""
+    try:
+        lock = lock_folder(output_dir)
+    except FolderLockedError as error:
+        fail(f"--output_dir {error}")
+    except (NotADirectoryError, FileExistsError) as error:
+        fail(
+            f"--output_dir {str(output_dir)!r} is not a folder ({error.strerror or error}); pass a folder for "
+            "checkpoints and the trained model."
+        )
+    else:
+        if lock.took_over is not None and lock.depth == 1:
+            logger.info(
+                f"took over the lock of {output_dir} left by process {lock.took_over.get('pid')} (gone)"
+            )
+
+
+def release_output_dir(output_dir: str | os.PathLike) -> None:
+    """Undo one :func:`lock_output_dir` of this process (no-op when it holds no lock)."""
+    unlock_folder(output_dir)
+
+
+def stop_if_orphaned() -> None:
+    """In the training loop: end the run when the launcher that started it is gone (the portable
+    fallback of the parent-death signal armed by :func:`make_accelerator`)."""
+    if parent_gone():
+        logger.error("the launcher of this run is gone; stopping")
+        raise SystemExit(128 + 15)
+
+
+def resume_from_checkpoint(
+    accelerator, value: str | None, output_dir, run_info: dict, identity: tuple
+) -> int:
+    """Restore the run named by ``--resume_from_checkpoint`` ``value``; returns the step to go on from.
+
+    The step is the marker's ``step`` (a renamed or copied folder cannot shift it). ``run_info`` is
+    what this run would write into its markers; a checkpoint whose value of one of the ``identity``
+    keys differs (another stage, phase or trainer, another model or loss) is refused, any other
+    difference (processes, batch, seed) is logged: the data position is then only approximate.
+    Returns 0 (a fresh start) when ``value`` is None or ``latest`` finds no checkpoint.
+
+    Raises:
+        ValueError: the checkpoint was written with other ``identity`` settings.
+    """
+    checkpoint = resolve_checkpoint_or_fail(value, output_dir)
+    if checkpoint is None:
+        if value:
+            logger.info(f"no complete checkpoint in {output_dir}; starting a new run")
+        return 0
+    marker = read_checkpoint_marker(checkpoint)
+    saved = json.loads(json.dumps({k: marker.get(k) for k in run_info}, default=str))
+    current = json.loads(json.dumps(run_info, default=str))  # compared as written (tuples -> lists)
+    changed = {k: (saved[k], v) for k, v in current.items() if saved[k] != v}
+    refused = {k: change for k, change in changed.items() if k in identity}
+    if refused:
+        details = "; ".join(f"{k}={old!r}, this run has {k}={new!r}" for k, (old, new) in refused.items())
+        raise ValueError(
+            f"{checkpoint} was written with {details}. Resume with the settings it was written with, or pass "
+            "another --output_dir to start a new run."
+        )
+    if changed:
+        logger.warning(f"resuming with changed settings {changed}: the data position is only approximate")
+    load_checkpoint_state(accelerator, checkpoint, marker)
+    step = int(marker["step"])
+    logger.info(f"resumed from {checkpoint} at step {step}")
+    return step
