@@ -4,7 +4,7 @@ the embedded model (or ``--model``), write a contact sheet and a metrics JSON.
 Writes a contact sheet (gray | masks + texts | output | ground truth, one row per scene) and a JSON
 of metrics (colour adherence per scene and overall, colour bleeding, PSNR / SSIM / colorfulness
 against the ground truth where the texts describe it) into an output folder. The scenes are
-:mod:`mtcolor.demo_scenes`'; adherence is scored against each scene's canonical ``instance_colors``
+:mod:`mtcolor.demo_scenes`; adherence is scored against each scene's canonical ``instance_colors``
 (:func:`mtcolor.scene_eval.scene_adherence`, as the ablation benchmark scores), so texts that use
 synonyms ("a lemon star", "the ring is pearl") count like plain ones.
 
