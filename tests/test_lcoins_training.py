@@ -1,11 +1,7 @@
 """training/train_lcoins.py: arguments, data formats, smoke training, checkpoints and resume."""
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +9,7 @@ import PIL.Image
 import pytest
 import torch
 from accelerate.utils import set_seed
+from test_training import launch_two_cpu_processes
 
 from mtcolor import LCoInsPipeline
 from mtcolor.color import rgb_to_lab
@@ -171,21 +168,12 @@ def test_ablation_flags_configure_the_model(tmp_path, pairs_data):
 
 # ------------------------------------------------------------------------------------------------
 # Issue 15: L-CoIns on the shared training loop (process count, epochs, exact resume)
-REPO = Path(__file__).resolve().parents[1]
-
-
 def _weights(folder) -> dict:
     pipe = LCoInsPipeline.from_pretrained(folder)
     return {
         **{f"model.{k}": v for k, v in pipe.model.state_dict().items()},
         **{f"text_encoder.{k}": v for k, v in pipe.text_encoder.state_dict().items()},
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_train_the_same_epochs_and_weights_as_one(tmp_path, pairs_data):
@@ -197,14 +185,7 @@ def test_two_processes_train_the_same_epochs_and_weights_as_one(tmp_path, pairs_
     two = tmp_path / "two"
     argv = ["--train_data", pairs_data, "--output_dir", two, "--model_config", "tiny", "--text_encoder_config", "tiny",
             "--train_batch_size", 2, "--learning_rate", "2e-3", "--report_to", "none", "--seed", 0, *flags]  # fmt: skip
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", REPO / "training" / "configs" / "accelerate_cpu_2proc.yaml",
-        "--main_process_port", _free_port(), REPO / "training" / "train_lcoins.py", *argv,
-    ]  # fmt: skip
-    done = subprocess.run([str(c) for c in command], env=env, cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = launch_two_cpu_processes("train_lcoins.py", argv)
     assert "trainable weights identical on all 2 processes" in done.stderr
     steps = ["checkpoint-1", "checkpoint-2"]
     assert [p.name for p in list_checkpoints(one)] == [p.name for p in list_checkpoints(two)] == steps
@@ -214,7 +195,9 @@ def test_two_processes_train_the_same_epochs_and_weights_as_one(tmp_path, pairs_
     a, b = _weights(one), _weights(two)
     set_seed(0)
     initial, _, _ = build_components(tiny_args(pairs_data, tmp_path / "unused"))
-    assert not torch.equal(a["model.text_proj.weight"], initial.state_dict()["text_proj.weight"])  # it trained
+    assert not torch.equal(
+        a["model.text_proj.weight"], initial.state_dict()["text_proj.weight"]
+    )  # it trained
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=2e-6, msg=key)

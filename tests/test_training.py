@@ -322,20 +322,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def launch_two_cpu_processes(script: str, argv: list) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of ``training/<script>`` with two CPU processes (gloo); asserts it succeeded."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", REPO / "training" / "configs" / "accelerate_cpu_2proc.yaml",
+        "--main_process_port", _free_port(), REPO / "training" / script, *argv,
+    ]  # fmt: skip
+    done = subprocess.run([str(c) for c in command], env=env, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def test_accelerate_launch_with_two_cpu_processes_matches_one_process(assets, stage1_run):
     """2 processes x batch 1 = 1 process x batch 1 x 2 accumulation steps (the same samples, noise and
     update): only true if the data is sharded by process and the gradients are averaged."""
     out = assets.root / "stage1_ddp"
     argv = stage_args(assets, out, "--adapter_name_or_path", assets.adapter, "--max_train_steps", 2,
                       "--gradient_accumulation_steps", 1)  # fmt: skip
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", REPO / "training" / "configs" / "accelerate_cpu_2proc.yaml",
-        "--main_process_port", _free_port(), REPO / "training" / "stage1.py", *argv,
-    ]  # fmt: skip
-    done = subprocess.run([str(c) for c in command], env=env, cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = launch_two_cpu_processes("stage1.py", argv)
     assert "Num processes: 2" in done.stderr
     assert "trainable weights identical on all 2 processes" in done.stderr
     marker = json.loads((out / "checkpoint-2" / checkpoints.CHECKPOINT_MARKER).read_text())
@@ -420,8 +426,8 @@ def test_recipe_trains_each_module_ablation_with_the_module_switched_off(tmp_pat
     """``benchmarks.ablations.mtcolor_ablation_models`` on the shipped model, 2 steps per stage:
     every variant is trained (own stage 1 where the switch changes stage 1), saved with its switch,
     trains only what the variant has, and is reused on a second call."""
-    from mtcolor import MTColorPipeline
     from benchmarks.ablations import MT_RETRAINED, mtcolor_ablation_models
+    from mtcolor import MTColorPipeline
     from mtcolor.embedded import embedded_model
     from training.mtcolor_model import ADAPTER_SWITCHES
 

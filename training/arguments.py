@@ -293,3 +293,13 @@ def mapping_argument(value, name: str) -> dict:
         if isinstance(loaded, dict):
             return loaded
     raise ValueError(f"--{name}={value!r}; pass a mapping (YAML/JSON) of keyword arguments.")
+
+
+def parse_mapping_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """Replace the mapping flags ``names`` of ``args`` by dicts (:func:`mapping_argument`); an invalid
+    value ends with ``parser.error`` naming the flag."""
+    try:
+        for name in names:
+            setattr(args, name, mapping_argument(getattr(args, name), name))
+    except ValueError as error:
+        parser.error(str(error))

@@ -250,3 +250,29 @@ def load_training_records(path_or_hub_id: str, split: str | None = None, cache_d
 def steps_per_epoch(num_batches: int, gradient_accumulation_steps: int) -> int:
     """Optimizer updates per epoch when every epoch ends with a (possibly shorter) update."""
     return math.ceil(num_batches / gradient_accumulation_steps)
+
+
+def training_dataset(args, instances: bool = True):
+    """``(records, dataset)`` of ``--train_data`` with the augmentation of the shared data flags
+    (:func:`training.arguments.add_data_arguments`), seeded by ``--seed``.
+
+    ``instances=False``: every sample gets the null instance condition (the base model, which
+    does not read masks or instance texts).
+    """
+    instance_flags = {"instance_dropout": 1.0}
+    if instances:
+        instance_flags = {
+            "instance_dropout": args.instance_dropout,
+            "max_instances": args.max_instances,
+            "min_instance_pixels": args.min_instance_pixels,
+        }
+    augment = AugmentConfig(
+        resolution=args.resolution,
+        crop_scale=(args.crop_scale_min, args.crop_scale_max),
+        center_crop=args.center_crop,
+        random_flip=args.random_flip,
+        prompt_dropout=args.prompt_dropout,
+        **instance_flags,
+    )
+    records = load_training_records(args.train_data, args.train_split, args.cache_dir)
+    return records, InstanceColorizationDataset(records, augment, seed=args.seed)

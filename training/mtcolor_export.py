@@ -52,21 +52,17 @@ def _pipeline(model, components: Components):
     )
 
 
-def log_validation(
-    accelerator, model, components, records, args, step, weight_dtype, ema=None, params=None
-) -> dict:
+def log_validation(accelerator, model, components, records, args, step, weight_dtype) -> dict:
     """Colorize the validation records through the real pipeline; log and save the images.
 
     Each logged image is ``ground truth | gray input | instance-conditioned | automatic`` (the
     automatic column uses no masks, no texts and the empty prompt). Returns mean PSNR / SSIM of the
-    conditioned colorizations when :mod:`mtcolor.metrics` provides them.
+    conditioned colorizations when :mod:`mtcolor.metrics` provides them. The EMA weights, if any,
+    are the caller's to swap in (:func:`training.prepare.ema_weights`).
     """
     import PIL.Image
 
     unwrapped = accelerator.unwrap_model(model)
-    if ema is not None:
-        ema.store(params)
-        ema.copy_to(params)
     modes = [(m, m.training) for m in (unwrapped.adapter, unwrapped.controlnet) if m is not None]
     for m, _ in modes:
         m.eval()
@@ -96,8 +92,6 @@ def log_validation(
         automatic = pipe(grays, None, None, [""] * len(grays), generator=generator, **options).images
     for m, was_training in modes:
         m.train(was_training)
-    if ema is not None:
-        ema.restore(params)
 
     metrics = {}
     try:

@@ -15,9 +15,9 @@ import os
 
 import torch
 
-from training import arguments, loop
+from training import arguments, loop, prepare
 from training.arguments import PAPER_INSTANCE_DROPOUT, PAPER_LEARNING_RATE, PAPER_WARMUP_STEPS
-from training.mtcolor_data import AugmentConfig, InstanceColorizationDataset, collate, load_training_records
+from training.mtcolor_data import collate, training_dataset
 from training.mtcolor_export import export_pipeline, log_validation, validation_records
 from training.mtcolor_model import (
     MTColorTrainingModel,
@@ -75,10 +75,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
-    """:func:`training.arguments.parse_args` + the MT-Color stages' own check (a base model is required)."""
+    """:func:`training.arguments.parse_args` + the MT-Color stages' own checks (a base model is
+    required; ``--adapter_config`` becomes a dict)."""
     args = arguments.parse_args(parser, argv)
     if not args.pretrained_model_name_or_path:
         parser.error("--pretrained_model_name_or_path is required (an SD-1.5-layout folder or hub id).")
+    arguments.parse_mapping_arguments(parser, args, "adapter_config")
     return args
 
 
@@ -102,7 +104,7 @@ def register_adapter_hooks(accelerator) -> None:
             loaded = ControlNetModel.from_pretrained(os.path.join(folder, "controlnet"))
             model.controlnet.load_state_dict(loaded.state_dict())
 
-    loop.register_folder_hooks(accelerator, save, load)
+    prepare.register_folder_hooks(accelerator, save, load)
 
 
 def train(args, stage: int, build_components, script: str) -> loop.TrainResult:
@@ -115,7 +117,7 @@ def train(args, stage: int, build_components, script: str) -> loop.TrainResult:
             initialise identically on every process).
         script: the script's name, for the model card.
     """
-    with loop.training_run(args) as accelerator:  # locks --output_dir (main process)
+    with prepare.training_run(args) as accelerator:  # locks --output_dir (main process)
         return _train_stage(accelerator, args, stage, build_components, script)
 
 
@@ -141,8 +143,8 @@ def _train_stage(accelerator, args, stage: int, build_components, script: str) -
         c.unet.enable_gradient_checkpointing()
         if c.controlnet is not None:
             c.controlnet.enable_gradient_checkpointing()
-    weight_dtype = loop.weight_dtype_of(accelerator)
-    loop.freeze((c.vae, c.text_encoder, c.unet), accelerator, weight_dtype)
+    weight_dtype = prepare.weight_dtype_of(accelerator)
+    prepare.freeze((c.vae, c.text_encoder, c.unet), accelerator, weight_dtype)
     c.adapter.train()
     if c.controlnet is not None:
         c.controlnet.train()
@@ -164,23 +166,12 @@ def _train_stage(accelerator, args, stage: int, build_components, script: str) -
     register_adapter_hooks(accelerator)
 
     # 2. Data
-    augment = AugmentConfig(
-        resolution=args.resolution,
-        crop_scale=(args.crop_scale_min, args.crop_scale_max),
-        center_crop=args.center_crop,
-        random_flip=args.random_flip,
-        instance_dropout=args.instance_dropout,
-        prompt_dropout=args.prompt_dropout,
-        max_instances=args.max_instances,
-        min_instance_pixels=args.min_instance_pixels,
-    )
     check_resolution(args.resolution, c.vae, c.unet)
-    records = load_training_records(args.train_data, args.train_split, args.cache_dir)
-    dataset = InstanceColorizationDataset(records, augment, seed=args.seed)
+    records, dataset = training_dataset(args, instances=True)
     val_records = validation_records(args, records)
 
     # 3. EMA, optimiser, schedule, prepare, resume and train
-    prepared = loop.setup_training(
+    prepared = prepare.setup_training(
         args, accelerator, model, trainable, dataset, collate, PAPER_STEPS[stage], args.tracker_project_name
     )
     model, ema = prepared.model, prepared.ema
@@ -204,9 +195,8 @@ def _train_stage(accelerator, args, stage: int, build_components, script: str) -
         )
 
     def validate(step):
-        return log_validation(
-            accelerator, model, c, val_records, args, step, weight_dtype, ema, trainable_params
-        )
+        with prepare.ema_weights(ema, trainable_params):
+            return log_validation(accelerator, model, c, val_records, args, step, weight_dtype)
 
     result = loop.run_training_loop(
         accelerator,
@@ -226,13 +216,11 @@ def _train_stage(accelerator, args, stage: int, build_components, script: str) -
     # 4. Final validation and the pipeline folder with its model card
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        metrics = {}
-        if val_records:
-            metrics = log_validation(
-                accelerator, model, c, val_records, args, global_step, weight_dtype, ema, trainable_params
-            )
         if ema is not None:
             ema.copy_to(trainable_params)
+        metrics = {}
+        if val_records:
+            metrics = log_validation(accelerator, model, c, val_records, args, global_step, weight_dtype)
         info = {
             "stage": stage,
             "script": script,

@@ -23,7 +23,6 @@ if __package__ in (None, ""):  # `accelerate launch training/stage1.py` runs thi
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training import mtcolor_train  # noqa: E402
-from training.arguments import mapping_argument  # noqa: E402
 from training.loop import TrainResult  # noqa: E402
 from training.mtcolor_model import Components, load_adapter, load_base_models  # noqa: E402
 
@@ -54,10 +53,6 @@ def parse_args(argv: list[str] | None = None):
     """Parse and validate the stage-1 arguments (``--config`` YAML + flags)."""
     parser = build_parser()
     args = mtcolor_train.parse_args(parser, argv)
-    try:
-        args.adapter_config = mapping_argument(args.adapter_config, "adapter_config")
-    except ValueError as error:
-        parser.error(str(error))
     if args.adapter_config and args.adapter_name_or_path:
         parser.error(
             "--adapter_config configures a fresh adapter; it cannot be combined with --adapter_name_or_path."

@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from training import arguments, loop  # noqa: E402
+from training import arguments, loop, prepare  # noqa: E402
 from training.base_model import (  # noqa: E402
     RANDOM_CLIP,
     VAETrainingModel,
@@ -57,12 +57,7 @@ from training.base_model import (  # noqa: E402
     noise_schedulers,
     save_model_folder,
 )
-from training.mtcolor_data import (  # noqa: E402
-    AugmentConfig,
-    InstanceColorizationDataset,
-    collate,
-    load_training_records,
-)
+from training.mtcolor_data import collate, training_dataset  # noqa: E402
 from training.mtcolor_model import draw_step, latent_shape  # noqa: E402
 
 logger = logging.getLogger("mtcolor.training")
@@ -127,11 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     presets = model_presets()
     if args.model_preset not in presets:
         parser.error(f"--model_preset={args.model_preset!r}; pass one of {sorted(presets)}.")
-    try:
-        for name in ("vae_config", "unet_config", "text_encoder_config"):
-            setattr(args, name, arguments.mapping_argument(getattr(args, name), name))
-    except ValueError as error:
-        parser.error(str(error))
+    arguments.parse_mapping_arguments(parser, args, "vae_config", "unet_config", "text_encoder_config")
     if args.tokenizer_max_length is not None and args.tokenizer_max_length < 2:
         parser.error(
             f"--tokenizer_max_length={args.tokenizer_max_length}; pass >= 2 (special tokens included)."
@@ -154,19 +145,6 @@ def _phase_args(args) -> argparse.Namespace:
     )
 
 
-def _dataset(args):
-    records = load_training_records(args.train_data, args.train_split, args.cache_dir)
-    augment = AugmentConfig(
-        resolution=args.resolution,
-        crop_scale=(args.crop_scale_min, args.crop_scale_max),
-        center_crop=args.center_crop,
-        random_flip=args.random_flip,
-        instance_dropout=1.0,  # instances are not used by the base model
-        prompt_dropout=args.prompt_dropout,
-    )
-    return records, InstanceColorizationDataset(records, augment, seed=args.seed)
-
-
 def train_vae(args, accelerator) -> loop.TrainResult:
     from diffusers import AutoencoderKL
 
@@ -175,8 +153,8 @@ def train_vae(args, accelerator) -> loop.TrainResult:
     vae = VAETrainingModel(AutoencoderKL(**configs["vae"]))
     vae.train()
     params = list(vae.named_parameters())
-    records, dataset = _dataset(args)
-    prepared = loop.setup_training(
+    records, dataset = training_dataset(args, instances=False)
+    prepared = prepare.setup_training(
         args,
         accelerator,
         vae,
@@ -200,7 +178,7 @@ def train_vae(args, accelerator) -> loop.TrainResult:
     validation = [dataset[i]["pixel_values"] for i in range(min(args.num_validation_samples, len(dataset)))]
 
     def validate(step):
-        with loop.ema_weights(ema, [p for _, p in params]):
+        with prepare.ema_weights(ema, [p for _, p in params]):
             return _validate_vae(
                 accelerator, accelerator.unwrap_model(vae).vae, validation, step, phase.output_dir
             )
@@ -280,12 +258,12 @@ def train_unet(args, accelerator) -> loop.TrainResult:
     unet.train()
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    weight_dtype = loop.weight_dtype_of(accelerator)
-    loop.freeze((vae, text_encoder), accelerator, weight_dtype)
+    weight_dtype = prepare.weight_dtype_of(accelerator)
+    prepare.freeze((vae, text_encoder), accelerator, weight_dtype)
     encode_prompts = CachedTextEncoder(tokenizer, text_encoder)  # frozen: each prompt encoded once
     params = list(unet.named_parameters())
-    records, dataset = _dataset(args)
-    prepared = loop.setup_training(
+    records, dataset = training_dataset(args, instances=False)
+    prepared = prepare.setup_training(
         args,
         accelerator,
         unet,
@@ -335,7 +313,7 @@ def train_unet(args, accelerator) -> loop.TrainResult:
         )  # fmt: skip
 
     def validate(step):
-        with loop.ema_weights(ema, [p for _, p in params]):
+        with prepare.ema_weights(ema, [p for _, p in params]):
             return _validate_unet(accelerator, pipeline(), prompts, args, step)
 
     result = loop.run_training_loop(
@@ -373,7 +351,7 @@ def _validate_unet(accelerator, pipe, prompts: list[str], args, step: int) -> di
 
 def main(args) -> loop.TrainResult:
     """Run one phase (``args.phase``)."""
-    accelerator = loop.start_run(_phase_args(args))
+    accelerator = prepare.start_run(_phase_args(args))
     try:
         if args.phase == "vae":
             return train_vae(args, accelerator)

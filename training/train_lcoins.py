@@ -47,7 +47,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `accelerate launch training/train_lcoins.py` runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training import arguments, loop  # noqa: E402
+from training import arguments, loop, prepare  # noqa: E402
 from training.lcoins_data import DATA_FORMATS, collate, load_caption_dataset  # noqa: E402
 from training.lcoins_export import card_sections, log_validation  # noqa: E402
 from training.lcoins_model import (  # noqa: E402  (public names of this script, used by benchmarks and tests)
@@ -216,7 +216,7 @@ def register_checkpoint_hooks(accelerator) -> None:
             loaded = AutoModel.from_pretrained(os.path.join(folder, "text_encoder"))
             wrapper.text_encoder.load_state_dict(loaded.state_dict())
 
-    loop.register_folder_hooks(accelerator, save, load)
+    prepare.register_folder_hooks(accelerator, save, load)
 
 
 def run_info(args, model) -> dict:
@@ -234,7 +234,7 @@ def run_info(args, model) -> dict:
 
 def main(args: argparse.Namespace) -> Path:
     """Train and save the pipeline into ``args.output_dir``; returns that folder."""
-    with loop.training_run(args) as accelerator:  # seeded; --output_dir locked (main process)
+    with prepare.training_run(args) as accelerator:  # seeded; --output_dir locked (main process)
         return _train(accelerator, args)
 
 
@@ -245,11 +245,11 @@ def _train(accelerator, args) -> Path:
 
     # 1. Models: a frozen text encoder runs in the mixed-precision dtype with memoised captions
     model, text_encoder, tokenizer = build_components(args)
-    weight_dtype = loop.weight_dtype_of(accelerator)
+    weight_dtype = prepare.weight_dtype_of(accelerator)
     model.train()
     text_states = None
     if args.freeze_text_encoder:
-        loop.freeze([text_encoder], accelerator, weight_dtype)
+        prepare.freeze([text_encoder], accelerator, weight_dtype)
         length = args.max_caption_length or max_caption_length(tokenizer, text_encoder)
         text_states = CachedTokenStates(tokenizer, text_encoder, length)
     else:
@@ -277,7 +277,7 @@ def _train(accelerator, args) -> Path:
     samples = [validation_dataset[i] for i in range(count)]
 
     # 3. EMA, optimiser, schedule, prepare, resume and train
-    prepared = loop.setup_training(
+    prepared = prepare.setup_training(
         args, accelerator, wrapper, trainable, dataset, collate, 0, args.tracker_project_name
     )
     params = [p for _, p in trainable]
@@ -287,7 +287,7 @@ def _train(accelerator, args) -> Path:
         return prepared.model(batch, row_generators(args.seed, step, first, len(batch["caption"])))
 
     def validate(step):
-        with loop.ema_weights(prepared.ema, params):
+        with prepare.ema_weights(prepared.ema, params):
             return log_validation(accelerator, model, text_encoder, tokenizer, samples, args, step)
 
     result = loop.run_training_loop(

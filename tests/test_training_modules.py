@@ -1,0 +1,35 @@
+"""The layout of ``training/``: the generic modules (arguments, checkpoints, prepare, loop) do not
+pull in MT-Color or L-CoIns modules when imported, and ``training/common.py`` is gone."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GENERIC = ["training.arguments", "training.checkpoints", "training.prepare", "training.loop"]
+APPLICATION = ["training.mtcolor_model", "training.mtcolor_data", "training.mtcolor_export", "training.mtcolor_train",
+               "training.lcoins_model", "training.lcoins_data", "training.train_lcoins", "mtcolor.models.adapter",
+               "mtcolor.models.lcoins", "pipelines"]  # fmt: skip
+
+
+def test_generic_training_modules_do_not_import_the_applications():
+    code = (
+        "import importlib, json, sys\n"
+        f"found = {{m: [a for a in {APPLICATION!r} if a in sys.modules] for m in {GENERIC!r} if importlib.import_module(m)}}\n"
+        "print(json.dumps(found))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == {module: [] for module in GENERIC}
+
+
+def test_no_module_imports_the_removed_training_common():
+    assert not (REPO / "training" / "common.py").exists()
+    offenders = []
+    for path in REPO.rglob("*.py"):
+        if any(part.startswith(".") for part in path.relative_to(REPO).parts):
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if "training.common" in text or "from training import common" in text:
+            offenders.append(str(path.relative_to(REPO)))
+    assert offenders == ["tests/test_training_modules.py"]  # (this file names it)
