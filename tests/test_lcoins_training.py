@@ -292,3 +292,17 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, pairs_data, uni
     with pytest.raises(ValueError, match=f"checkpoint-2 was written with {written}"):
         main(tiny_args(pairs_data, out, *RESUME_FLAGS, *changed, "--resume_from_checkpoint", "latest"))
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]  # nothing trained from it
+
+
+@pytest.mark.parametrize(
+    "ablation",
+    [["--no_counter_color_loss"], ["--no_counter_color_loss", "--no_group_embedding"], ["--no_luminance_augmentation"]],
+)  # fmt: skip
+def test_ablations_train_every_parameter_they_use(tmp_path, pairs_data, ablation):
+    """The shared loop checks after the first backward that every trained parameter got a gradient (DDP
+    needs it): the parts an ablation does not use (the counter-colour heads, BERT's pooler) are frozen."""
+    folder = main(
+        tiny_args(pairs_data, tmp_path, "--max_train_steps", "1", "--num_validation_samples", "0", *ablation)
+    )
+    model = LCoInsPipeline.from_pretrained(folder).model
+    assert model.config.use_group_tokens == ("--no_group_embedding" not in ablation)

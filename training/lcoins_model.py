@@ -205,9 +205,17 @@ def row_generators(
     ]  # fmt: skip
 
 
-#: Parameters that only the counter-colour loss reads (frozen by ``--no_counter_color_loss``: every
-#: trained parameter must get a gradient, or DDP would wait for it).
-COUNTER_LOSS_PARAMETERS = ("text_head", "group_head", "grouping_layer.to_value")
+#: Modules that only the counter-colour loss reads (those the model has are frozen by
+#: ``--no_counter_color_loss``: every trained parameter must get a gradient, or DDP would wait for it).
+COUNTER_LOSS_MODULES = ("text_head", "group_head", "grouping_layer.to_value")
+
+
+def freeze_counter_loss_modules(model) -> None:
+    """Freeze the :data:`COUNTER_LOSS_MODULES` of an ``LCoInsModel`` trained without LC eq. 14-15."""
+    modules = dict(model.named_modules())
+    for name in COUNTER_LOSS_MODULES:
+        if name in modules:  # (no grouping layer without group tokens)
+            modules[name].requires_grad_(False)
 
 
 class LCoInsTrainingModel(torch.nn.Module):

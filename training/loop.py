@@ -46,7 +46,8 @@ DROPOUT_STREAM = 0xD0
 
 @dataclass
 class TrainResult:
-    """What :func:`run_training_loop` (and the MT-Color ``train``) returns (on every process; ``pipeline_dir`` is written by the main one)."""
+    """What :func:`run_training_loop` (and the MT-Color ``train``) returns, on every process
+    (``pipeline_dir`` is written by the main one)."""
 
     output_dir: Path
     pipeline_dir: Path | None

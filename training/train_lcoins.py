@@ -51,12 +51,12 @@ from training import arguments, loop, prepare  # noqa: E402
 from training.lcoins_data import DATA_FORMATS, collate, load_caption_dataset  # noqa: E402
 from training.lcoins_export import card_sections, log_validation  # noqa: E402
 from training.lcoins_model import (  # noqa: E402  (public names of this script, used by benchmarks and tests)
-    COUNTER_LOSS_PARAMETERS,
     MINILM,
     TEXT_ENCODER_PRESETS,
     LCoInsTrainingModel,
     build_components,
     compute_loss,
+    freeze_counter_loss_modules,
     max_caption_length,
     row_generators,
 )
@@ -257,8 +257,7 @@ def _train(accelerator, args) -> Path:
         if getattr(text_encoder, "pooler", None) is not None:  # the loss reads the token states only
             text_encoder.pooler.requires_grad_(False)
     if args.no_counter_color_loss:
-        for name in COUNTER_LOSS_PARAMETERS:
-            model.get_submodule(name).requires_grad_(False)
+        freeze_counter_loss_modules(model)
     lexicon = default_lexicon(args.color_vocabulary)
     wrapper = LCoInsTrainingModel(model, text_encoder, tokenizer=tokenizer, args=args, lexicon=lexicon,
                                   weight_dtype=weight_dtype, text_states=text_states)  # fmt: skip
