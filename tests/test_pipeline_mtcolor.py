@@ -15,6 +15,7 @@ from mtcolor import MTColorPipeline, MTColorPipelineOutput
 from mtcolor.color import image_luminance, rgb_to_lab
 from mtcolor.denoise import predict_noise
 from mtcolor.inputs import prepare_samples, working_size
+from mtcolor.masks import resize_label_map
 from mtcolor.sampling import fuse_latents
 from mtcolor.testing import randomize_adapter, tiny_components
 from pipelines.mtcolor_phases import GroupRun, TextEmbeds, global_sampling, global_units
@@ -580,3 +581,22 @@ def test_fixed_seed_output_matches_the_recording(pipe):
     )
     torch.testing.assert_close(latents[-1, 3:6, 4:7].flatten(), expected, atol=1e-5, rtol=1e-5)
     assert abs(float(latents.double().abs().sum()) - 893.1023247507401) < 1e-3
+
+
+def test_instance_phase_samples_each_instance_alone_then_eq8(pipe):
+    """alpha = 1: every step is the instance phase, then MT eq. 8. Each instance latent must equal a
+    plain call (alpha = 0) with that instance's text as the prompt and its mask as the only mask, from
+    the same z_T; the global latent a plain call with everything."""
+    gray, masks, texts = _scene()
+    kw = dict(output_type="latent", seed=0)
+    fused = _run(pipe, gray, masks, texts, prompt="a street", alpha=1.0, **kw)[0]
+    z_global = _run(pipe, gray, masks, texts, prompt="a street", alpha=0.0, **kw)[0]
+    z_instances = torch.stack(
+        [_run(pipe, gray, [m], [t], prompt=t, alpha=0.0, **kw)[0] for m, t in zip(masks, texts)]
+    )
+    (sample,) = prepare_samples(gray, masks, texts)
+    working = resize_label_map(sample.label_map, working_size(sample.size, 64, 8))  # as the pipeline
+    label = resize_label_map(working, fused.shape[-2:])  # (h, w) at latent resolution
+    assert set(label.unique().tolist()) == {0, 1, 2}
+    expected = fuse_latents(z_global, z_instances, label, beta=0.2, fusion="paper")
+    torch.testing.assert_close(fused, expected, atol=1e-4, rtol=1e-4)  # batched vs separate UNet calls
