@@ -23,6 +23,11 @@ Rules (DESIGN.md section 3):
   equal areas go to the lower index. One ``UserWarning`` per call reports the overlapping pairs.
 * Resizing to a coarser token grid uses a **majority vote** per cell; ties go to an instance over
   the background, and among instances to the smallest id. Growing a grid uses nearest neighbour.
+* Token grids: a UNet's attention levels see the latent grid halved per level, ``ceil`` on odd
+  sizes (:func:`attention_grids`; :func:`token_grid` finds a level from its token count). An
+  instance can vanish at a coarse grid (:func:`vanished_instances`, :func:`lost_instances`).
+* Masks back from a label map: :func:`instance_masks` (one-hot, m_g first; the fusion of MT eq. 8
+  uses it).
 """
 
 from __future__ import annotations
