@@ -160,8 +160,8 @@ def test_shipped_mtcolor_follows_its_texts_on_held_out_scenes():
     fails here. 12 fixed held-out scenes (held-out colour-shape pairs included), the recipe's
     recommended guidance; adherence is scored against the colour each text names."""
     from mtcolor.demo_scenes import synthetic_config
-    from mtcolor.scene_eval import colorize_scenes, held_out_scenes, score_scenes
     from mtcolor.embedded import recommended_guidance_scale
+    from mtcolor.scene_eval import colorize_scenes, held_out_scenes, score_scenes
 
     folder = embedded_model("mtcolor-tiny")
     pipe = MTColorPipeline.from_pretrained(folder)
@@ -178,8 +178,8 @@ def test_shipped_mtcolor_follows_its_texts_on_held_out_scenes():
 @torch.no_grad()
 def test_shipped_lcoins_is_not_gray():
     from mtcolor.demo_scenes import synthetic_config
-    from mtcolor.scene_eval import ground_truth_colorfulness, held_out_scenes, scene_gray
     from mtcolor.metrics import colorfulness
+    from mtcolor.scene_eval import ground_truth_colorfulness, held_out_scenes, scene_gray
 
     folder = embedded_model("lcoins-tiny")
     lcoins = LCoInsPipeline.from_pretrained(folder)
