@@ -8,6 +8,7 @@ Modules:
 * :mod:`webui.overlay` - the label-map overlay and the mask check shown beside it;
 * :mod:`webui.examples` - held-out synthetic scenes and the VOC photo as one-click examples;
 * :mod:`webui.session` - server state and one method per page action (no gradio);
-* :mod:`webui.app` - the gradio page (layout, events, errors shown in the page);
+* :mod:`webui.layout` - the page's components, texts and CSS;
+* :mod:`webui.app` - the gradio page's event wiring and errors shown in the page;
 * :mod:`webui.server` - launch with a bounded queue, upload limit, loopback default.
 """
