@@ -17,27 +17,20 @@ import os
 import re
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
+
+from ._colorize_spec import (
+    Instance,
+    command_line_instances,
+    load_spec,
+    spec_instances,
+)
 
 _MASK_MODES = ("1", "L", "I;16", "I", "F")
 _DEFAULTS = {"guidance_scale": 7.5, "alpha": 0.2, "beta": 0.2}
-_SPEC_KEYS = ("image", "prompt", "negative_prompt", "instances")
-_INSTANCE_KEYS = ("text", "mask", "box", "points")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 #: Default of ``--max-pixels``: where Pillow itself refuses an image as a decompression bomb.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
-
-
-@dataclass
-class _Instance:
-    """One instance: its text and exactly one mask source (a mask file, or SAM box and/or points)."""
-
-    text: str
-    where: str  # for error messages: "--box #2", "instances[1] of spec.json"
-    mask: str | None = None
-    box: tuple[float, float, float, float] | None = None
-    points: list[tuple[float, float]] | None = None
 
 
 class _AppendInstance(argparse.Action):
@@ -137,140 +130,6 @@ def register(subparsers) -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _numbers(value: str, count: int, flag: str, form: str, example: str) -> tuple[float, ...]:
-    try:
-        numbers = tuple(float(part) for part in value.split(","))
-    except ValueError:
-        numbers = ()
-    if len(numbers) != count or not all(math.isfinite(n) for n in numbers):
-        raise ValueError(
-            f"{flag} {value!r} is not {form} (comma-separated finite numbers in pixels), e.g. {flag} {example}."
-        )
-    return numbers
-
-
-def _finite_coordinates(values, where: str, key: str, form: str) -> None:
-    """Spec ``box`` / ``points`` entries: plain finite numbers (JSON/YAML accept NaN and infinity)."""
-    flat = [v for item in values for v in (item if isinstance(item, (list, tuple)) else [item])]
-    for value in flat:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{where} has {key} {values!r}; expected {form} with finite numbers in pixels.")
-
-
-def _parse_box(value: str, flag: str = "--box") -> tuple[float, float, float, float]:
-    return _numbers(value, 4, flag, "x0,y0,x1,y1", "10,20,200,160")  # type: ignore[return-value]
-
-
-def _parse_points(value: str, flag: str = "--point") -> list[tuple[float, float]]:
-    points = []
-    for part in value.split(";"):
-        try:
-            points.append(_numbers(part.strip(), 2, flag, "x,y", "120,80"))
-        except ValueError as err:
-            raise ValueError(
-                f"{flag} {value!r} is not x,y[;x,y...] in pixels, e.g. {flag} '120,80;130,95'."
-            ) from err
-    return points  # type: ignore[return-value]
-
-
-def _load_spec(path: str) -> dict:
-    import json
-
-    import yaml
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--spec {path!r} does not exist; pass a JSON or YAML instance file.")
-    extension = os.path.splitext(path)[1].lower()
-    if extension not in (".json", ".yaml", ".yml"):
-        raise ValueError(f"--spec {path!r} has extension {extension!r}; use a .json, .yaml or .yml file.")
-    with open(path, encoding="utf-8") as handle:
-        try:
-            spec = json.load(handle) if extension == ".json" else yaml.safe_load(handle)
-        except (json.JSONDecodeError, yaml.YAMLError) as err:
-            raise ValueError(f"--spec {path!r} is not valid {extension[1:].upper()}: {err}") from err
-    if not isinstance(spec, dict):
-        raise ValueError(
-            f"--spec {path!r} holds a {type(spec).__name__}; expected an object with keys {_SPEC_KEYS}."
-        )
-    unknown = sorted(set(spec) - set(_SPEC_KEYS))
-    if unknown:
-        raise ValueError(f"--spec {path!r} has unknown keys {unknown}; allowed keys: {list(_SPEC_KEYS)}.")
-    for key in ("image", "prompt", "negative_prompt"):
-        if spec.get(key) is not None and not isinstance(spec[key], str):
-            raise ValueError(f"--spec {path!r} has {key} {spec[key]!r}; expected a string.")
-    return spec
-
-
-def _spec_instances(spec: dict, path: str) -> list[_Instance]:
-    base = os.path.dirname(os.path.abspath(path))
-    entries = spec.get("instances") or []
-    if not isinstance(entries, list):
-        raise ValueError(
-            f"'instances' in --spec {path!r} is a {type(entries).__name__}; expected a list of objects."
-        )
-    instances = []
-    for i, entry in enumerate(entries):
-        where = f"instances[{i}] of --spec {path!r}"
-        if not isinstance(entry, dict):
-            raise ValueError(
-                f'{where} is {entry!r}; expected an object such as {{"mask": "m1.png", "text": "a red car"}}.'
-            )
-        unknown = sorted(set(entry) - set(_INSTANCE_KEYS))
-        if unknown:
-            raise ValueError(f"{where} has unknown keys {unknown}; allowed keys: {list(_INSTANCE_KEYS)}.")
-        text = entry.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f'{where} has text {text!r}; every instance needs a non-empty "text".')
-        has_sam = entry.get("box") is not None or entry.get("points") is not None
-        if (entry.get("mask") is not None) == has_sam:
-            raise ValueError(
-                f'{where} needs exactly one of "mask" or SAM "box"/"points"; got keys {sorted(entry)}.'
-            )
-        instance = _Instance(text=text, where=where)
-        if entry.get("mask") is not None:
-            if not isinstance(entry["mask"], str):
-                raise ValueError(
-                    f"{where} has mask {entry['mask']!r}; expected a file path (relative to the spec)."
-                )
-            instance.mask = os.path.join(base, os.fspath(entry["mask"]))
-        if entry.get("box") is not None:
-            box = entry["box"]
-            if not isinstance(box, (list, tuple)) or len(box) != 4:
-                raise ValueError(f"{where} has box {box!r}; expected [x0, y0, x1, y1] in pixels.")
-            _finite_coordinates(box, where, "box", "[x0, y0, x1, y1]")
-            instance.box = tuple(box)
-        if entry.get("points") is not None:
-            points = entry["points"]
-            if not isinstance(points, (list, tuple)) or not points:
-                raise ValueError(f"{where} has points {points!r}; expected [[x, y], ...] in pixels.")
-            _finite_coordinates(points, where, "points", "[[x, y], ...]")
-            instance.points = [tuple(p) if isinstance(p, (list, tuple)) else p for p in points]
-        instances.append(instance)
-    return instances
-
-
-def _command_line_instances(args) -> list[_Instance]:
-    sources = args.instances or []
-    texts = args.texts or []
-    if len(sources) != len(texts):
-        raise ValueError(
-            f"got {len(sources)} instances (--mask/--box/--point) but {len(texts)} --text; give exactly one "
-            "--text per instance, in the same order."
-        )
-    counters: dict[str, int] = {}
-    instances = []
-    for (kind, value), text in zip(sources, texts):
-        counters[kind] = counters.get(kind, 0) + 1
-        where = f"--{kind} #{counters[kind]}"
-        if kind == "mask":
-            instances.append(_Instance(text=text, where=where, mask=value))
-        elif kind == "box":
-            instances.append(_Instance(text=text, where=where, box=_parse_box(value)))
-        else:
-            instances.append(_Instance(text=text, where=where, points=_parse_points(value)))
-    return instances
-
-
 def _check_options(args) -> None:
     for flag in ("guidance_scale", "alpha", "beta"):
         value = getattr(args, flag)
@@ -348,7 +207,7 @@ def _open_image(path: str, flag: str, max_pixels: int = DEFAULT_MAX_PIXELS):
     return image
 
 
-def _check_masks_not_empty(masks: list, instances: list[_Instance]) -> None:
+def _check_masks_not_empty(masks: list, instances: list[Instance]) -> None:
     """Every mask file must have a pixel above 50% (the pipeline refuses empty masks after loading)."""
     from mtcolor.masks import masks_to_label_map
 
@@ -441,14 +300,14 @@ def _colorize(args) -> int:
                 "--spec is given together with --mask/--box/--point/--text; put the instances either in the spec "
                 "file or on the command line."
             )
-        spec = _load_spec(args.spec)
-        instances = _spec_instances(spec, args.spec)
+        spec = load_spec(args.spec)
+        instances = spec_instances(spec, args.spec)
         if image_path is None and spec.get("image") is not None:
             image_path = os.path.join(os.path.dirname(os.path.abspath(args.spec)), os.fspath(spec["image"]))
         prompt = prompt if prompt is not None else spec.get("prompt")
         negative_prompt = negative_prompt if negative_prompt is not None else spec.get("negative_prompt")
     else:
-        instances = _command_line_instances(args)
+        instances = command_line_instances(args)
     if image_path is None:
         raise ValueError('no input image: pass GRAY (or "image" in --spec).')
 
@@ -504,7 +363,7 @@ def _colorize(args) -> int:
     return 0
 
 
-def _generate(args, image, masks: list, instances: list[_Instance], prompt, negative_prompt, model, device):
+def _generate(args, image, masks: list, instances: list[Instance], prompt, negative_prompt, model, device):
     """Steps 3-4 of :func:`_colorize` (inputs already checked): SAM masks, then the pipeline."""
     # 3. SAM masks for the box/point instances
     sam_rows = [i for i, instance in enumerate(instances) if instance.mask is None]
