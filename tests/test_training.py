@@ -1,4 +1,9 @@
-"""MT-Color training stages 1 and 2 end to end on tiny models and a synthetic record dataset (CPU)."""
+"""MT-Color training stages 1 and 2 end to end on tiny models and a synthetic record dataset (CPU).
+
+Longer than 500 lines on purpose: every test here shares the module-scoped ``assets`` /
+``stage1_run`` fixtures (a tiny base model, a record dataset and a real stage-1 run); split into
+several files, each file would build and train them again.
+"""
 
 import json
 import os
