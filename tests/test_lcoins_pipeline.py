@@ -83,7 +83,10 @@ def test_batch_equals_single_and_tuple_equals_dict(pipe):
         torch.testing.assert_close(a, b)
 
 
-def test_caption_changes_the_colours(pipe):
+def test_caption_reaches_the_model(pipe):
+    """Plumbing on a random tiny model (no colour direction to expect): the caption changes the
+    output. The direction ("blue" lowers b*) is asserted on the shipped model in
+    tests/test_pipeline_directions.py."""
     gray = gray_image(32, 32)
     a = pipe(gray, "a red car", output_type="pt").images
     b = pipe(gray, "a blue car", output_type="pt").images

@@ -381,7 +381,11 @@ def test_train_base_writes_an_sd_layout_model_that_stage1_loads(assets):
         [str(a) for a in ["--pretrained_model_name_or_path", model, "--train_data", assets.data]]
     )
     vae_model, text_encoder, tokenizer, unet_model, scheduler = load_base_models(args)
-    assert vae_model.config.scaling_factor != 0.18215  # measured on the data
+    # scaling_factor = 1 / std of the latents of the training images (SD-1.5's 0.18215 plays this role)
+    pixels = _fixed_batch(assets, 1)["pixel_values"]
+    with torch.no_grad():
+        std = vae_model.encode(pixels * 2 - 1).latent_dist.mean.std().item()
+    assert 0.7 < vae_model.config.scaling_factor * std < 1.4, (vae_model.config.scaling_factor, std)
     assert unet_model.config.cross_attention_dim == text_encoder.config.hidden_size
     assert tokenizer.pad_token_id == 49407 and scheduler.config.prediction_type == "epsilon"
     assert "StableDiffusionPipeline" in (model / "README.md").read_text()
