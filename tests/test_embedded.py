@@ -114,17 +114,22 @@ def test_measured_section_lists_the_model_rows():
            "bleeding": 0.387, "psnr": 18.76, "ssim": 0.8, "colorfulness": 48.4}  # fmt: skip
     bench = [
         {"row": "MT-Color (full)", **row, "adherence_language": 0.5, "language_instances": 90},
+        {"row": "w/o PMAM (retrained)", **row},
         {"row": "L-CoIns", **row},
+        {"row": "L-CoIns w/o group embedding", **row},
     ]
-    text = measured_section(bench, "MT-Color")
+    text = measured_section(bench, "mtcolor-tiny")
     assert (
         "| MT-Color (full) | 40.0% [31%, 50%] (95) | 37.2% [24%, 52%] (43) | 50.0% [40%, 60%] (90) | 0.387 | "
         "18.76 | 0.800 | 48.4 |" in text
     )
-    assert "| L-CoIns | 40.0% [31%, 50%] (95) | 37.2% [24%, 52%] (43) | — |" in measured_section(
-        bench, "L-Co"
-    )
-    assert "L-CoIns" not in text and measured_section(bench, "nothing") == ""
+    assert "| w/o PMAM (retrained) | 40.0% [31%, 50%] (95) | 37.2% [24%, 52%] (43) | — |" in text
+    lcoins = measured_section(bench, "lcoins-tiny")
+    assert "| L-CoIns | 40.0% [31%, 50%] (95) | 37.2% [24%, 52%] (43) | — |" in lcoins
+    assert "| L-CoIns w/o group embedding |" in lcoins and "PMAM" not in lcoins
+    assert "L-CoIns" not in text and measured_section([], "mtcolor-tiny") == ""
+    with pytest.raises(ValueError, match="mtcolor-tiny"):
+        measured_section(bench, "MT-Color")
 
 
 def test_bench_trains_the_lcoins_table1_ablations_on_demand(tmp_path):

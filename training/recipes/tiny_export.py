@@ -23,7 +23,7 @@ from mtcolor.text_encoders import load_packaged_text_encoder, write_text_encoder
 from .tiny_stages import DATA, EMBEDDED, STEPS, SYNTHETIC, TEXT_ENCODER, scaled_steps, synthetic_config
 
 #: guidance scales the export compares (MT-Color's sampling default is SD's 7.5)
-GUIDANCE_SWEEP = (2.0, 3.0, 5.0, 7.5)
+GUIDANCE_SWEEP = (1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 7.5)
 
 
 def choose_guidance(
@@ -60,9 +60,14 @@ def choose_guidance(
     }
 
 
-def measured_section(bench: list[dict], prefix: str) -> str:
-    """Markdown table of the ``mtcolor.bench ablations --json`` rows whose name starts with ``prefix``."""
-    rows = [row for row in bench if row["row"].startswith(prefix)]
+def measured_section(bench: list[dict], model: str) -> str:
+    """Markdown table of the ``mtcolor.bench ablations --json`` rows of one model's card: for
+    ``"lcoins-tiny"`` the rows whose name starts with "L-CoIns" (the model and its Table 1
+    ablations), for ``"mtcolor-tiny"`` every other row (the full model, its sampling switches and
+    its retrained module ablations)."""
+    if model not in ("mtcolor-tiny", "lcoins-tiny"):
+        raise ValueError(f"model={model!r}; pass 'mtcolor-tiny' or 'lcoins-tiny'.")
+    rows = [row for row in bench if row["row"].startswith("L-CoIns") == (model == "lcoins-tiny")]
     if not rows:
         return ""
     lines = [
@@ -157,7 +162,7 @@ def export(out: Path, times: dict, args) -> None:
                 f"guidance sweep on {inference['scenes']} validation scenes (seed {inference['seed']}, not the "
                 f"reported test scenes): {sweep}."
             )
-        measured = measured_section(bench, "MT-Color" if name == "mtcolor-tiny" else "L-CoIns")
+        measured = measured_section(bench, name)
         if measured:
             sections["Measured"] = measured
         if name == "mtcolor-tiny":
