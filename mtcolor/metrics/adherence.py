@@ -356,16 +356,7 @@ def color_adherence(
             )
             instances.append(
                 InstanceAdherence(
-                    image_index=index,
-                    instance=label,
-                    text=text,
-                    word=match.word,
-                    measured=match.measured,
-                    reference=match.reference,
-                    distance=match.distance,
-                    agrees=match.agrees,
-                    chromatic_share=match.chromatic_share,
-                    pixels=int(values.shape[1]),
+                    image_index=index, instance=label, text=text, pixels=int(values.shape[1]), **vars(match)
                 )
             )
     return AdherenceResult(instances, skipped, float(tolerance), images.shape[0])
