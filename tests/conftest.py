@@ -8,7 +8,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# the cores this process may run on (taskset / cgroups), not the machine's: oversubscribed torch threads
+# spin and run several times slower
+torch.set_num_threads(
+    max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+)
 
 
 def pytest_collection_modifyitems(config, items):
