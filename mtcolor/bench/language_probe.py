@@ -39,16 +39,17 @@ def nearest_centroid_accuracy(
 
 
 def encode(texts: list[str], tokenizer, text_encoder, batch: int = 64) -> torch.Tensor:
-    """Pooled embeddings (N, D) of ``texts`` by the MT eq. 3 rule (one batch of ``batch`` at a time)."""
-    from mtcolor.text_encoders import pool_text_embeddings
+    """Pooled embeddings (N, D) of ``texts`` as the model receives them (MT eq. 3 input:
+    :func:`mtcolor.conditioning.encode_texts`), ``batch`` texts at a time."""
+    from mtcolor.conditioning import encode_texts
 
-    out = []
-    for start in range(0, len(texts), batch):
-        tokens = tokenizer(texts[start : start + batch], padding=True, return_tensors="pt")
-        with torch.no_grad():
-            output = text_encoder(**tokens)
-        out.append(pool_text_embeddings(text_encoder, output, tokens["attention_mask"]))
-    return torch.cat(out)
+    with torch.no_grad():
+        return torch.cat(
+            [
+                encode_texts(tokenizer, text_encoder, texts[i : i + batch])[1]
+                for i in range(0, len(texts), batch)
+            ]
+        )
 
 
 def xkcd_vocabulary(colors: list[str], exclude: set[str]) -> tuple[list[str], torch.Tensor]:
@@ -115,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--text_encoder", default="all-MiniLM-L6-v2", help="a packaged encoder name or a folder"
     )
+    parser.add_argument(
+        "--max_length", type=int, default=40, help="tokens per text (the embedded models' tokenizer: 40)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None, help="also write the accuracies to this JSON file")
     args = parser.parse_args(argv)
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     if args.text_encoder in PACKAGED_TEXT_ENCODERS:
-        tokenizer = load_packaged_tokenizer(args.text_encoder)
+        tokenizer = load_packaged_tokenizer(args.text_encoder, model_max_length=args.max_length)
         text_encoder = load_packaged_text_encoder(args.text_encoder)
     else:
         from transformers import AutoModel, AutoTokenizer
