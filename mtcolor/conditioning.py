@@ -59,11 +59,13 @@ def encode_instance_texts(
     return embeds, counts
 
 
-def _recall(memo, texts: list[str], encode_one, max_entries: int) -> list:
-    """Rows of ``texts`` from an ``OrderedDict`` memo, encoding each missing text alone (in first-seen
-    order) and dropping the least recently used entries beyond ``max_entries``."""
-    for text in dict.fromkeys(t for t in texts if t not in memo):
-        memo[text] = encode_one(text)
+def _recall(memo, texts: list[str], encode_missing, max_entries: int) -> list:
+    """Rows of ``texts`` from an ``OrderedDict`` memo, encoding the missing ones (first-seen order)
+    with ``encode_missing(texts) -> rows`` and dropping the least recently used entries beyond
+    ``max_entries``."""
+    missing = list(dict.fromkeys(t for t in texts if t not in memo))
+    if missing:
+        memo.update(zip(missing, encode_missing(missing)))
     rows = []
     for text in texts:
         memo.move_to_end(text)
@@ -73,12 +75,27 @@ def _recall(memo, texts: list[str], encode_one, max_entries: int) -> list:
     return rows
 
 
+def _equal_length_batches(ids: list[torch.Tensor], size: int = 64) -> list[list[int]]:
+    """Indices of the 1-D token-id tensors ``ids`` in batches of equal length (at most ``size``).
+
+    A batch of equal-length sequences needs no padding, so each of its rows is what encoding that
+    text alone gives: a row of a matrix product does not depend on the other rows (checked bit for
+    bit in ``tests/test_text_encoders.py``). The memoised encoders batch their misses this way (about
+    4x faster than one text at a time on CPU) and stay independent of which texts missed together,
+    so a resumed run (empty memo) gets the same bits.
+    """
+    groups: dict[int, list[int]] = {}
+    for i, row in enumerate(ids):
+        groups.setdefault(int(row.shape[0]), []).append(i)
+    return [group[k : k + size] for group in groups.values() for k in range(0, len(group), size)]
+
+
 class CachedTextEncoder:
     """A frozen text encoder with a per-text memo: each distinct text is encoded once.
 
-    Deterministic: every text is encoded alone (a batch of one, padded to the fixed length), so a
-    row never depends on which other texts missed the memo with it, and a resumed run (empty memo)
-    gets bit-identical embeddings. Training loops see the same prompts and instance texts every
+    Deterministic: every text is padded to the same fixed length and the misses are encoded in
+    batches without other padding (:func:`_equal_length_batches`), so a row never depends on which
+    other texts missed the memo with it, and a resumed run (empty memo) gets bit-identical embeddings. Training loops see the same prompts and instance texts every
     epoch; with a frozen encoder (all of mtcolor's trainers freeze it) this removes the encoder
     from the step time.
 
@@ -96,11 +113,15 @@ class CachedTextEncoder:
     def __call__(self, texts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Same as :func:`encode_texts`: hidden states (N, L, D) and pooled embeddings (N, D)."""
 
-        def encode_one(text: str) -> tuple[torch.Tensor, torch.Tensor]:
-            hidden, pooled = encode_texts(self.tokenizer, self.text_encoder, [text])
-            return hidden[0].cpu(), pooled[0].cpu()
+        def encode_missing(missing: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            # every text is padded to the same fixed length: one batch per 64 texts
+            rows = []
+            for k in range(0, len(missing), 64):
+                hidden, pooled = encode_texts(self.tokenizer, self.text_encoder, missing[k : k + 64])
+                rows += list(zip(hidden.cpu(), pooled.cpu()))
+            return rows
 
-        rows = _recall(self._memo, list(texts), encode_one, self.max_entries)
+        rows = _recall(self._memo, list(texts), encode_missing, self.max_entries)
         device = device or self.text_encoder.device
         return torch.stack([h for h, _ in rows]).to(device), torch.stack([p for _, p in rows]).to(device)
 
@@ -108,8 +129,9 @@ class CachedTextEncoder:
 class CachedTokenStates:
     """A frozen text encoder's token states per text, memoised (L-CoIns' language tokens).
 
-    Each text is encoded alone at its own length (no padding, so exact and independent of the
-    batch), then a call pads the batch to its longest text. Same outputs as running the encoder
+    Each text is encoded at its own length (misses batched only with texts of that length, so no
+    padding: exact and independent of the batch, :func:`_equal_length_batches`), then a call pads the
+    batch to its longest text. Same outputs as running the encoder
     with ``padding="longest"`` on the real tokens; padded positions are zeros with mask 0.
 
     Args:
@@ -128,12 +150,22 @@ class CachedTokenStates:
         """Returns token states (N, L, D) and the attention mask (N, L) int64, L = longest text."""
         encoder = getattr(self.text_encoder, "module", self.text_encoder)
 
-        def encode_one(text: str) -> torch.Tensor:
-            ids = self.tokenizer([text], truncation=True, max_length=self.max_length, return_tensors="pt")
-            ids = ids["input_ids"].to(encoder.device)
-            return encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0].cpu()
+        def encode_missing(missing: list[str]) -> list[torch.Tensor]:
+            ids = [
+                torch.tensor(row)
+                for row in self.tokenizer(missing, truncation=True, max_length=self.max_length)["input_ids"]
+            ]
+            rows: list = [None] * len(missing)
+            for batch in _equal_length_batches(ids):
+                batch_ids = torch.stack([ids[i] for i in batch]).to(encoder.device)
+                hidden = encoder(
+                    input_ids=batch_ids, attention_mask=torch.ones_like(batch_ids)
+                ).last_hidden_state
+                for i, h in zip(batch, hidden.cpu()):
+                    rows[i] = h
+            return rows
 
-        rows = _recall(self._memo, list(texts), encode_one, self.max_entries)
+        rows = _recall(self._memo, list(texts), encode_missing, self.max_entries)
         length = max(r.shape[0] for r in rows)
         hidden = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
         mask = torch.zeros(len(rows), length, dtype=torch.long)

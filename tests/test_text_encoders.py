@@ -86,15 +86,17 @@ def test_pool_rule_decides_by_encoder_type(tiny_bert, tiny_clip):
 
 def test_cached_text_encoder_equals_fresh_encoding_and_encodes_each_text_once(tiny_bert):
     encoder, tokenizer = tiny_bert
-    calls = []
-    handle = encoder.register_forward_hook(lambda m, a, kw_out: calls.append(1))
+    rows = []
+    handle = encoder.register_forward_hook(
+        lambda m, a, kw, out: rows.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
     try:
         cache = CachedTextEncoder(tokenizer, encoder)
         first = cache([TEXTS[0], TEXTS[1], TEXTS[0]])
         second = cache([TEXTS[1], TEXTS[0]])
     finally:
         handle.remove()
-    assert len(calls) == 2  # two distinct texts, each encoded once
+    assert rows == [2]  # two distinct texts, each encoded once (one batch)
     hidden, pooled = encode_texts(tokenizer, encoder, [TEXTS[0], TEXTS[1]])
     torch.testing.assert_close(first[1][0], pooled[0], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(first[1][2], pooled[0], atol=1e-6, rtol=1e-5)
@@ -112,6 +114,31 @@ def test_cached_token_states_match_longest_padding_on_real_tokens(tiny_bert):
     real = mask.bool()
     torch.testing.assert_close(hidden[real], reference[real], atol=1e-5, rtol=1e-5)
     assert hidden[~real].abs().max() == 0
+
+
+@pytest.mark.parametrize("cache_type", ["text_encoder", "token_states"])
+def test_memo_misses_batched_bit_for_bit_as_alone_whatever_missed_together(tiny_bert, cache_type):
+    """The memoised encoders batch their misses (equal-length rows, no padding): every row must be
+    exactly what its text encoded alone gives, whichever texts missed the memo with it, so a resumed
+    run (empty memo, other misses) sees the same bits."""
+    encoder, tokenizer = tiny_bert
+    texts = TEXTS + ["a blue star", "a pink ring", "the square is red", "a star"]
+
+    def make():
+        if cache_type == "text_encoder":
+            return CachedTextEncoder(tokenizer, encoder)
+        return CachedTokenStates(tokenizer, encoder, max_length=16)
+
+    together = make()(texts)[0]
+    alone = [make()([t])[0][0] for t in texts]
+    shuffled_cache = make()
+    for t in reversed(texts):
+        shuffled_cache([t, texts[0]])
+    shuffled = shuffled_cache(texts)[0]
+    for i, text in enumerate(texts):
+        n = alone[i].shape[0]
+        assert torch.equal(together[i][:n], alone[i]), text
+        assert torch.equal(shuffled[i][:n], alone[i]), text
 
 
 def test_truncated_texts_are_named_in_a_warning(tiny_bert, caplog):
