@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -49,7 +50,17 @@ from .tiny_stages import (
     scaled_steps,
     stage1_command,
     stage2_command,
+    usable_cores,
 )
+
+
+def _record_time(out: Path, times: dict, name: str, seconds: float) -> None:
+    """Add ``name``'s wall time to ``times`` and ``out/times.json`` (merged with the file, written atomically)."""
+    current = json.loads((out / "times.json").read_text()) if (out / "times.json").is_file() else {}
+    times.update({**current, name: round(seconds, 1)})
+    tmp = out / f".times.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(times, indent=2))
+    os.replace(tmp, out / "times.json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads",
         type=int,
-        default=os.cpu_count() or 1,
-        help="torch threads per stage (use 1 when other jobs share the cores: oversubscribed threads are 4x slower)",
+        default=None,
+        help="torch threads per training process (default: the usable cores divided by --jobs; oversubscribed "
+        "threads are several times slower)",
     )
     parser.add_argument(
         "--stages",
@@ -80,9 +92,19 @@ def main(argv: list[str] | None = None) -> int:
         help="with --export: a `mtcolor.bench ablations --json` file whose rows go into the model cards",
     )
     parser.add_argument(
-        "--jobs", type=int, default=1, help="ablation models trained at the same time (one core each)"
+        "--jobs",
+        type=int,
+        default=min(2, usable_cores()),
+        help="training processes at the same time: with 2 or more, L-CoIns trains beside the MT-Color chain "
+        "(base, stage 1, stage 2), and that many ablation models train at once (default: 2 when 2 cores are usable)",
     )
     args = parser.parse_args(argv)
+    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
+        parser.error(
+            f"--jobs={args.jobs} --threads={args.threads}; pass positive numbers (e.g. --jobs 2 --threads 1)."
+        )
+    if args.threads is None:
+        args.threads = max(1, usable_cores() // args.jobs)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
@@ -90,59 +112,81 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     data = out / "data"
 
+    lock = threading.Lock()  # L-CoIns may finish in its thread while the MT-Color chain records a stage
+
     def done(name: str, seconds: float) -> None:
-        # merge with the file: another recipe process may share --out (e.g. `--stages lcoins` beside the rest)
-        current = json.loads((out / "times.json").read_text()) if (out / "times.json").is_file() else {}
-        times.update({**current, name: round(seconds, 1)})
-        tmp = out / f".times.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(times, indent=2))
-        os.replace(tmp, out / "times.json")
+        # merge with the file: another recipe process may share --out (e.g. `--stages ablations` beside it)
+        with lock:
+            _record_time(out, times, name, seconds)
 
     if "data" in args.stages and "data" not in times:
         start = time.perf_counter()
         build_data(data, args.seed, args.data_scale)
         done("data", time.perf_counter() - start)
 
-    common = ["--seed", str(args.seed), "--report_to", "none"]
-    resolution = ["--resolution", str(SYNTHETIC["image_size"])]
-    for phase in ("vae", "unet"):
-        name = f"base_{phase}"
-        if "base" in args.stages and name not in times:
-            seconds = run_stage(
-                name,
-                [py, "training/train_base.py", "--phase", phase, "--train_data", str(data),
-                 "--output_dir", str(out / "base"), "--max_train_steps", str(scaled_steps(name, args.scale)),
-                 "--train_batch_size", "16", "--vae_config", json.dumps(VAE_CONFIG),
-                 "--unet_config", json.dumps(UNET_CONFIG), "--text_encoder", TEXT_ENCODER,
-                 "--tokenizer_max_length", str(TOKENIZER_MAX_LENGTH),
-                 "--checkpointing_steps", "500", "--checkpoints_total_limit", "1",
-                 "--resume_from_checkpoint", "latest", *resolution, *common],
-                logs,
-                args.threads,
-            )  # fmt: skip
-            done(name, seconds)
+    def lcoins_stage() -> None:
+        if "lcoins" in args.stages and "lcoins" not in times:
+            command = lcoins_command(data, out / "lcoins", scaled_steps("lcoins", args.scale), args.seed)
+            done("lcoins", run_stage("lcoins", command, logs, args.threads))
+
+    # L-CoIns needs only the data: with 2+ jobs it trains beside the MT-Color chain (one core each)
+    beside = None
+    if args.jobs >= 2:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1)
+        beside = pool.submit(lcoins_stage)
+        pool.shutdown(wait=False)
+
     base = out / "base" / "model"
-    if "stage1" in args.stages and "stage1" not in times:
-        command = stage1_command(base, data, out / "stage1", scaled_steps("stage1", args.scale), args.seed)
-        done("stage1", run_stage("stage1", command, logs, args.threads))
-    if "stage2" in args.stages and "stage2" not in times:
-        command = stage2_command(
-            base,
-            out / "stage1" / "pipeline",
-            data,
-            out / "stage2",
-            scaled_steps("stage2", args.scale),
-            args.seed,
-        )
-        done("stage2", run_stage("stage2", command, logs, args.threads))
-    if "lcoins" in args.stages and "lcoins" not in times:
-        seconds = run_stage(
-            "lcoins",
-            lcoins_command(data, out / "lcoins", scaled_steps("lcoins", args.scale), args.seed),
-            logs,
-            args.threads,
-        )
-        done("lcoins", seconds)
+
+    def mtcolor_chain() -> None:
+        common = ["--seed", str(args.seed), "--report_to", "none"]
+        resolution = ["--resolution", str(SYNTHETIC["image_size"])]
+        for phase in ("vae", "unet"):
+            name = f"base_{phase}"
+            if "base" in args.stages and name not in times:
+                seconds = run_stage(
+                    name,
+                    [py, "training/train_base.py", "--phase", phase, "--train_data", str(data),
+                     "--output_dir", str(out / "base"), "--max_train_steps", str(scaled_steps(name, args.scale)),
+                     "--train_batch_size", "16", "--vae_config", json.dumps(VAE_CONFIG),
+                     "--unet_config", json.dumps(UNET_CONFIG), "--text_encoder", TEXT_ENCODER,
+                     "--tokenizer_max_length", str(TOKENIZER_MAX_LENGTH),
+                     "--checkpointing_steps", "500", "--checkpoints_total_limit", "1",
+                     "--resume_from_checkpoint", "latest", *resolution, *common],
+                    logs,
+                    args.threads,
+                )  # fmt: skip
+                done(name, seconds)
+        if "stage1" in args.stages and "stage1" not in times:
+            command = stage1_command(
+                base, data, out / "stage1", scaled_steps("stage1", args.scale), args.seed
+            )
+            done("stage1", run_stage("stage1", command, logs, args.threads))
+        if "stage2" in args.stages and "stage2" not in times:
+            command = stage2_command(
+                base,
+                out / "stage1" / "pipeline",
+                data,
+                out / "stage2",
+                scaled_steps("stage2", args.scale),
+                args.seed,
+            )
+            done("stage2", run_stage("stage2", command, logs, args.threads))
+
+    if beside is None:
+        mtcolor_chain()
+        lcoins_stage()
+    else:
+        chain_ok = False
+        try:
+            mtcolor_chain()
+            chain_ok = True
+        finally:
+            failure = beside.exception()  # waits for L-CoIns beside the chain
+            if chain_ok and failure is not None:
+                raise failure
     if "ablations" in args.stages:
         steps = {stage: scaled_steps(stage, args.scale) for stage in ("stage1", "stage2")}
         for name, _, seconds in mtcolor_ablations(

@@ -57,6 +57,13 @@ DATA = (6000, 200)
 STEPS = {"base_vae": 1200, "base_unet": 2000, "stage1": 1200, "stage2": 700, "lcoins": 2500}
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: taskset, cgroups), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def synthetic_config() -> SyntheticConfig:
     """The recipe's synthetic-data configuration (:data:`SYNTHETIC`)."""
     return SyntheticConfig(**{k: (list(v) if k == "holdout_pairs" else v) for k, v in SYNTHETIC.items()})
