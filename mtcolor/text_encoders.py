@@ -147,6 +147,19 @@ def load_packaged_text_encoder(name: str, torch_dtype=None):
     return AutoModel.from_pretrained(str(packaged_text_encoder_dir(name)), **kwargs).eval()
 
 
+def load_text_encoder(path, subfolder: str = "text_encoder", **kwargs):
+    """The ``text_encoder/`` of a model folder or hub id: any transformers encoder (SD-1.5's
+    ``CLIPTextModel``, a BERT-family encoder, by ``AutoModel``), or the packaged pretrained encoder
+    the folder references (``text_encoder/packaged_model.json``). ``kwargs`` go to ``from_pretrained``
+    (``torch_dtype``, ``revision``, ...)."""
+    from transformers import AutoModel
+
+    packaged = text_encoder_reference(path, subfolder) if Path(str(path)).is_dir() else None
+    if packaged is not None:
+        return load_packaged_text_encoder(packaged, kwargs.get("torch_dtype") or kwargs.get("dtype"))
+    return AutoModel.from_pretrained(path, subfolder=subfolder, **kwargs)
+
+
 def load_packaged_tokenizer(name: str, model_max_length: int | None = None):
     """The packaged encoder's tokenizer (``model_max_length`` overrides its padding length)."""
     from transformers import AutoTokenizer

@@ -141,19 +141,23 @@ class MTColorPipeline(MTColorInputsMixin, DiffusionPipeline):
 
         Args:
             base_model: an SD-1.5-layout folder or hub id with ``vae/``, ``text_encoder/``,
-                ``tokenizer/``, ``unet/`` and ``scheduler/`` sub-folders.
+                ``tokenizer/``, ``unet/`` and ``scheduler/`` sub-folders. The text encoder may be any
+                transformers encoder (CLIP, BERT-family) or a packaged-encoder reference
+                (:func:`mtcolor.text_encoders.load_text_encoder`).
             adapter: an ``MTColorAdapter`` folder or object; ``None`` builds a fresh one for the UNet
                 (with ``adapter_config`` overrides) whose zero-initialised gates leave the UNet as is.
             controlnet: a ``ControlNetModel`` folder or object; ``None`` for a stage-1 model.
             torch_dtype: dtype to load the models in.
             scheduler: a scheduler instance; default: ``DDIMScheduler`` from ``base_model``.
         """
-        from transformers import CLIPTextModel, CLIPTokenizer
+        from transformers import AutoTokenizer
+
+        from mtcolor.text_encoders import load_text_encoder
 
         kw = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
         vae = AutoencoderKL.from_pretrained(base_model, subfolder="vae", **kw)
-        text_encoder = CLIPTextModel.from_pretrained(base_model, subfolder="text_encoder", **kw)
-        tokenizer = CLIPTokenizer.from_pretrained(base_model, subfolder="tokenizer")
+        text_encoder = load_text_encoder(base_model, **kw)  # CLIP, BERT-family, or a packaged reference
+        tokenizer = AutoTokenizer.from_pretrained(base_model, subfolder="tokenizer")
         unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet", **kw)
         if scheduler is None:
             scheduler = DDIMScheduler.from_pretrained(base_model, subfolder="scheduler")

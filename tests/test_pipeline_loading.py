@@ -110,6 +110,29 @@ def test_mtcolor_runs_with_a_bert_text_encoder(clip_components, bert_tokenizer):
     assert torch.allclose(pooled[0][0], hidden[0][0, :tokens].mean(0), atol=1e-5)
 
 
+@pytest.mark.parametrize("encoder_kind", ["bert", "packaged"])
+def test_from_components_loads_any_text_encoder(
+    encoder_kind, clip_components, bert_tokenizer, packaged_bert, tmp_path
+):
+    """``from_components`` on a base-model folder whose text encoder is a BERT (its weights, or a
+    packaged reference) gets that encoder, not a CLIP, and colorizes as the assembled pipeline does."""
+    pipe = build("mtcolor", clip_components, packaged_bert, bert_tokenizer)
+    reference = colorize(pipe)
+    pipe.save_pretrained(tmp_path / "base")
+    if encoder_kind == "packaged":
+        write_text_encoder_reference(tmp_path / "base", "tiny-bert")
+    loaded = MTColorPipeline.from_components(
+        str(tmp_path / "base"),
+        adapter=str(tmp_path / "base" / "adapter"),
+        controlnet=str(tmp_path / "base" / "controlnet"),
+        scheduler=pipe.scheduler,
+    )
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.text_encoder, BertModel)
+    assert type(loaded.tokenizer).__name__.startswith("Bert")
+    assert torch.equal(colorize(loaded), reference)
+
+
 # ---------------------------------------------------------------------------------------------------
 # text encoders referenced from an installed package
 

@@ -139,7 +139,7 @@ def _fp32_frozen_models(components: Components, args, weight_dtype):
         return components.vae, components.text_encoder, None
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from training.mtcolor_model import load_text_encoder
+    from mtcolor.text_encoders import load_text_encoder
 
     path, kw = (
         args.pretrained_model_name_or_path,

@@ -44,6 +44,8 @@ def load_base_models(args) -> tuple:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer
 
+    from mtcolor.text_encoders import load_text_encoder
+
     path = args.pretrained_model_name_or_path
     common = {"revision": args.revision, "cache_dir": args.cache_dir}
     weights = {**common, "variant": args.variant}
@@ -53,20 +55,6 @@ def load_base_models(args) -> tuple:
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **weights)
     noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **common)
     return vae, text_encoder, tokenizer, unet, noise_scheduler
-
-
-def load_text_encoder(path, **kwargs):
-    """The ``text_encoder/`` of a model folder or hub id: any transformers encoder (SD-1.5's
-    ``CLIPTextModel``, a BERT-family encoder), or the packaged pretrained encoder the folder
-    references (``text_encoder/packaged_model.json``, see :mod:`mtcolor.text_encoders`)."""
-    from transformers import AutoModel
-
-    from mtcolor.text_encoders import load_packaged_text_encoder, text_encoder_reference
-
-    packaged = text_encoder_reference(path) if Path(str(path)).is_dir() else None
-    if packaged is not None:
-        return load_packaged_text_encoder(packaged)
-    return AutoModel.from_pretrained(path, subfolder="text_encoder", **kwargs)
 
 
 #: adapter config fields that may be changed on trained weights (ablation switches, MT Tables III-IV)
