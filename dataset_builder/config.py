@@ -82,7 +82,11 @@ def resolve_class(kind: str, registry: dict[str, str], what: str):
 
 
 def build_component(spec: dict, registry: dict[str, str], what: str):
-    """Instantiate ``spec = {"type": ..., **kwargs}`` after checking the keys against the signature."""
+    """Instantiate ``spec = {"type": ..., **kwargs}`` after checking the keys against the signature.
+
+    Keyword-only parameters (after ``*``: injected collaborators such as a captioner's ``clock``,
+    ``sleep`` or HTTP ``opener``) are for code, not for config files, and are refused as keys.
+    """
     if not isinstance(spec, dict) or "type" not in spec:
         raise ValueError(
             f"{what} spec {spec!r} must be a mapping with a 'type' key (one of {sorted(registry)})."
@@ -90,8 +94,17 @@ def build_component(spec: dict, registry: dict[str, str], what: str):
     cls = resolve_class(spec["type"], registry, what)
     kwargs = {k: v for k, v in spec.items() if k != "type"}
     parameters = inspect.signature(cls.__init__).parameters
+    code_only = sorted(n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    injected = sorted(set(kwargs) & set(code_only))
+    if injected:
+        raise ValueError(
+            f"{what} {spec['type']!r}: {injected} cannot be set from a config file (they take Python objects "
+            "passed by code, e.g. in tests); remove them from the spec."
+        )
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        valid = [n for n in parameters if n != "self"]
+        valid = [
+            n for n, p in parameters.items() if n != "self" and p.kind is not inspect.Parameter.KEYWORD_ONLY
+        ]
         unknown = sorted(set(kwargs) - set(valid))
         if unknown:
             raise ValueError(f"{what} {spec['type']!r} has no option(s) {unknown}; valid options: {valid}.")

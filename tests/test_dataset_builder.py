@@ -184,6 +184,11 @@ def test_config_rejects_secrets_and_unknown_options(tmp_path):
     )
     with pytest.raises(ValueError, match="has no option\\(s\\) \\['colour'\\]"):
         build(config, progress=False)
+    from dataset_builder.config import CAPTIONERS, build_component
+
+    for key in ("clock", "sleep", "opener"):  # the captioner's injected collaborators are code-only
+        with pytest.raises(ValueError, match=f"\\['{key}'\\] cannot be set from a config file"):
+            build_component({"type": "openai", "model": "m", key: "time.time"}, CAPTIONERS, "captioner")
     assert parse_shard("2/5") == (2, 5)
     for bad in ("5/5", "a/b", "1"):
         with pytest.raises(ValueError, match="shard="):
