@@ -76,28 +76,31 @@ def build_synthetic(
         "shard_size": shard_size,
     }
     writer = DatasetWriter(out_dir)
-    writer.register(
-        {
-            split: {
-                "kind": "synthetic",
-                "fingerprint": fingerprint(content),
-                "config": content,
-                "items": len(items),
-                "units": len(units),
-            }
-        },
-        overwrite=overwrite,
-    )
     shard = parse_shard(shard) if not isinstance(shard, tuple) else shard
-    report = run_units(
-        writer,
-        units,
-        functools.partial(_SyntheticProcessor, config, seed, split),
-        shard,
-        num_proc,
-        progress,
-        description=f"synthetic {split}",
-    )
+    # the lock is taken before the split is recorded: with overwrite, recording deletes the split's
+    # shards, which a live run of the same shard may be writing
+    with writer.lock(shard):
+        writer.register(
+            {
+                split: {
+                    "kind": "synthetic",
+                    "fingerprint": fingerprint(content),
+                    "config": content,
+                    "items": len(items),
+                    "units": len(units),
+                }
+            },
+            overwrite=overwrite,
+        )
+        report = run_units(
+            writer,
+            units,
+            functools.partial(_SyntheticProcessor, config, seed, split),
+            shard,
+            num_proc,
+            progress,
+            description=f"synthetic {split}",
+        )
     write_card(out_dir, pretty_name="mtcolor synthetic shapes")
     return report
 

@@ -285,3 +285,33 @@ def test_output_dir_that_is_a_file_is_one_line(tmp_path, capsys):
         assert code == 2 and "Traceback" not in err, err
         (line,) = [line for line in err.splitlines() if line.startswith("error:")]
         assert f"output_dir {str(target)!r}" in line and "a folder" in line
+
+
+def test_synthetic_build_refuses_a_held_shard_before_touching_the_folder(tmp_path):
+    """``build_synthetic`` takes the shard lock before it records its split: with ``overwrite``,
+    recording deletes the split's shards, which the live holder may be writing."""
+    from dataset_builder.synthetic import build_synthetic
+    from mtcolor.locks import FolderLockedError
+    from mtcolor.synthetic import SyntheticConfig
+
+    out = tmp_path / "synthetic"
+    config = SyntheticConfig(image_size=32)
+    build_synthetic(out, 4, config, seed=0, progress=False)
+    before = {p.name: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and "lock" not in p.name}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys; from dataset_builder.writer import DatasetWriter\n"
+            f"with DatasetWriter({str(out)!r}).lock((0, 1)):\n"
+            "    print('held', flush=True); sys.stdin.read()"
+        )],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"  # blocks until the child holds the lock
+        with pytest.raises(FolderLockedError, match=f"process {holder.pid}"):
+            build_synthetic(out, 4, config, seed=1, progress=False, overwrite=True)
+    finally:
+        holder.communicate("")
+    after = {p.name: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and "lock" not in p.name}
+    assert after == before  # neither the recorded config nor a shard was touched
