@@ -16,10 +16,16 @@ py="${PYTHON:-python3}"
 hash="$(cat pyproject.toml run.sh | sha256sum | cut -c1-12)"
 venv="${MTCOLOR_VENV:-$HOME/.cache/mtcolor/venv-$hash}"
 
+# One set-up at a time: runs started together (e.g. the recipe beside a test run) wait here for the
+# first one's install instead of racing pip on the same folder.
+mkdir -p "$(dirname "$venv")"
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$venv.lock"
+    flock 9
+fi
 if [ ! -f "$venv/.ready" ]; then
     echo "[run.sh] creating the environment in $venv (first run only, a few minutes)" >&2
     rm -rf "$venv"
-    mkdir -p "$(dirname "$venv")"
     "$py" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip
     # torch and torchvision first, pinned to the builds this machine kind ships on disk
@@ -28,8 +34,16 @@ if [ ! -f "$venv/.ready" ]; then
     "$venv/bin/python" -m pip install -q -e ".[all,test]"
     touch "$venv/.ready"
 fi
-# Point the editable install at this checkout (cheap; matters when several clones share the venv).
-"$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+# Point the editable install at this checkout when another clone of the same dependencies used the
+# venv last (several clones share it).
+if [ "$(cat "$venv/.checkout" 2>/dev/null)" != "$here" ]; then
+    "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+    echo "$here" >"$venv/.checkout"
+fi
+if command -v flock >/dev/null 2>&1; then
+    flock -u 9
+    exec 9>&-
+fi
 
 export PATH="$venv/bin:$PATH"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
