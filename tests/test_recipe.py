@@ -11,7 +11,7 @@ import pytest
 
 from training.recipes import tiny
 
-CHAIN = ["base_vae", "base_unet", "stage1", "stage2"]
+CHAIN = ["base_vae", "base_decoder", "base_unet", "stage1", "stage2"]
 
 
 @pytest.fixture

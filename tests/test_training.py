@@ -390,6 +390,26 @@ def test_train_base_writes_an_sd_layout_model_that_stage1_loads(assets):
     assert tokenizer.pad_token_id == 49407 and scheduler.config.prediction_type == "epsilon"
     assert "StableDiffusionPipeline" in (model / "README.md").read_text()
 
+    # --phase decoder: the decoder learns, the encoder (so the latents every later model was trained
+    # on) and the scaling factor do not move; the assembled base model gets the new decoder too
+    before = _tensors(out / "vae", "diffusion_pytorch_model.safetensors")
+    decoder = run_stage(train_base, ["--phase", "decoder", *common_argv, "--learning_rate", "1e-2"])
+    after = _tensors(out / "vae", "diffusion_pytorch_model.safetensors")
+    assert decoder.global_step == 2 and (out / "decoder_training" / "checkpoint-2").is_dir()
+    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    trained = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert frozen and trained and len(frozen) + len(trained) == len(before)
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert sum(not torch.equal(before[k], after[k]) for k in trained) > len(trained) // 2
+    assert _tensors(model / "vae", "diffusion_pytorch_model.safetensors").keys() == after.keys()
+    assert all(
+        torch.equal(t, after[k])
+        for k, t in _tensors(model / "vae", "diffusion_pytorch_model.safetensors").items()
+    )
+    from diffusers import AutoencoderKL
+
+    assert AutoencoderKL.from_pretrained(out / "vae").config.scaling_factor == vae_model.config.scaling_factor
+
 
 # ------------------------------------------------------------------------------------------------
 # module ablations trained without the module (MT Tables III-IV)

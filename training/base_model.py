@@ -127,6 +127,45 @@ class VAETrainingModel(torch.nn.Module):
         return vae_loss(self.vae, pixels, latent_noise, kl_weight)
 
 
+def decoder_loss(vae, pixels: torch.Tensor, latent_noise: torch.Tensor, chroma_weight: float) -> torch.Tensor:
+    """The decoder fine-tuning loss: ``mean((D(z) - x)^2) + chroma_weight * mean((ab(D(z)) - ab(x))^2)
+    / 110^2`` with the encoder frozen (``z = mu + sigma * noise`` computed without gradient), x =
+    2 * pixels - 1, ab = Lab chroma of the sRGB images.
+
+    The pipelines keep the input's own L and take only ab from the decoded image
+    (:func:`mtcolor.color.recombine_luminance`), so the chroma term weighs what they use; the RGB term
+    keeps the decoder a decoder. The latent space does not move: every model trained on the encoder's
+    latents (base UNet, MT-Color stages) stays valid, as with SD's fine-tuned decoders.
+    """
+    from mtcolor.color import rgb_to_lab
+
+    x = pixels * 2 - 1
+    with torch.no_grad():
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * latent_noise.to(x.device, x.dtype)
+    reconstruction = vae.decode(z).sample.float()
+    loss = F.mse_loss(reconstruction, x.float())
+    if chroma_weight:
+        predicted = rgb_to_lab(((reconstruction + 1) / 2).clamp(0, 1))[:, 1:]
+        target = rgb_to_lab(pixels.float())[:, 1:]
+        loss = loss + chroma_weight * F.mse_loss(predicted / 110.0, target / 110.0)
+    return loss
+
+
+class DecoderTrainingModel(torch.nn.Module):
+    """The VAE with :func:`decoder_loss` as its forward (encoder frozen)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+        for module in (vae.encoder, vae.quant_conv):
+            if module is not None:
+                module.requires_grad_(False)
+
+    def forward(self, pixels: torch.Tensor, latent_noise: torch.Tensor, chroma_weight: float) -> torch.Tensor:
+        return decoder_loss(self.vae, pixels, latent_noise, chroma_weight)
+
+
 @torch.no_grad()
 def latent_std(vae, dataset, batch_size: int, max_batches: int, device) -> float:
     """Standard deviation of the (unscaled) latent means of up to ``max_batches`` training batches."""

