@@ -27,7 +27,7 @@ def test_recipe_first_steps_reproduce_the_shipped_data():
     with open(f"{folder}/recipe.json") as handle:
         facts = json.load(handle)
     assert facts["first_scenes_sha256"] == data_fingerprint(facts["seed"])
-    assert set(facts["steps"]) == {"base_vae", "base_unet", "stage1", "stage2", "lcoins"}
+    assert set(facts["steps"]) == {"base_vae", "base_decoder", "base_unet", "stage1", "stage2", "lcoins"}
     with open(f"{folder}/README.md") as handle:
         card = handle.read()
     assert "training.recipes.tiny" in card and "wall time" in card
@@ -151,12 +151,12 @@ def test_bench_trains_the_lcoins_table1_ablations_on_demand(tmp_path):
 
 
 #: quality floors of the shipped models on these 12 fixed held-out scenes (29 instances). Measured
-#: at export: mtcolor-tiny v2 44.8% (13/29; the v1 model scored 37.9%, chance is about 10%, a
-#: model that ignores its texts about 15-20%); lcoins-tiny colorfulness 0.19 of the ground truth's
-#: (a gray output is 0). The floors sit below the measurement to catch a broken export or a
-#: pipeline change that ruins colour binding, not a few instances' noise.
+#: at export: mtcolor-tiny v3 44.8% (13/29, 10 steps, guidance 1.5; v2 44.8%, v1 37.9%, chance is
+#: about 10%, a model that ignores its texts about 15-20%); lcoins-tiny v3 colorfulness 0.36 of the
+#: ground truth's (v2 0.19; a gray output is 0). The floors sit below the measurement to catch a
+#: broken export or a pipeline change that ruins colour binding, not a few instances' noise.
 MTCOLOR_ADHERENCE_FLOOR = 0.35
-LCOINS_COLORFULNESS_FLOOR = 0.12  # share of the ground truth's colorfulness
+LCOINS_COLORFULNESS_FLOOR = 0.25  # share of the ground truth's colorfulness
 
 
 @torch.no_grad()
