@@ -75,19 +75,34 @@ def _recall(memo, texts: list[str], encode_missing, max_entries: int) -> list:
     return rows
 
 
-def _equal_length_batches(ids: list[torch.Tensor], size: int = 64) -> list[list[int]]:
-    """Indices of the 1-D token-id tensors ``ids`` in batches of equal length (at most ``size``).
+def _equal_length_batches(ids: list[torch.Tensor], device) -> list[list[int]]:
+    """Indices of the 1-D token-id tensors ``ids`` in batches of equal length.
 
-    A batch of equal-length sequences needs no padding, so each of its rows is what encoding that
-    text alone gives: a row of a matrix product does not depend on the other rows (checked bit for
-    bit in ``tests/test_text_encoders.py``). The memoised encoders batch their misses this way (about
-    4x faster than one text at a time on CPU) and stay independent of which texts missed together,
-    so a resumed run (empty memo) gets the same bits.
+    A batch of equal-length sequences needs no padding, and on the CPU with one thread a row of a
+    matrix product does not depend on the other rows, so each row is bit-identical to encoding its
+    text alone (checked in ``tests/test_text_encoders.py``; with two threads rows differ by about
+    1e-7, hence :func:`_one_thread`). The memoised encoders batch their misses this way (about 4x
+    faster than one text at a time) and stay independent of which texts missed together, so a
+    resumed run (empty memo) gets the same bits. On other devices (GPU kernels are chosen by batch
+    size) every text is its own batch, as before.
     """
+    size = 64 if torch.device(device).type == "cpu" else 1
     groups: dict[int, list[int]] = {}
     for i, row in enumerate(ids):
         groups.setdefault(int(row.shape[0]), []).append(i)
     return [group[k : k + size] for group in groups.values() for k in range(0, len(group), size)]
+
+
+class _one_thread:
+    """Run the block with one torch CPU thread (restored after)."""
+
+    def __enter__(self):
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.threads)
+        return False
 
 
 class CachedTextEncoder:
@@ -114,11 +129,14 @@ class CachedTextEncoder:
         """Same as :func:`encode_texts`: hidden states (N, L, D) and pooled embeddings (N, D)."""
 
         def encode_missing(missing: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-            # every text is padded to the same fixed length: one batch per 64 texts
+            # every text is padded to the same fixed length, so all rows have one length
             rows = []
-            for k in range(0, len(missing), 64):
-                hidden, pooled = encode_texts(self.tokenizer, self.text_encoder, missing[k : k + 64])
-                rows += list(zip(hidden.cpu(), pooled.cpu()))
+            fixed = [torch.empty(0)] * len(missing)
+            with _one_thread():
+                for batch in _equal_length_batches(fixed, self.text_encoder.device):
+                    texts = [missing[i] for i in batch]
+                    hidden, pooled = encode_texts(self.tokenizer, self.text_encoder, texts)
+                    rows += list(zip(hidden.cpu(), pooled.cpu()))
             return rows
 
         rows = _recall(self._memo, list(texts), encode_missing, self.max_entries)
@@ -156,13 +174,13 @@ class CachedTokenStates:
                 for row in self.tokenizer(missing, truncation=True, max_length=self.max_length)["input_ids"]
             ]
             rows: list = [None] * len(missing)
-            for batch in _equal_length_batches(ids):
-                batch_ids = torch.stack([ids[i] for i in batch]).to(encoder.device)
-                hidden = encoder(
-                    input_ids=batch_ids, attention_mask=torch.ones_like(batch_ids)
-                ).last_hidden_state
-                for i, h in zip(batch, hidden.cpu()):
-                    rows[i] = h
+            with _one_thread():
+                for batch in _equal_length_batches(ids, encoder.device):
+                    batch_ids = torch.stack([ids[i] for i in batch]).to(encoder.device)
+                    mask = torch.ones_like(batch_ids)
+                    hidden = encoder(input_ids=batch_ids, attention_mask=mask).last_hidden_state
+                    for i, h in zip(batch, hidden.cpu()):
+                        rows[i] = h
             return rows
 
         rows = _recall(self._memo, list(texts), encode_missing, self.max_entries)

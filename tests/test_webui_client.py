@@ -15,6 +15,8 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
+from mtcolor import embedded_model
+from mtcolor.embedded import recommended_guidance_scale
 from mtcolor.masks import masks_to_label_map
 from webui.inputs import MAX_INSTANCES
 
@@ -65,7 +67,10 @@ def test_api_names_every_page_value(client):
     expected |= {f"{field}_{k}" for field in ("text", "mask", "sam") for k in range(1, MAX_INSTANCES + 1)}
     assert set(parameters) == expected
     assert all(p["parameter_has_default"] for p in parameters.values())  # call with what you need only
-    assert parameters["guidance_scale"]["parameter_default"] == 2.0  # the recipe's measured best
+    # the recipe's measured best
+    assert parameters["guidance_scale"]["parameter_default"] == recommended_guidance_scale(
+        embedded_model("mtcolor-tiny")
+    )
 
 
 def test_colorize_by_name_returns_the_result_at_the_input_size(client, files):
