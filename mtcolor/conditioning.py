@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from mtcolor.text_encoders import is_clip_text_encoder, pool_text_embeddings, tokenize_texts
+from mtcolor.threads import torch_threads
 
 
 @torch.no_grad()
@@ -75,34 +76,22 @@ def _recall(memo, texts: list[str], encode_missing, max_entries: int) -> list:
     return rows
 
 
-def _equal_length_batches(ids: list[torch.Tensor], device) -> list[list[int]]:
-    """Indices of the 1-D token-id tensors ``ids`` in batches of equal length.
+def _equal_length_batches(lengths: list[int], device) -> list[list[int]]:
+    """Indices of texts with token counts ``lengths`` in batches of equal length.
 
     A batch of equal-length sequences needs no padding, and on the CPU with one thread a row of a
     matrix product does not depend on the other rows, so each row is bit-identical to encoding its
     text alone (checked in ``tests/test_text_encoders.py``; with two threads rows differ by about
-    1e-7, hence :func:`_one_thread`). The memoised encoders batch their misses this way (about 4x
+    1e-7, hence one thread). The memoised encoders batch their misses this way (about 4x
     faster than one text at a time) and stay independent of which texts missed together, so a
     resumed run (empty memo) gets the same bits. On other devices (GPU kernels are chosen by batch
     size) every text is its own batch, as before.
     """
     size = 64 if torch.device(device).type == "cpu" else 1
     groups: dict[int, list[int]] = {}
-    for i, row in enumerate(ids):
-        groups.setdefault(int(row.shape[0]), []).append(i)
+    for i, length in enumerate(lengths):
+        groups.setdefault(length, []).append(i)
     return [group[k : k + size] for group in groups.values() for k in range(0, len(group), size)]
-
-
-class _one_thread:
-    """Run the block with one torch CPU thread (restored after)."""
-
-    def __enter__(self):
-        self.threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.threads)
-        return False
 
 
 class CachedTextEncoder:
@@ -110,7 +99,8 @@ class CachedTextEncoder:
 
     Deterministic: every text is padded to the same fixed length and the misses are encoded in
     batches without other padding (:func:`_equal_length_batches`), so a row never depends on which
-    other texts missed the memo with it, and a resumed run (empty memo) gets bit-identical embeddings. Training loops see the same prompts and instance texts every
+    other texts missed the memo with it, and a resumed run (empty memo) gets bit-identical
+    embeddings. Training loops see the same prompts and instance texts every
     epoch; with a frozen encoder (all of mtcolor's trainers freeze it) this removes the encoder
     from the step time.
 
@@ -131,9 +121,8 @@ class CachedTextEncoder:
         def encode_missing(missing: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
             # every text is padded to the same fixed length, so all rows have one length
             rows = []
-            fixed = [torch.empty(0)] * len(missing)
-            with _one_thread():
-                for batch in _equal_length_batches(fixed, self.text_encoder.device):
+            with torch_threads(1):
+                for batch in _equal_length_batches([0] * len(missing), self.text_encoder.device):
                     texts = [missing[i] for i in batch]
                     hidden, pooled = encode_texts(self.tokenizer, self.text_encoder, texts)
                     rows += list(zip(hidden.cpu(), pooled.cpu()))
@@ -174,8 +163,8 @@ class CachedTokenStates:
                 for row in self.tokenizer(missing, truncation=True, max_length=self.max_length)["input_ids"]
             ]
             rows: list = [None] * len(missing)
-            with _one_thread():
-                for batch in _equal_length_batches(ids, encoder.device):
+            with torch_threads(1):
+                for batch in _equal_length_batches([len(row) for row in ids], encoder.device):
                     batch_ids = torch.stack([ids[i] for i in batch]).to(encoder.device)
                     mask = torch.ones_like(batch_ids)
                     hidden = encoder(input_ids=batch_ids, attention_mask=mask).last_hidden_state

@@ -395,8 +395,8 @@ def test_vanishing_instances_are_named_by_row():
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
+    from mtcolor.threads import torch_threads
     from webui.session import ServerConfig, Session
-    from webui.testing import torch_threads
 
     with torch_threads(1):  # two threads oversubscribe a shared 2-core machine badly
         yield Session(

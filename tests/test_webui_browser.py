@@ -36,7 +36,8 @@ expect.set_options(timeout=TIMEOUT_MS)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from webui.testing import serve, torch_threads
+    from mtcolor.threads import torch_threads
+    from webui.testing import serve
 
     # one torch thread: the browser needs the other core
     with (

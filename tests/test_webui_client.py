@@ -26,7 +26,8 @@ QUEUE_SIZE = 8
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from webui.testing import serve, torch_threads
+    from mtcolor.threads import torch_threads
+    from webui.testing import serve
 
     with torch_threads(1), serve(tmp_path_factory.mktemp("ui"), queue_size=QUEUE_SIZE) as running:
         yield running

@@ -30,16 +30,3 @@ def serve(workdir: str, example_scenes: int = 2, include_photo: bool = False, **
         yield running
     finally:
         running.close()
-
-
-@contextlib.contextmanager
-def torch_threads(count: int):
-    """Run the block with ``count`` torch threads (the server shares the cores with a browser)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
