@@ -135,19 +135,27 @@ def test_measured_section_lists_the_model_rows():
 def test_bench_trains_the_lcoins_table1_ablations_on_demand(tmp_path):
     from benchmarks.ablations import LCOINS_ABLATIONS, lcoins_ablation_models
 
-    models = lcoins_ablation_models(tmp_path, seed=0, steps=2, data_scale=0.0)  # 8 + 8 scenes, 2 steps each
-    assert [name for name, _ in models] == [name for name, _ in LCOINS_ABLATIONS]
-    for (name, folder), (_, flag) in zip(models, LCOINS_ABLATIONS):
-        assert (folder / "model_index.json").is_file() and (
-            tmp_path / "logs" / f"{flag.strip('-')}.log"
-        ).is_file()
+    # 8 + 8 scenes, 2 steps each: shorter than the recipe, so a full model at 2 steps leads as the reference
+    models = lcoins_ablation_models(tmp_path, seed=0, steps=2, data_scale=0.0, jobs=2)
+    assert [name for name, _ in models] == ["L-CoIns (2 steps)"] + [
+        f"{name} (2 steps)" for name, _ in LCOINS_ABLATIONS
+    ]
+    for (name, folder), flag in zip(models, [""] + [flag for _, flag in LCOINS_ABLATIONS]):
+        key = (flag.strip("-") or "full") + "_2"
+        assert folder == tmp_path / key and (folder / "model_index.json").is_file()
+        assert (tmp_path / "logs" / f"{key}.log").is_file()
         card = (folder / "README.md").read_text()
-        assert name.removeprefix("L-CoIns ") in card  # the model was trained with that ablation
-    first = (models[0][1] / "model" / "diffusion_pytorch_model.safetensors").stat().st_mtime
+        if flag:
+            assert (
+                name.removeprefix("L-CoIns ").removesuffix(" (2 steps)") in card
+            )  # trained with that ablation
+        else:
+            assert not any(ablation.removeprefix("L-CoIns ") in card for ablation, _ in LCOINS_ABLATIONS)
+    first = (models[1][1] / "model" / "diffusion_pytorch_model.safetensors").stat().st_mtime
     assert (
         lcoins_ablation_models(tmp_path, seed=0, steps=2, data_scale=0.0) == models
     )  # reused, not retrained
-    assert (models[0][1] / "model" / "diffusion_pytorch_model.safetensors").stat().st_mtime == first
+    assert (models[1][1] / "model" / "diffusion_pytorch_model.safetensors").stat().st_mtime == first
 
 
 #: quality floors of the shipped models on these 12 fixed held-out scenes (29 instances). Measured
@@ -194,3 +202,12 @@ def test_shipped_lcoins_is_not_gray():
     out = torch.stack(list(out)) if isinstance(out, list) else out
     ratio = float(colorfulness(out).mean()) / ground_truth_colorfulness(scenes)
     assert ratio >= LCOINS_COLORFULNESS_FLOOR, ratio
+
+
+def test_bench_refuses_a_non_positive_lcoins_ablation_step_count(capsys):
+    from benchmarks.ablations import main
+
+    with pytest.raises(SystemExit):
+        main(["--lcoins_ablations", "unused", "--lcoins_ablation_steps", "0"])
+    err = capsys.readouterr().err
+    assert "--lcoins_ablation_steps=0" in err and "positive" in err
