@@ -1,11 +1,11 @@
 """mtcolor.locks: folder locks between processes, exit with the parent, temporaries of dead runs."""
 
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -25,16 +25,28 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
-def wait_for_file(path: Path, process: subprocess.Popen, timeout: float = 60.0) -> str:
-    """Bounded poll until the child wrote ``path`` (its readiness signal); fails if it exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.is_file() and path.read_text():
-            return path.read_text()
-        if process.poll() is not None:
-            raise AssertionError(f"child exited with {process.returncode}: {process.stderr.read()[-2000:]}")
-        time.sleep(0.02)
-    raise AssertionError(f"{path} not written within {timeout} s")
+def read_line(process: subprocess.Popen, timeout: float = 60.0) -> str:
+    """The child's first stdout line (its readiness signal: it prints its pid), read as soon as it
+    is written; fails if the child exits first or stays silent for ``timeout`` s (a bound on a hang,
+    not a wait: the success path never sleeps)."""
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    line = process.stdout.readline() if ready else None
+    if not line:
+        process.kill()
+        what = "wrote nothing" if line is None else f"exited with {process.wait()}"
+        raise AssertionError(f"child {what}: {process.stderr.read()[-2000:]}")
+    return line.strip()
+
+
+def wait_for_eof(stream, timeout: float = 60.0) -> bool:
+    """True when every writer of the pipe ``stream`` has exited (its end of file), as soon as they
+    have; False if one is still alive after ``timeout`` s."""
+    while True:
+        ready, _, _ = select.select([stream], [], [], timeout)
+        if not ready:
+            return False
+        if not os.read(stream.fileno(), 4096):
+            return True
 
 
 def running(pid: int) -> bool:
@@ -53,31 +65,23 @@ def running(pid: int) -> bool:
         return False
 
 
-def wait_until_gone(pid: int, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not running(pid):
-            return True
-        time.sleep(0.02)
-    return False
-
-
 HOLDER = """
 import os, signal, sys
 from mtcolor.locks import lock_folder
-lock_folder(sys.argv[1], use_flock=sys.argv[3] == "flock")
-open(sys.argv[2], "w").write(str(os.getpid()))
-if sys.argv[4] == "die":
+lock_folder(sys.argv[1], use_flock=sys.argv[2] == "flock")
+print(os.getpid(), flush=True)
+if sys.argv[3] == "die":
     os.kill(os.getpid(), signal.SIGKILL)
 sys.stdin.read()  # hold the lock until the test closes stdin
 """
 
 
-def start_holder(folder: Path, ready: Path, mode: str, end: str = "hold") -> subprocess.Popen:
+def start_holder(folder: Path, mode: str, end: str = "hold") -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(folder), str(ready), mode, end],
+        [sys.executable, "-c", HOLDER, str(folder), mode, end],
         env=ENV,
         stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -86,9 +90,9 @@ def start_holder(folder: Path, ready: Path, mode: str, end: str = "hold") -> sub
 @pytest.mark.parametrize("mode", ["flock", "pidfile"])
 def test_a_folder_held_by_a_live_process_is_refused_naming_its_pid(tmp_path, mode):
     folder = tmp_path / "out"
-    holder = start_holder(folder, tmp_path / "ready", mode)
+    holder = start_holder(folder, mode)
     try:
-        pid = int(wait_for_file(tmp_path / "ready", holder))
+        pid = int(read_line(holder))
         with pytest.raises(FolderLockedError) as caught:
             lock_folder(folder, use_flock=mode == "flock")
         message = str(caught.value)
@@ -105,10 +109,10 @@ def test_a_folder_held_by_a_live_process_is_refused_naming_its_pid(tmp_path, mod
 @pytest.mark.parametrize("mode", ["flock", "pidfile"])
 def test_the_lock_of_a_killed_process_is_taken_over(tmp_path, mode):
     folder = tmp_path / "out"
-    holder = start_holder(folder, tmp_path / "ready", mode, end="die")
-    holder.communicate("")
+    holder = start_holder(folder, mode, end="die")
+    out, _ = holder.communicate("")
     assert holder.returncode == -signal.SIGKILL
-    dead = int((tmp_path / "ready").read_text())
+    dead = int(out)
     assert (folder / LOCK_NAME).is_file()  # left behind by the SIGKILL
     lock = lock_folder(folder, use_flock=mode == "flock")
     try:
@@ -133,37 +137,40 @@ def test_lock_is_reentrant_in_one_process_and_refuses_files(tmp_path):
 
 PARENT = """
 import subprocess, sys
-child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2], sys.argv[3]], stderr=subprocess.DEVNULL)
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], stderr=subprocess.DEVNULL)
 sys.stdin.read()  # wait until killed
 """
 
+#: the child inherits the parent's stdout: once the parent is gone, the test's end of that pipe
+#: reaches its end of file exactly when the child has exited
 CHILD = """
 import os, sys, threading
 from mtcolor.locks import exit_with_parent
-exit_with_parent(os.getppid(), use_prctl=sys.argv[2] == "prctl", poll_seconds=0.05)
-open(sys.argv[1], "w").write(str(os.getpid()))
+exit_with_parent(os.getppid(), use_prctl=sys.argv[1] == "prctl", poll_seconds=0.05)
+print(os.getpid(), flush=True)
 threading.Event().wait()  # a busy worker: never returns by itself
 """
 
 
 @pytest.mark.parametrize("mechanism", ["prctl", "watchdog"])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_child_exits_when_its_parent_is_killed(tmp_path, mechanism, sig):
+def test_child_exits_when_its_parent_is_killed(mechanism, sig):
     if mechanism == "prctl" and not sys.platform.startswith("linux"):
         pytest.skip("PR_SET_PDEATHSIG is Linux-only")
     parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, CHILD, str(tmp_path / "child.pid"), mechanism],
+        [sys.executable, "-c", PARENT, CHILD, mechanism],
         env=ENV,
         stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    child = int(wait_for_file(tmp_path / "child.pid", parent))
+    child = int(read_line(parent))
     assert running(child)
     parent.send_signal(sig)
     parent.wait()
     try:
-        assert wait_until_gone(child), f"child {child} outlived its parent"
+        assert wait_for_eof(parent.stdout), f"child {child} outlived its parent"
     finally:
         if running(child):
             os.kill(child, signal.SIGKILL)
