@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -181,53 +180,36 @@ def test_kill_and_resume_gives_the_same_dataset(tmp_path, clean_build, kill_at, 
 BLOCKING_PLUGIN = '''
 import os
 import threading
-from pathlib import Path
 
 from dataset_builder.segmenters import Segmenter
 
 
 class BlockingSegmenter(Segmenter):
-    """Writes its process id into `folder`, then never returns: a worker busy on a slow image."""
+    """Says "ready <pid>" on stdout (the builder's, which its workers inherit), then never returns:
+    a worker busy on a slow image."""
 
     name = "blocking"
 
-    def __init__(self, folder: str):
-        self.folder = folder
-
     def segment(self, image, annotations):
-        Path(self.folder, str(os.getpid())).write_text("busy")
+        print("ready", os.getpid(), flush=True)
         threading.Event().wait()
 '''
-
-
-def _wait_for_files(folder: Path, count: int, process: subprocess.Popen, timeout: float = 300.0) -> list[int]:
-    """Bounded poll until ``count`` files (named by pid) exist in ``folder``; fails if ``process`` ends first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-        if len(names) >= count:
-            return [int(n) for n in names]
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        time.sleep(0.02)
-    raise AssertionError(f"{count} workers did not start within {timeout} s")
 
 
 def test_builder_lock_and_workers_end_with_a_killed_main_process(tmp_path, capsys):
     """A `--num_proc 2` build busy in its workers: a second run on the folder refuses to start (naming
     the live pid) instead of running beside it; SIGKILL of the main process ends both workers; the
     next run takes the dead run's lock over and finishes."""
-    from test_locks import running, wait_until_gone
+    from test_locks import read_ready, running, wait_for_eof
 
     from dataset_builder.__main__ import main as builder_main
 
     (tmp_path / "plugin").mkdir()
     (tmp_path / "plugin" / "blocking_plugin.py").write_text(BLOCKING_PLUGIN)
-    busy = tmp_path / "busy"
-    busy.mkdir()
     out = tmp_path / "out"
     config = _synthetic_config(out, num_images=8, shard_size=2)
     blocking = {k: v for k, v in config.__dict__.items()}
-    blocking["segmenter"] = {"type": "blocking_plugin:BlockingSegmenter", "folder": str(busy)}
+    blocking["segmenter"] = {"type": "blocking_plugin:BlockingSegmenter"}
     (tmp_path / "blocking.yaml").write_text(yaml.safe_dump(blocking))
     (tmp_path / "plain.yaml").write_text(yaml.safe_dump({k: v for k, v in config.__dict__.items()}))
     env = {
@@ -236,13 +218,25 @@ def test_builder_lock_and_workers_end_with_a_killed_main_process(tmp_path, capsy
         "OMP_NUM_THREADS": "1",
     }
     main = subprocess.Popen(
-        [sys.executable, "-m", "dataset_builder", "build", "--config", str(tmp_path / "blocking.yaml"),
-         "--num_proc", "2", "--no_progress"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "dataset_builder",
+            "build",
+            "--config",
+            str(tmp_path / "blocking.yaml"),
+            "--num_proc",
+            "2",
+            "--no_progress",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip (the workers inherit stdout: its end of file says the builder and its workers are gone)
     workers = []
     try:
-        workers = _wait_for_files(busy, 2, main)
+        workers = read_ready(main, 2, timeout=300)
         assert main.pid not in workers and all(running(pid) for pid in workers)
 
         # 1. a second run (even with --overwrite, which would delete the live run's shards) is refused
@@ -257,14 +251,16 @@ def test_builder_lock_and_workers_end_with_a_killed_main_process(tmp_path, capsy
         # 2. SIGKILL of the main process ends its workers
         main.send_signal(signal.SIGKILL)
         main.wait()
-        gone = [wait_until_gone(pid) for pid in workers]
-        assert all(gone), f"workers {[p for p, g in zip(workers, gone) if not g]} outlived the killed builder"
+        assert wait_for_eof(main.stdout), (
+            f"workers {[p for p in workers if running(p)]} outlived the killed builder"
+        )
     finally:
         for pid in [main.pid, *workers]:
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
         main.wait()
         main.stderr.close()
+        main.stdout.close()
 
     # 3. the next run takes the dead run's lock over and completes
     code = builder_main(["build", "--config", str(tmp_path / "plain.yaml"), "--overwrite", "--no_progress"])

@@ -25,22 +25,29 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
-def read_line(process: subprocess.Popen, timeout: float = 60.0) -> str:
-    """The child's first stdout line (its readiness signal: it prints its pid), read as soon as it
-    is written; fails if the child exits first or stays silent for ``timeout`` s (a bound on a hang,
-    not a wait: the success path never sleeps)."""
-    ready, _, _ = select.select([process.stdout], [], [], timeout)
-    line = process.stdout.readline() if ready else None
-    if not line:
-        process.kill()
-        what = "wrote nothing" if line is None else f"exited with {process.wait()}"
-        raise AssertionError(f"child {what}: {process.stderr.read()[-2000:]}")
-    return line.strip()
+def read_ready(process: subprocess.Popen, count: int = 1, timeout: float = 60.0) -> list[int]:
+    """The pids of the first ``count`` "ready <pid>" lines on the child's stdout (its readiness
+    signal; other lines are skipped), read as soon as they are written; fails if every writer
+    exits first or nothing arrives for ``timeout`` s (a bound on a hang, not a wait: the success
+    path never sleeps). Reads the pipe unbuffered, so no line waits in a Python buffer."""
+    fd, data = process.stdout.fileno(), b""
+    while True:
+        lines = data.split(b"\n")[:-1]
+        pids = [int(line.split()[1]) for line in lines if line.startswith(b"ready ")]
+        if len(pids) >= count:
+            return pids[:count]
+        ready, _, _ = select.select([fd], [], [], timeout)
+        chunk = os.read(fd, 4096) if ready else None
+        if not chunk:
+            process.kill()
+            what = "wrote nothing" if chunk is None else f"exited with {process.wait()}"
+            raise AssertionError(f"child {what} (stdout {data[-500:]!r}): {process.stderr.read()[-2000:]}")
+        data += chunk
 
 
 def wait_for_eof(stream, timeout: float = 60.0) -> bool:
-    """True when every writer of the pipe ``stream`` has exited (its end of file), as soon as they
-    have; False if one is still alive after ``timeout`` s."""
+    """True when every writer of the pipe ``stream`` has exited (its end of file: a process's files
+    close when it is gone), as soon as they have; False if one is still alive after ``timeout`` s."""
     while True:
         ready, _, _ = select.select([stream], [], [], timeout)
         if not ready:
@@ -69,7 +76,7 @@ HOLDER = """
 import os, signal, sys
 from mtcolor.locks import lock_folder
 lock_folder(sys.argv[1], use_flock=sys.argv[2] == "flock")
-print(os.getpid(), flush=True)
+print("ready", os.getpid(), flush=True)
 if sys.argv[3] == "die":
     os.kill(os.getpid(), signal.SIGKILL)
 sys.stdin.read()  # hold the lock until the test closes stdin
@@ -92,7 +99,7 @@ def test_a_folder_held_by_a_live_process_is_refused_naming_its_pid(tmp_path, mod
     folder = tmp_path / "out"
     holder = start_holder(folder, mode)
     try:
-        pid = int(read_line(holder))
+        (pid,) = read_ready(holder)
         with pytest.raises(FolderLockedError) as caught:
             lock_folder(folder, use_flock=mode == "flock")
         message = str(caught.value)
@@ -112,7 +119,7 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path, mode):
     holder = start_holder(folder, mode, end="die")
     out, _ = holder.communicate("")
     assert holder.returncode == -signal.SIGKILL
-    dead = int(out)
+    dead = int(out.split()[1])
     assert (folder / LOCK_NAME).is_file()  # left behind by the SIGKILL
     lock = lock_folder(folder, use_flock=mode == "flock")
     try:
@@ -147,7 +154,7 @@ CHILD = """
 import os, sys, threading
 from mtcolor.locks import exit_with_parent
 exit_with_parent(os.getppid(), use_prctl=sys.argv[1] == "prctl", poll_seconds=0.05)
-print(os.getpid(), flush=True)
+print("ready", os.getpid(), flush=True)
 threading.Event().wait()  # a busy worker: never returns by itself
 """
 
@@ -165,7 +172,7 @@ def test_child_exits_when_its_parent_is_killed(mechanism, sig):
         stderr=subprocess.PIPE,
         text=True,
     )
-    child = int(read_line(parent))
+    (child,) = read_ready(parent)
     assert running(child)
     parent.send_signal(sig)
     parent.wait()

@@ -535,12 +535,12 @@ def test_resume_from_a_damaged_explicit_checkpoint_is_one_line(assets, stage1_ru
 
 
 def test_a_second_run_on_a_folder_held_by_a_live_trainer_refuses_to_start(assets, tmp_path, capsys):
-    from test_locks import start_holder, wait_for_file
+    from test_locks import read_ready, start_holder
 
     out = tmp_path / "held"
-    holder = start_holder(out, tmp_path / "ready", "flock")
+    holder = start_holder(out, "flock")
     try:
-        pid = int(wait_for_file(tmp_path / "ready", holder))
+        (pid,) = read_ready(holder)
         argv = stage_args(assets, out, "--adapter_name_or_path", assets.adapter, "--max_train_steps", 2)
         with pytest.raises(SystemExit) as caught:
             run_stage(stage1, argv)
@@ -558,7 +558,7 @@ from pathlib import Path
 from training import stage1
 
 def blocked(args):  # called after start_run (lock + parent watch): a trainer busy in its first step
-    Path(os.environ["MTCOLOR_TEST_READY"]).write_text(str(os.getpid()))
+    print("ready", os.getpid(), flush=True)  # on the launcher's stdout, which the trainer inherits
     threading.Event().wait()
 
 stage1.build_components = blocked
@@ -570,15 +570,14 @@ stage1.main(stage1.parse_args())
 def test_trainer_exits_when_accelerate_launch_is_killed(assets, tmp_path, sig):
     """Killing `accelerate launch` must not leave the trainer writing checkpoints into --output_dir;
     once it is gone its lock is free for the resumed run."""
-    from test_locks import running, wait_for_file, wait_until_gone
+    from test_locks import read_ready, running, wait_for_eof
 
     from mtcolor.locks import lock_folder, unlock_folder
 
     script = tmp_path / "trainer.py"
     script.write_text(TRAINER)
     out = tmp_path / "out"
-    ready = tmp_path / "trainer.pid"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "MTCOLOR_TEST_READY": str(ready)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", 1, "--num_machines", 1,
                "--mixed_precision", "no", "--dynamo_backend", "no", script,
                *stage_args(assets, out, "--max_train_steps", 2)]  # fmt: skip
@@ -587,19 +586,20 @@ def test_trainer_exits_when_accelerate_launch_is_killed(assets, tmp_path, sig):
         env=env,
         cwd=REPO,
         stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,  # the trainer inherits it: its end of file says the trainer is gone
         text=True,
     )
-    trainer = int(wait_for_file(ready, launcher, timeout=180))
+    (trainer,) = read_ready(launcher, timeout=180)
     assert running(trainer)
     launcher.send_signal(sig)
     launcher.wait()
     launcher.stderr.close()
     try:
-        assert wait_until_gone(trainer), f"trainer {trainer} outlived accelerate launch ({sig.name})"
+        assert wait_for_eof(launcher.stdout), f"trainer {trainer} outlived accelerate launch ({sig.name})"
     finally:
         if running(trainer):
             os.kill(trainer, signal.SIGKILL)
+        launcher.stdout.close()
     lock = lock_folder(out)
     try:
         assert lock.took_over["pid"] == trainer
