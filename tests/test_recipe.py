@@ -15,13 +15,14 @@ CHAIN = ["base_vae", "base_decoder", "base_unet", "stage1", "stage2"]
 
 
 @pytest.fixture
-def recorded(monkeypatch):
+def recorded(monkeypatch, commands):
     """Replace data building and every stage by recorders; ``events[name]`` is set when ``name`` starts."""
     calls, events = [], {name: threading.Event() for name in [*CHAIN, "lcoins"]}
     hooks = {}
 
     def fake_stage(name, cmd, log_dir, threads):
         calls.append((name, threads))
+        commands[name] = cmd
         events[name].set()
         if name in hooks:
             hooks[name]()
@@ -30,6 +31,12 @@ def recorded(monkeypatch):
     monkeypatch.setattr(tiny, "run_stage", fake_stage)
     monkeypatch.setattr(tiny, "build_data", lambda data, seed, scale: calls.append(("data", None)))
     return calls, events, hooks
+
+
+@pytest.fixture
+def commands():
+    """The command each recorded stage was given, by stage name (filled by ``recorded``)."""
+    return {}
 
 
 def test_lcoins_trains_beside_the_mtcolor_chain_with_two_jobs(tmp_path, recorded):
@@ -50,6 +57,19 @@ def test_one_job_runs_the_stages_one_after_the_other(tmp_path, recorded):
     calls, _, _ = recorded
     assert tiny.main(["--out", str(tmp_path), "--jobs", "1", "--threads", "2"]) == 0
     assert calls == [("data", None), *((name, 2) for name in CHAIN), ("lcoins", 2)]
+
+
+def test_the_shipped_lcoins_trains_without_luminance_augmentation_and_the_ablations_keep_it(
+    tmp_path, recorded, commands
+):
+    from training.recipes.tiny_stages import STEPS, lcoins_command
+
+    assert tiny.main(["--out", str(tmp_path), "--jobs", "1", "--stages", "lcoins"]) == 0
+    out = tmp_path.resolve()
+    paper = lcoins_command(out / "data", out / "lcoins", STEPS["lcoins"], 0)
+    assert commands["lcoins"] == [*paper, "--no_luminance_augmentation"]
+    # the Table 1 ablations and their reference (benchmarks/ablations.py) keep the paper's setting
+    assert "--no_luminance_augmentation" not in paper
 
 
 def test_a_failed_lcoins_stage_fails_the_recipe_after_the_chain(tmp_path, recorded):

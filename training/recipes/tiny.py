@@ -39,6 +39,7 @@ from pathlib import Path
 
 from .tiny_export import export
 from .tiny_stages import (
+    LCOINS_RECIPE_FLAGS,
     SYNTHETIC,
     TEXT_ENCODER,
     TOKENIZER_MAX_LENGTH,
@@ -127,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def lcoins_stage() -> None:
         if "lcoins" in args.stages and "lcoins" not in times:
-            command = lcoins_command(data, out / "lcoins", scaled_steps("lcoins", args.scale), args.seed)
+            command = lcoins_command(
+                data, out / "lcoins", scaled_steps("lcoins", args.scale), args.seed, LCOINS_RECIPE_FLAGS
+            )
             done("lcoins", run_stage("lcoins", command, logs, args.threads))
 
     # L-CoIns needs only the data: with 2+ jobs it trains beside the MT-Color chain (one core each)
