@@ -217,23 +217,12 @@ def test_builder_lock_and_workers_end_with_a_killed_main_process(tmp_path, capsy
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path / "plugin")]),
         "OMP_NUM_THREADS": "1",
     }
+    # the workers inherit stdout: its end of file says the builder and its workers are gone
     main = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dataset_builder",
-            "build",
-            "--config",
-            str(tmp_path / "blocking.yaml"),
-            "--num_proc",
-            "2",
-            "--no_progress",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip (the workers inherit stdout: its end of file says the builder and its workers are gone)
+        [sys.executable, "-m", "dataset_builder", "build", "--config", str(tmp_path / "blocking.yaml"),
+         "--num_proc", "2", "--no_progress"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
     workers = []
     try:
         workers = read_ready(main, 2, timeout=300)

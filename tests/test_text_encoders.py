@@ -15,6 +15,7 @@ from mtcolor.text_encoders import (
     tokenize_texts,
     write_text_encoder_reference,
 )
+from mtcolor.threads import torch_threads
 
 TEXTS = ["a red star", "the ring is cobalt", "a small green triangle beside a yellow square"]
 
@@ -129,12 +130,8 @@ def test_memo_misses_batched_bit_for_bit_as_alone_whatever_missed_together(tiny_
             return CachedTextEncoder(tokenizer, encoder)
         return CachedTokenStates(tokenizer, encoder, max_length=16)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # (with 2 threads a batched GEMM row differs by ~1e-7: encoders use one)
-    try:
+    with torch_threads(2):  # (with 2 threads a batched GEMM row differs by ~1e-7: encoders use one)
         together = make()(texts)[0]
-    finally:
-        torch.set_num_threads(threads)
     alone = [make()([t])[0][0] for t in texts]
     shuffled_cache = make()
     for t in reversed(texts):

@@ -553,8 +553,7 @@ def test_a_second_run_on_a_folder_held_by_a_live_trainer_refuses_to_start(assets
 
 
 TRAINER = """
-import os, sys, threading
-from pathlib import Path
+import os, threading
 from training import stage1
 
 def blocked(args):  # called after start_run (lock + parent watch): a trainer busy in its first step
