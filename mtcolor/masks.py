@@ -19,6 +19,8 @@ Rules (DESIGN.md section 3):
   So 0/1, 0/255 and 0/65535 masks work in any integer dtype that holds them, except that an 8-bit
   or 16-bit container means its own full range (a uint16 0/255 mask reads as empty). An empty mask's
   error message says which convention was applied.
+* A PIL mask with an EXIF orientation is read upright, like images
+  (:func:`mtcolor.image_io.upright`): masks and images are aligned as viewers show them.
 * Overlapping masks: the pixel goes to the **smallest** overlapping mask (the more specific object);
   equal areas go to the lower index. One ``UserWarning`` per call reports the overlapping pairs.
 * Resizing to a coarser token grid uses a **majority vote** per cell; ties go to an instance over
@@ -39,6 +41,8 @@ from collections.abc import Sequence
 import numpy as np
 import PIL.Image
 import torch
+
+from .image_io import upright
 
 
 def _integer_scale(array: np.ndarray, maximum: int) -> tuple[int, str]:
@@ -65,6 +69,7 @@ def _mask_to_bool(mask, index: int) -> tuple[torch.Tensor, str]:
     """
     name = f"masks[{index}]"
     if isinstance(mask, PIL.Image.Image):
+        mask = upright(mask)
         if mask.mode in ("1", "L", "I;16", "I;16B", "I;16L", "I", "F"):
             mask = np.asarray(mask)
         else:

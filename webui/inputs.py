@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import PIL.Image
 
+from mtcolor.image_io import exif_orientation, upright
+
 #: instance rows in the page (the VOC example has 19 instances)
 MAX_INSTANCES = 20
 #: largest input the server accepts, in pixels (4096 x 4096)
@@ -33,6 +35,8 @@ LIMITS = {
 }
 FUSIONS = ("paper", "normalized", "no_crop")
 ATTENTION_MODES = ("renormalized", "paper")
+#: key of ``PIL.Image.info`` where :func:`open_image` records the EXIF orientation it applied
+ORIENTATION_NOTE = "mtcolor.exif_orientation"
 _MASK_MODES = ("1", "L", "LA", "I;16", "I;16B", "I;16L", "I", "F", "P", "PA", "RGB", "RGBA")
 
 
@@ -108,7 +112,11 @@ def _path(value, name: str) -> str:
 
 
 def open_image(value, name: str = "the input image") -> PIL.Image.Image:
-    """Open an uploaded image fully (any PIL mode), refusing unreadable or oversized files."""
+    """Open an uploaded image fully (any PIL mode), refusing unreadable or oversized files.
+
+    An EXIF orientation (phone photos) is applied (:func:`mtcolor.image_io.upright`): the image, its
+    size and its masks are as viewers show them; ``info[ORIENTATION_NOTE]`` keeps the tag applied.
+    """
     path = _path(value, name)
     try:
         image = PIL.Image.open(path)
@@ -128,11 +136,15 @@ def open_image(value, name: str = "the input image") -> PIL.Image.Image:
         image.load()
     except (OSError, ValueError) as err:
         raise ValueError(f"{name} is truncated or corrupt ({err}); upload it again.") from err
+    orientation = exif_orientation(image)
+    if orientation != 1:  # a phone photo: used as viewers show it, masks are drawn on that view
+        image = upright(image)
+        image.info[ORIENTATION_NOTE] = orientation
     return image
 
 
 def describe_input(image: PIL.Image.Image) -> list[str]:
-    """Notes on an input: colour (its luminance is used), bit depth, transparency."""
+    """Notes on an input: colour (its luminance is used), bit depth, transparency, EXIF orientation."""
     notes = []
     bits = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}.get(image.mode, 8)
     if is_colour(image):
@@ -143,6 +155,11 @@ def describe_input(image: PIL.Image.Image) -> list[str]:
         notes.append(f"{bits}-bit input ({image.mode}): read at full precision.")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         notes.append("The alpha channel is ignored.")
+    if image.info.get(ORIENTATION_NOTE):
+        notes.append(
+            f"Turned upright by its EXIF orientation ({image.info[ORIENTATION_NOTE]}): used as viewers show it, "
+            f"{image.size[0]}x{image.size[1]}; masks must match that view."
+        )
     return notes
 
 

@@ -25,6 +25,7 @@ from .inputs import (
     build_request,
     check_settings,
     describe_input,
+    file_path,
     gray_preview,
     open_image,
     painted_mask,
@@ -180,7 +181,7 @@ class Session:
     def gray(self, image) -> tuple[PIL.Image.Image, str]:
         """The gray image the model sees and its PNG path (cached per uploaded file)."""
         picture = open_image(image)
-        key = f"{getattr(picture, 'filename', '')}:{picture.size}:{picture.mode}"
+        key = f"{file_path(image)}:{picture.size}:{picture.mode}"
         with self._gray_lock:
             if key in self._gray_cache:
                 return self._gray_cache[key]

@@ -177,7 +177,8 @@ def _output_format(out: str) -> str:
 
 
 def _open_image(path: str, flag: str, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """Open and decode an image, refusing more than ``max_pixels`` pixels before decoding it."""
+    """Open and decode an image, refusing more than ``max_pixels`` pixels before decoding it; an EXIF
+    orientation is applied (:func:`mtcolor.image_io.upright`), so sizes are those viewers show."""
     import PIL.Image
 
     if not os.path.isfile(path):
@@ -204,7 +205,9 @@ def _open_image(path: str, flag: str, max_pixels: int = DEFAULT_MAX_PIXELS):
         raise ValueError(f"{flag} {path!r} is not a readable image: {err}") from err
     finally:
         PIL.Image.MAX_IMAGE_PIXELS = limit
-    return image
+    from mtcolor.image_io import upright
+
+    return upright(image)  # a phone photo's EXIF orientation applied: as viewers show it
 
 
 def _check_masks_not_empty(masks: list, instances: list[Instance]) -> None:
