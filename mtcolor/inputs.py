@@ -139,10 +139,54 @@ def prepare_samples(image, masks=None, texts=None, prompt=None, negative_prompt=
     return samples
 
 
-def working_size(size: tuple[int, int], resolution: int, multiple: int = 8) -> tuple[int, int]:
-    """(H, W) -> working (h, w): short side ``resolution``, aspect kept, both multiples of ``multiple``."""
-    height, width = size
-    scale = resolution / min(height, width)
+#: longest side (pixels) of a working size the pipelines run at; larger requests are refused
+MAX_WORKING_SIDE = 4096
+#: most elongated input the pipelines take (long side / short side): a panorama up to 8:1
+MAX_ASPECT_RATIO = 8.0
+
+
+def working_size(
+    size: tuple[int, int], resolution: int, multiple: int = 8, name: str = "image"
+) -> tuple[int, int]:
+    """(H, W) -> working (h, w): short side ``resolution``, aspect kept, both multiples of ``multiple``.
+
+    Checked, so that no input makes a pipeline allocate without bound (a 4096x1 strip at resolution
+    64 would run at 262144x64): ``resolution`` must lie in [``multiple``, :data:`MAX_WORKING_SIDE`],
+    the input's long side / short side must be at most :data:`MAX_ASPECT_RATIO`, and both sides of the
+    working size at most :data:`MAX_WORKING_SIDE`.
+
+    Args:
+        size: (H, W) of the input in pixels (both >= 1).
+        resolution: the short side of the working size (``working_resolution``).
+        multiple: both working sides are multiples of it (the VAE's scale factor, 8).
+        name: the input's name in error messages (``"image[1]"``).
+
+    Raises:
+        ValueError: naming the limit, the size received and the fix.
+    """
+    height, width = (int(v) for v in size)
+    if height < 1 or width < 1:
+        raise ValueError(f"{name} is {width}x{height} (W x H); pass an image with at least one pixel.")
+    if not multiple <= resolution <= MAX_WORKING_SIDE:
+        raise ValueError(
+            f"working_resolution is {resolution}; pass a short side in [{multiple}, {MAX_WORKING_SIDE}] "
+            "(mtcolor.inputs.MAX_WORKING_SIDE), e.g. 512."
+        )
+    short, long = min(height, width), max(height, width)
+    if long > MAX_ASPECT_RATIO * short:
+        raise ValueError(
+            f"{name} is {width}x{height} (W x H), an aspect ratio of {long / short:.3g}:1; the pipelines take "
+            f"up to {MAX_ASPECT_RATIO:g}:1 (mtcolor.inputs.MAX_ASPECT_RATIO). Crop its long side to at most "
+            f"{int(MAX_ASPECT_RATIO * short)} pixels, or colorize it in pieces."
+        )
+    scale = resolution / short
     h = max(multiple, int(math.floor(height * scale / multiple + 0.5)) * multiple)
     w = max(multiple, int(math.floor(width * scale / multiple + 0.5)) * multiple)
+    if max(h, w) > MAX_WORKING_SIDE:
+        fit = max(multiple, int(MAX_WORKING_SIDE * short / long) // multiple * multiple)
+        raise ValueError(
+            f"{name} is {width}x{height} (W x H): at working_resolution {resolution} the model would run at "
+            f"{w}x{h}, more than {MAX_WORKING_SIDE} pixels on a side (mtcolor.inputs.MAX_WORKING_SIDE); pass "
+            f"working_resolution={fit} or less."
+        )
     return h, w
