@@ -24,6 +24,9 @@ MAX_INSTANCES = 20
 MAX_PIXELS = 4096 * 4096
 #: instance texts longer than this are refused (the text encoders truncate far earlier)
 MAX_TEXT_CHARS = 500
+#: the largest working size (pixels) a request may run at: the square of the largest working
+#: resolution the page offers, so no image shape costs more memory or time than that square
+MAX_WORKING_PIXELS = 1024 * 1024
 #: the working resolution the pipeline runs at is capped so that no request can exhaust the server
 LIMITS = {
     "num_inference_steps": (1, 200),
@@ -325,6 +328,29 @@ def check_settings(
         fusion=fusion,
         working_resolution=_number(working_resolution, "working_resolution", integer=True),
     )
+
+
+def check_working_size(size: tuple[int, int], resolution: int, multiple: int = 8) -> tuple[int, int]:
+    """The working size (h, w) an MT-Color run of an input of ``size`` (W, H) would take, checked.
+
+    The library's limits (:func:`mtcolor.inputs.working_size`: aspect ratio, longest side) and this
+    server's budget, :data:`MAX_WORKING_PIXELS`: a request beyond it is refused before the pipeline
+    runs, with the largest working resolution that fits.
+    """
+    from mtcolor.inputs import working_size
+
+    width, height = size
+    h, w = working_size((height, width), resolution, multiple, name="the input image")
+    if h * w > MAX_WORKING_PIXELS:
+        short, long = min(width, height), max(width, height)
+        fit = max(multiple, int(math.sqrt(MAX_WORKING_PIXELS * short / long)) // multiple * multiple)
+        side = math.isqrt(MAX_WORKING_PIXELS)
+        raise ValueError(
+            f"the input image is {width}x{height}: at working resolution {resolution} the model would run at "
+            f"{w}x{h} = {w * h / 1e6:.1f} MP, more than this server runs ({MAX_WORKING_PIXELS / 1e6:.1f} MP, "
+            f"{side}x{side}); lower the working resolution to {fit} or crop the image."
+        )
+    return h, w
 
 
 def check_text(value, name: str) -> str:
