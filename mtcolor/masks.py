@@ -61,6 +61,17 @@ def _integer_scale(array: np.ndarray, maximum: int) -> tuple[int, str]:
     return 0, ""
 
 
+def _pil_mask(mask: PIL.Image.Image, name: str) -> np.ndarray:
+    """A single-channel PIL mask as an array, upright (its EXIF orientation applied)."""
+    mask = upright(mask)
+    if mask.mode not in ("1", "L", "I;16", "I;16B", "I;16L", "I", "F"):
+        raise ValueError(
+            f"{name} is a PIL image in mode {mask.mode!r}; masks must be single-channel "
+            "(mode '1', 'L', 'I;16', 'I' or 'F'). Convert it with `.convert('L')`."
+        )
+    return np.asarray(mask)
+
+
 def _mask_to_bool(mask, index: int) -> tuple[torch.Tensor, str]:
     """One mask (PIL / numpy / tensor, shape (H, W)) -> (bool tensor (H, W), how it was read).
 
@@ -69,14 +80,7 @@ def _mask_to_bool(mask, index: int) -> tuple[torch.Tensor, str]:
     """
     name = f"masks[{index}]"
     if isinstance(mask, PIL.Image.Image):
-        mask = upright(mask)
-        if mask.mode in ("1", "L", "I;16", "I;16B", "I;16L", "I", "F"):
-            mask = np.asarray(mask)
-        else:
-            raise ValueError(
-                f"{name} is a PIL image in mode {mask.mode!r}; masks must be single-channel "
-                "(mode '1', 'L', 'I;16', 'I' or 'F'). Convert it with `.convert('L')`."
-            )
+        mask = _pil_mask(mask, name)
     if isinstance(mask, torch.Tensor):
         tensor = mask.detach().cpu()
         if tensor.dtype in (torch.bfloat16, torch.float16):
