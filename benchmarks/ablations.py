@@ -40,13 +40,13 @@ from training.recipes.tiny_stages import STEPS, build_data, lcoins_command, mtco
 
 MT_ROWS = [
     ("MT-Color (full)", {}),
-    ("w/o PMAM (switch)", {"use_pmam": False}),
-    ("w/o instance masks (switch)", {"use_instance_masks": False}),
-    ("w/o instance branch (switch)", {"use_instance_branch": False}),
+    ("w/o PMAM (switch)", {"switches": {"use_pmam": False}}),
+    ("w/o instance masks (switch)", {"switches": {"use_instance_masks": False}}),
+    ("w/o instance branch (switch)", {"switches": {"use_instance_branch": False}}),
     ("plain sampling (alpha = 0)", {"alpha": 0.0}),
     ("fusion w/o crop", {"fusion": "no_crop"}),
     ("normalized fusion", {"fusion": "normalized"}),
-    ("mask mode: paper (switch)", {"attention_mode": "paper"}),
+    ("mask mode: paper (switch)", {"switches": {"attention_mode": "paper"}}),
 ]
 
 #: retrained module ablations: (row name, ``training.recipes.tiny_stages.MT_ABLATIONS`` key)
