@@ -180,16 +180,25 @@ def fuse_instance_rows(
     rows: DenoisingRows, passes: list[InstancePass], images: int, beta: float, fusion: str
 ) -> DenoisingRows:
     """MT eq. 8 (or the chosen ``fusion``, :func:`fuse_latents`) of each image's global latent with
-    its instance latents at latent resolution; returns the ``images`` global rows only."""
+    its instance latents at latent resolution; returns the ``images`` global rows only.
+
+    ``passes`` lists the instance rows after the ``images`` global rows, in order. An instance
+    without a pass (an edit re-samples only the edited instances) contributes its image's global
+    latent instead.
+    """
     latents = rows.latents
     latent_size = tuple(latents.shape[-2:])
     fused = latents[:images].clone()
     for b in range(images):
-        own = [images + j for j, p in enumerate(passes) if p.sample == b]
+        own = [(images + j, p.instance) for j, p in enumerate(passes) if p.sample == b]
         if not own:
-            continue  # no instance: nothing to fuse
+            continue  # no instance pass: nothing to fuse
+        count = int(rows.instance_counts[b])
+        stack = latents[b].expand(count, *latents.shape[1:]).clone()  # (n, C, h, w)
+        for row, instance in own:
+            stack[instance - 1] = latents[row]
         label = resize_label_map(rows.label_maps[b], latent_size)
-        fused[b] = fuse_latents(latents[b], latents[own], label, beta=beta, fusion=fusion)
+        fused[b] = fuse_latents(latents[b], stack, label, beta=beta, fusion=fusion)
     return replace(rows.take(slice(0, images)), latents=fused)
 
 

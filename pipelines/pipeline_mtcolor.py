@@ -32,9 +32,20 @@ from mtcolor.color import luminance_to_gray, recombine_luminance, resize, rgb_to
 from mtcolor.conditioning import encode_texts
 from mtcolor.denoise import predict_noise
 from mtcolor.diagnostics import SmallInstanceWarning, instance_name, small_instances, warn_small_instances
+from mtcolor.editing import (
+    EditPlan,
+    EditState,
+    changed_instances,
+    composite,
+    edit_window,
+    edited_region,
+    known_cells,
+    model_fingerprint,
+    previous_pixels,
+)
 from mtcolor.image_io import to_uint8_image
 from mtcolor.inputs import Sample, check_number, prepare_pipeline_samples, texts_and_names, working_size
-from mtcolor.masks import resize_label_map
+from mtcolor.masks import attention_grids, lost_instances, resize_label_map
 from mtcolor.models.adapter import MTColorAdapter
 from mtcolor.sampling import (
     FUSIONS,
@@ -86,10 +97,14 @@ class MTColorPipelineOutput(BaseOutput):
             :mod:`mtcolor.diagnostics` for the kinds (e.g. ``"small_instance"``: an instance smaller
             than one token of some attention grids). The same findings are summarised in one warning
             per call (e.g. :class:`SmallInstanceWarning`).
+        edit_states: per generated image what an edit of it needs (:class:`mtcolor.editing.EditState`:
+            the final latents, label map, texts, colour targets, settings and the model's
+            fingerprint); pass the output back as ``edit_from`` to re-colour some instances.
     """
 
     images: list | np.ndarray | torch.Tensor
     diagnostics: list[dict] = field(default_factory=list)
+    edit_states: list[EditState] = field(default_factory=list)
 
 
 class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
@@ -306,6 +321,134 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
                 self.adapter.build_context(label, embeds, counts, latent_size, **switches.context_options)
             )
         return chunks, contexts
+
+    # ------------------------------------------------------------------ edits
+    def prepare_edit(
+        self,
+        edit_from,
+        edit_instances,
+        samples: list[Sample],
+        batched: bool,
+        num_images_per_prompt: int,
+        working_resolution: int,
+        colors: list,
+        fingerprint: str,
+    ) -> EditPlan:
+        """Check an edit (before any model work) and say what to keep (see :mod:`mtcolor.editing`).
+
+        Args:
+            edit_from: the previous result: an :class:`MTColorPipelineOutput` of one image (its
+                ``edit_states`` hold the latents, label map, texts and settings) or the previous
+                image alone (PIL / numpy / tensor, e.g. a PNG read from disk: its latents are
+                encoded and ``edit_instances`` must be given).
+            edit_instances: 0-based indices (into ``masks`` / ``texts``) of the instances to change;
+                None = every instance whose text, colour target or mask differs from ``edit_from``.
+            colors: this call's resolved colour target per instance (Lab tuples or None).
+        """
+        if batched or len(samples) != 1 or num_images_per_prompt != 1:
+            raise ValueError(
+                "edit_from edits one image: pass one image (not a list) and num_images_per_prompt=1 "
+                f"(got {len(samples)} images x {num_images_per_prompt})."
+            )
+        (sample,) = samples
+        state = None
+        if isinstance(edit_from, MTColorPipelineOutput):
+            if len(edit_from.edit_states) != 1:
+                raise ValueError(
+                    f"edit_from holds {len(edit_from.edit_states)} results; pass the output of a one-image "
+                    "call (or one image of it)."
+                )
+            state, image = edit_from.edit_states[0], edit_from.images[0]
+            if state.latents is None:
+                raise ValueError("edit_from was made with output_type='latent'; edit a decoded result.")
+        else:
+            image = edit_from
+        previous, previous_uint8 = previous_pixels(image)
+        if previous.shape[:2] != tuple(sample.size):
+            raise ValueError(
+                f"edit_from is {previous.shape[0]} x {previous.shape[1]} (H x W) but image is "
+                f"{sample.size[0]} x {sample.size[1]}; edit the result of this same input image."
+            )
+        label_map = (
+            sample.label_map if sample.label_map is not None else torch.zeros(sample.size, dtype=torch.long)
+        )
+        count = len(sample.texts)
+        if state is not None:
+            size = working_size(sample.size, working_resolution, self.vae_scale_factor)
+            problems = []
+            if state.model != fingerprint:
+                problems.append("it was made by another model")
+            if tuple(state.working_size) != tuple(size):
+                problems.append(
+                    f"it was made at working size {tuple(state.working_size)}, this call runs at {size}"
+                )
+            if len(state.texts) != count:
+                problems.append(f"it has {len(state.texts)} instances, this call {count}")
+            if problems:
+                raise ValueError(
+                    f"edit_from cannot be edited by this call: {'; '.join(problems)}. Edit with the same model, "
+                    "working_resolution and instances (change texts, colors or masks), or pass the image alone."
+                )
+        if edit_instances is None:
+            if state is None:
+                raise ValueError(
+                    "edit_instances is None but edit_from is an image without its edit state; name the "
+                    "instances to change, e.g. edit_instances=[0]."
+                )
+            instances = changed_instances(state, label_map, sample.texts, colors)
+        else:
+            items = [edit_instances] if isinstance(edit_instances, int) else list(edit_instances)
+            bad = [i for i in items if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count]
+            if bad or not items:
+                raise ValueError(
+                    f"edit_instances={edit_instances!r}; pass 0-based indices of existing instances "
+                    f"(this call has {count}: 0..{count - 1}), e.g. [0]."
+                )
+            instances = sorted({i + 1 for i in items})
+        size = working_size(sample.size, working_resolution, self.vae_scale_factor)
+        levels = len(self.unet.config.block_out_channels)
+        grids = attention_grids((size[0] // self.vae_scale_factor, size[1] // self.vae_scale_factor), levels)
+        lost = lost_instances(label_map, size, grids)
+        vanished = [k - 1 for k in instances if k in lost and set(map(tuple, lost[k])) >= set(grids)]
+        if vanished:
+            raise ValueError(
+                f"edit_instances: instances {vanished} ({[sample.texts[i] for i in vanished]}) are smaller than "
+                f"one token at every attention grid of the working size {size}, so no text can reach them; "
+                "enlarge their masks or raise working_resolution."
+            )
+        old = None if state is None else state.label_map.to(torch.long)
+        region = (
+            edited_region(label_map, old, instances)
+            if instances
+            else torch.zeros(sample.size, dtype=torch.bool)
+        )
+        latents = None if state is None else state.latents[None]
+        return EditPlan(instances, region, previous, previous_uint8, latents)
+
+    def prepare_edit_latents(self, edit: EditPlan, size, latent_size, device, dtype):
+        """The previous latents (1, C, h, w) (from the edit state, else encoded), the kept cells
+        (1, 1, h, w) (:func:`mtcolor.editing.known_cells`) and the latent window to re-sample
+        (:func:`mtcolor.editing.edit_window`, sides multiples of the UNet's downsampling)."""
+        previous = edit.latents
+        if previous is None:
+            previous = self.encode_previous(edit.previous, size, device, dtype)
+        previous = previous.to(device=device, dtype=dtype)
+        known = known_cells(edit.region, latent_size).to(device=device, dtype=dtype)
+        window = edit_window(known, multiple=2 ** (len(self.unet.config.block_out_channels) - 1))
+        return previous, known, window
+
+    def encode_previous(self, previous: np.ndarray, size, device, dtype) -> torch.Tensor:
+        """A previous result (H, W, 3) in [0, 1] -> its latents (1, C, h, w) at the working ``size``."""
+        rgb = torch.from_numpy(previous).permute(2, 0, 1)[None].float()
+        rgb = resize(rgb, size, mode="bilinear").clamp(0, 1) * 2 - 1
+        posterior = self.vae.encode(rgb.to(device=device, dtype=self.vae.dtype)).latent_dist
+        latents = posterior.mean
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return ((latents - shift) * self.vae.config.scaling_factor).to(dtype)
+
+    def model_fingerprint(self) -> str:
+        """Identifies the models an edit state was made with (:func:`mtcolor.editing.model_fingerprint`)."""
+        return model_fingerprint(self.unet, self.adapter, self.vae, self.controlnet)
 
     # ------------------------------------------------------------------ checks and text encoding
     def check_inputs(
@@ -623,6 +766,52 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
             changes[name] = torch.cat([new.to(all_rows.dtype), all_rows[images:]])
         return replace(rows, **changes)
 
+    @staticmethod
+    def keep_known(
+        latents: torch.Tensor, kept: torch.Tensor, known: torch.Tensor, images: int
+    ) -> torch.Tensor:
+        """The global rows' latents (the first ``images``) with the known cells (``known`` 1) taken from
+        ``kept`` (1, C, h, w); instance-pass rows are left as they are."""
+        out = latents.clone()
+        out[:images] = known * kept + (1 - known) * latents[:images]
+        return out
+
+    @staticmethod
+    def edit_state(
+        latents, sample: Sample, colors: list, size, fingerprint: str, settings: dict
+    ) -> EditState:
+        """The :class:`~mtcolor.editing.EditState` of one generated image."""
+        label_map = (
+            sample.label_map if sample.label_map is not None else torch.zeros(sample.size, dtype=torch.long)
+        )
+        compact = torch.uint8 if len(sample.texts) < 256 else torch.int32
+        return EditState(
+            latents=latents.detach().cpu(),
+            label_map=label_map.to(compact),
+            texts=list(sample.texts),
+            colors=list(colors),
+            prompt=sample.prompt,
+            negative_prompt=sample.negative_prompt,
+            image_size=tuple(sample.size),
+            working_size=tuple(size),
+            model=fingerprint,
+            settings=settings,
+        )
+
+    @staticmethod
+    def composite_edit(result: torch.Tensor, edit: EditPlan, output_type: str) -> torch.Tensor:
+        """``R ? result : previous`` at full resolution (:func:`mtcolor.editing.composite`): for PIL
+        output in uint8, so every pixel outside R keeps the previous image's exact 8-bit value."""
+        region = edit.region.cpu().numpy()
+        new = result.permute(1, 2, 0).numpy()
+        if output_type == "pil":
+            merged = (
+                composite(to_uint8_image(new.copy()), edit.previous_uint8, region).astype(np.float32) / 255
+            )
+        else:
+            merged = composite(new.astype(np.float32), edit.previous, region)
+        return torch.from_numpy(np.ascontiguousarray(merged)).permute(2, 0, 1)
+
     # ------------------------------------------------------------------ output
     def decode_latents(
         self, latents: torch.Tensor, samples: list[Sample], output_type: str, preserve_luminance: bool
@@ -687,6 +876,8 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
         max_batch: int | None = None,
         switches: MTColorSwitches | dict | None = None,
         cross_attention_kwargs: dict | None = None,
+        edit_from=None,
+        edit_instances: int | list[int] | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
     ):
@@ -740,6 +931,15 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
             cross_attention_kwargs: passed to the UNet's attention as in diffusers: ``"scale"`` scales
                 LoRA layers; other keys reach the processors (the wrapped ones included) that declare
                 them.
+            edit_from: re-colour some instances of a previous result and keep every other pixel
+                exactly: an :class:`MTColorPipelineOutput` of one image (it carries the latents and
+                settings) or the previous image alone (e.g. a PNG from disk, encoded by the VAE). The
+                call's ``image`` / ``masks`` / ``texts`` are the full new set; pixels outside the edited
+                instances' regions (old and new masks) equal the previous result's (the same uint8
+                values for PIL output). Only the edited instances' passes run. See
+                :mod:`mtcolor.editing`.
+            edit_instances: with ``edit_from``, the 0-based indices of the instances to change; None =
+                those whose text, colour target or mask changed (needs an output as ``edit_from``).
             callback_on_step_end: ``f(pipe, step, timestep, callback_kwargs) -> dict``, a diffusers
                 ``PipelineCallback`` or ``MultiPipelineCallbacks``, called after every step; it may
                 replace the tensors named in ``callback_on_step_end_tensor_inputs`` (a callback
@@ -786,6 +986,14 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
             instance_prompt_embeds=instance_prompt_embeds,
             instance_pooled_embeds=instance_pooled_embeds,
         )
+        fingerprint = self.model_fingerprint()
+        colors = [[None] * len(s.texts) for s in samples]
+        edit = None
+        if edit_from is not None:
+            edit = self.prepare_edit(
+                edit_from, edit_instances, samples, batched, num_images_per_prompt, working_resolution,
+                colors[0], fingerprint,
+            )  # fmt: skip
         self._guidance_scale = guidance_scale
         self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
@@ -826,6 +1034,7 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
             ).append(row)
 
         results: list = [None] * len(samples)
+        states: list = [None] * len(samples)
         with self.mtcolor_attention():  # the MT-Color processors, for this call only
             for size, group in groups.items():
                 images = len(group)
@@ -846,6 +1055,19 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
                     group_generator,
                     None if latents is None else latents[group],
                 )
+                if edit is not None:  # 5b. an edit re-samples only a window around its region
+                    previous, known, window = self.prepare_edit_latents(
+                        edit, size, latent_size, device, dtype
+                    )
+                    pixels = tuple(
+                        slice(w.start * self.vae_scale_factor, w.stop * self.vae_scale_factor) for w in window
+                    )
+                    z_t, label_maps = z_t[..., window[0], window[1]], label_maps[..., pixels[0], pixels[1]]
+                    control = None if control is None else control[..., pixels[0], pixels[1]]
+                    kept_cells = known[..., window[0], window[1]]
+                    kept_noise = randn_tensor(
+                        z_t.shape, generator=group_generator, device=device, dtype=dtype
+                    )
                 rows = global_rows(
                     z_t,
                     prompt_embeds[group],
@@ -859,6 +1081,8 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
                 # 6. The instance passes of the first alpha T steps (MT section III.C): each instance with
                 #    its own text as the prompt and itself as the only instance, from the same z_T
                 passes = instance_passes(rows.instance_counts.tolist())
+                if edit is not None:  # only the edited instances are sampled anew
+                    passes = [p for p in passes if p.instance in edit.instances]
                 instance_steps = int(round(alpha * num_inference_steps)) if passes else 0
                 if instance_steps and hasattr(self.scheduler, "model_outputs"):
                     raise ValueError(
@@ -877,6 +1101,13 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
                             rows, contexts = fuse_instance_rows(rows, passes, images, beta, fusion), {}
                         if self.interrupt:
                             continue
+                        if edit is not None:  # the kept cells at this step's noise level
+                            kept = self.scheduler.add_noise(
+                                previous[..., window[0], window[1]], kept_noise, t.reshape(1)
+                            )
+                            rows = replace(
+                                rows, latents=self.keep_known(rows.latents, kept, kept_cells, images)
+                            )
                         guidance = self.do_classifier_free_guidance  # a callback may have changed it
                         if guidance and rows.negative_embeds is None:  # guidance switched on mid-run
                             negatives = [s.negative_prompt for s in group_samples]
@@ -912,15 +1143,29 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
                         progress_bar.update()
                 if rows.count > images:  # alpha = 1: every step was an instance step
                     rows = fuse_instance_rows(rows, passes, images, beta, fusion)
+                if edit is not None:  # the previous latents outside the window and in its kept cells
+                    window_latents = self.keep_known(
+                        rows.latents, previous[..., window[0], window[1]], kept_cells, images
+                    )
+                    full = previous.clone()
+                    full[..., window[0], window[1]] = window_latents
+                    rows = replace(rows, latents=full)
 
                 # 8. Decode and recombine with each input's own luminance at full resolution
                 outputs = self.decode_latents(rows.latents, group_samples, output_type, preserve_luminance)
-                for row, output in zip(group, outputs):
+                for j, (row, output) in enumerate(zip(group, outputs)):
                     results[row] = output
+                    states[row] = self.edit_state(
+                        rows.latents[j], samples[row], colors[row // num_images_per_prompt], size, fingerprint,
+                        dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                             alpha=alpha, beta=beta, fusion=fusion, working_resolution=working_resolution),
+                    )  # fmt: skip
 
-        # 9. Post-process
+        # 9. Post-process: an edit keeps every pixel outside the edited region exactly
         self.maybe_free_model_hooks()
+        if edit is not None and output_type != "latent":
+            results = [self.composite_edit(results[0], edit, output_type)]
         images = self.format_images(results, output_type)
         if not return_dict:
             return (images,)
-        return MTColorPipelineOutput(images=images, diagnostics=diagnostics)
+        return MTColorPipelineOutput(images=images, diagnostics=diagnostics, edit_states=states)
