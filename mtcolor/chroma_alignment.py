@@ -314,9 +314,10 @@ def _robust_covariance(offsets: torch.Tensor) -> torch.Tensor:
     floor = SIGMA_MIN**2 * torch.eye(2, dtype=torch.float64)
     covariance = offsets @ offsets.T / max(offsets.shape[1], 1)
     radius = CORE_IN**2
-    ratio = (1 - math.exp(-radius / 2) * (1 + radius / 2)) / (
-        1 - math.exp(-radius / 2)
-    )  # E[chi2_4 <= r2] ...
+    inside_2d = 1 - math.exp(-radius / 2)  # P(chi2_2 <= r^2)
+    ratio = (
+        inside_2d - math.exp(-radius / 2) * radius / 2
+    ) / inside_2d  # P(chi2_4 <= r^2) / P(chi2_2 <= r^2)
     for _ in range(20):
         inverse = torch.linalg.inv(covariance + floor)
         inside = torch.einsum("in,ij,jn->n", offsets, inverse, offsets) < radius

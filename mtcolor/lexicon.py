@@ -201,7 +201,8 @@ TEXT_EXCLUDED = frozenset({"dark", "pale", "bland", "drab", "royal", "dusk", "ic
 #: Words after a name that make it a colour: "a salmon-coloured shirt", "a coffee colored mug".
 COLOR_SUFFIXES = frozenset({"coloured", "colored", "colour", "color", "hued", "tinted", "toned"})
 #: Words before a name that make it a predicate colour: "the star is lemon", "a star painted pumpkin"
-#: ("painted in", "dressed in" ... also work, see :data:`PREDICATE_IN`).
+#: ("painted in", "dressed in" ... also work, see :data:`PREDICATE_IN`). A colour suffix that
+#: follows a colour ("a red-coloured apple") is not one.
 PREDICATE_WORDS = frozenset(
     "is are was were be been being looks look appears appear seems seem painted coloured colored dyed "
     "turned turns became becomes".split()
@@ -464,6 +465,7 @@ class _MentionFinder:
         self.tokens = _tokens(text)
         self.words = [t[0] for t in self.tokens]
         self.table = color_name_table()
+        self.suffixes: set[int] = set()  # colour suffixes that belong to a found colour
 
     def linked(self, i: int) -> bool:
         """Is word ``i`` joined to word ``i - 1`` (same phrase, no punctuation between)?"""
@@ -482,7 +484,7 @@ class _MentionFinder:
         )
 
     def predicate(self, i: int, j: int) -> bool:
-        before = self.words[i - 1] if self.linked(i) else ""
+        before = self.words[i - 1] if self.linked(i) and i - 1 not in self.suffixes else ""
         before_in = self.words[i - 2] if before == "in" and self.linked(i - 1) else ""
         if before not in PREDICATE_WORDS and before_in not in PREDICATE_IN:
             return False
@@ -499,7 +501,14 @@ class _MentionFinder:
             return False  # "snow-white", "coffee brown": the colour head names the colour
         if self.predicate(i, j):
             return True
-        return kind == "noun" and bool(following) and following not in FUNCTION_WORDS and not after_color
+        verb = following in PREDICATE_WORDS or following in PREDICATE_IN
+        return (
+            kind == "noun"
+            and bool(following)
+            and following not in FUNCTION_WORDS
+            and not verb
+            and not after_color
+        )
 
     def at(self, i: int, after_color: bool) -> tuple[int, str] | None:
         """(end word index, canonical name) of the mention starting at word ``i``, or None."""
@@ -528,6 +537,8 @@ class _MentionFinder:
             end, name = found
             negated = self.linked(i) and self.words[i - 1] in NEGATIONS
             mentions.append(ColorMention(self.tokens[i][1], self.tokens[end - 1][2], name, negated))
+            if self.linked(end) and self.words[end] in COLOR_SUFFIXES:
+                self.suffixes.add(end)
             i = last_end = end
         return mentions
 
