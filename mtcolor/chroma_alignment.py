@@ -46,16 +46,15 @@ never touched: the recombination (:func:`mtcolor.color.recombine_luminance`) kee
 ``h_t``) and the mode's ``mu`` (``C_mu``, ``h_mu``), a similarity transform around the mode maps the
 mode to the target and its variation (texture, shadows) to the same variation of the target::
 
-    T(c, L) = g(L) (t + k R (c - mu)),    k = min(C_t / C_mu, GAIN_MAX),   R = rotation by h_t - h_mu
-    c'      = c + w(c, L) (T(c, L) - c)
+    T(c)    = t + k R (c - mu),    k = min(C_t / C_mu, GAIN_MAX),    R = rotation by h_t - h_mu
+    c'      = c + w(c, L) (T(c) - c)
 
 ``R`` is the identity when ``C_t`` or ``C_mu`` is below ``ACHROMATIC = 2`` (no hue) and
 ``GAIN_MAX = 3`` bounds the gain from a near-neutral mode (its noise is not amplified more). Below
-that bound ``k R mu = t``, so a shadow ``c = s mu`` maps to ``g s t``, a shadow of the target, and an
-achromatic target (``k = 0``) leaves no chroma variation. ``g(L)`` is the largest factor in [0, 1]
-with ``(L, g t)`` inside sRGB (tabulated at ``LUT_SIZE = 1001`` L values in [0, 100], interpolated
-linearly): a target out of gamut at a pixel's L loses chroma at fixed hue; the recombination then
-reduces any pixel still outside sRGB the same way.
+that bound ``k R mu = t``, so a shadow ``c = s mu`` maps to ``s t``, a shadow of the target, and an
+achromatic target (``k = 0``) leaves no chroma variation. The recombination then reduces every pixel
+outside sRGB at its L at fixed hue (:func:`mtcolor.color.fit_chroma_to_gamut`): a target out of
+gamut at a pixel's L loses chroma at fixed hue, its in-gamut version ``g(L) t`` (:func:`gamut_factor`).
 
 Usage (plan on the working-resolution decode, apply at full resolution in any tiling)::
 
@@ -91,8 +90,6 @@ GAIN_MAX = 3.0
 """Largest chroma gain ``k`` of the alignment."""
 ACHROMATIC = 2.0
 """Chroma below which a colour has no hue (no rotation)."""
-LUT_SIZE = 1001
-"""L values (0, 0.1, ..., 100) at which the target's gamut factor is tabulated."""
 _EDGE = 128.0
 _BINS = int(2 * _EDGE / BIN)
 
@@ -365,7 +362,8 @@ def gamut_factor(target_ab, lightness: torch.Tensor) -> torch.Tensor:
     chroma = float(torch.linalg.vector_norm(ab[:, 0, 0]))
     if chroma == 0:
         return torch.ones(lightness.shape[1])
-    return torch.linalg.vector_norm(fitted, dim=0) / chroma
+    inside = (fitted == ab[:, :, 0]).all(0)  # left as is by the fit: exactly 1
+    return torch.where(inside, 1.0, torch.linalg.vector_norm(fitted, dim=0) / chroma)
 
 
 @dataclass(frozen=True)
@@ -417,7 +415,6 @@ class ChromaAlignment:
         row = torch.full((top + 1,), -1, dtype=torch.long)
         for index, item in enumerate(self.instances):
             row[item.label] = index
-        levels = torch.linspace(0, 100, LUT_SIZE)
         angles = torch.tensor([math.radians(i.rotation) for i in self.instances], dtype=torch.float64)
         tables = {
             "row": row,
@@ -433,9 +430,6 @@ class ChromaAlignment:
             "grids": torch.stack([i.mode.grid for i in self.instances])
             if count
             else torch.zeros(0, _BINS, _BINS),
-            "gamut": torch.stack([gamut_factor(i.target[1:], levels) for i in self.instances]).double()
-            if count
-            else torch.zeros(0, LUT_SIZE, dtype=torch.float64),
         }
         object.__setattr__(self, "_tables", tables)
 
@@ -447,7 +441,8 @@ class ChromaAlignment:
                 labels (0 = background), all at one resolution.
 
         Returns:
-            (2, H, W) in ``ab``'s dtype; bit-identical to ``ab`` wherever ``w = 0``.
+            (2, H, W) in ``ab``'s dtype; bit-identical to ``ab`` wherever ``w = 0``. Colours may lie
+            outside sRGB: fit them as :func:`mtcolor.color.recombine_luminance` does.
         """
         if lightness.shape[-2:] != ab.shape[-2:] or labels.shape != ab.shape[-2:] or ab.shape[0] != 2:
             raise ValueError(
@@ -466,12 +461,8 @@ class ChromaAlignment:
         pixels = ab[:, active].to(torch.float64)  # (2, n)
         light = lightness[0][active].to(torch.float64).clamp(0, 100)  # (n,)
         weight = _weights(tables["grids"], r, pixels, light, tables["mode_lightness"])  # (n,)
-        position = light * (LUT_SIZE - 1) / 100
-        low = position.floor().long().clamp(max=LUT_SIZE - 2)
-        frac = position - low
-        gamut = tables["gamut"][r, low] * (1 - frac) + tables["gamut"][r, low + 1] * frac  # (n,)
         offset = torch.einsum("nij,jn->in", tables["rotation"][r], pixels - tables["mu"][r].T)  # (2, n)
-        mapped = gamut * (tables["target"][r].T + tables["gain"][r] * offset)  # T(c, L)
+        mapped = tables["target"][r].T + tables["gain"][r] * offset  # T(c)
         moved = (pixels + weight * (mapped - pixels)).to(ab.dtype)
         out = ab.clone()
         out[:, active] = torch.where(weight > 0, moved, ab[:, active])

@@ -55,9 +55,15 @@ def test_names_come_from_the_xkcd_table_then_css():
     table = {k.removeprefix("xkcd:"): v.lower() for k, v in XKCD_COLORS.items()}
     crimson = parse_color("crimson")
     assert (crimson.hex, crimson.source, crimson.label) == (table["crimson"], "name", "crimson")
-    assert torch.allclose(torch.tensor(crimson.lab), lab_of_rgb255(tuple(bytes.fromhex(table["crimson"][1:]))), atol=1e-3)
+    assert torch.allclose(
+        torch.tensor(crimson.lab), lab_of_rgb255(tuple(bytes.fromhex(table["crimson"][1:]))), atol=1e-3
+    )
     assert parse_color("green").hex == table["green"] != CSS4_COLORS["green"].lower()  # XKCD wins a clash
-    assert parse_color("darkslategray").hex == parse_color("dark slate gray").hex == CSS4_COLORS["darkslategray"].lower()
+    assert (
+        parse_color("darkslategray").hex
+        == parse_color("dark slate gray").hex
+        == CSS4_COLORS["darkslategray"].lower()
+    )
     assert parse_color("papayawhip").hex == CSS4_COLORS["papayawhip"].lower()
     assert parse_color("Navy-Blue").hex == parse_color("navy blue").hex == table["navy blue"]
     assert parse_color("grey").hex == parse_color("Gray").hex == table["grey"]
@@ -87,7 +93,9 @@ def test_modifiers_move_lightness_and_chroma_their_way_at_fixed_hue(modifier):
         original, modified = parse_color(base), parse_color(f"{modifier} {base}")
         assert modified.label == f"{modifier} {base}"
         if abs(lam) > 0.05:
-            assert (modified.lab[0] - original.lab[0]) * lam > 0  # lighter for light/pale, darker for dark/deep
+            assert (
+                modified.lab[0] - original.lab[0]
+            ) * lam > 0  # lighter for light/pale, darker for dark/deep
         if kappa < 0.9 and modified.lab[0] > 15:
             assert math.hypot(*modified.ab) < math.hypot(*original.ab)
         if math.hypot(*modified.ab) > 10:
@@ -113,9 +121,12 @@ def test_modifier_transform_is_measured_on_the_table_and_predicts_its_pairs():
         # the transform lands nearer the table's own "modifier X" than X itself does
         from mtcolor.lexicon import apply_modifier
 
-        predicted = [apply_modifier(torch.tensor(lab(b), dtype=torch.float32), modifier).numpy() for b, _ in pairs]
+        predicted = [
+            apply_modifier(torch.tensor(lab(b), dtype=torch.float32), modifier).numpy() for b, _ in pairs
+        ]
         gain = [
-            deltaE_ciede2000(lab(n), p) < deltaE_ciede2000(lab(n), lab(b)) for (b, n), p in zip(pairs, predicted)
+            deltaE_ciede2000(lab(n), p) < deltaE_ciede2000(lab(n), lab(b))
+            for (b, n), p in zip(pairs, predicted)
         ]
         assert np.mean(gain) > 0.7
 
