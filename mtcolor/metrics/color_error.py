@@ -2,9 +2,11 @@
 
 Per instance with a target (a :class:`~mtcolor.color_targets.ColorTarget` or a Lab triple):
 
-* the **measured** colour ``m = (L_m, a_mu, b_mu)``: the instance's dominant chroma mode ``mu``
+* the **measured** colour ``m = (L_m, a_mu, b_mu)``: the dominant chroma mode ``mu``
   (:func:`mtcolor.chroma_alignment.dominant_chroma_mode`, the colour most of the instance has; the
-  exact mode aligns the same mode) at the instance's median lightness ``L_m``;
+  exact mode aligns the same mode) of the instance's pixels around its median lightness ``L_m``
+  (those with L between its 25th and 75th percentiles: at other L the sRGB gamut may cap the chroma
+  of the same paint differently);
 * the target **at the same L**: ``t_L = (L_m, g a_t, b_t g)``, the target's hue and chroma at
   ``L_m`` with the chroma reduced at fixed hue until the colour is inside sRGB
   (:func:`mtcolor.color.fit_chroma_to_gamut`). A colorizer keeps the input's L, so only hue and
@@ -125,7 +127,9 @@ def _measure(lab: torch.Tensor, target: tuple[float, float, float], achromatic: 
             target_at_l=nan, measured=nan, delta_e00=math.nan, chroma_diff=math.nan, hue_error=math.nan
         )
     lightness = float(lab[0].median())
-    mode = dominant_chroma_mode(lab[1:], lab[0])
+    low, high = torch.quantile(lab[0], torch.tensor([0.25, 0.75], dtype=lab.dtype))
+    band = (lab[0] >= low) & (lab[0] <= high)  # the pixels around the median L
+    mode = dominant_chroma_mode(lab[1:, band], lab[0, band])
     measured = torch.tensor([lightness, *mode.ab], dtype=torch.float64)
     target_ab = torch.tensor(target[1:], dtype=torch.float64) * float(
         gamut_factor(target[1:], [lightness])[0]
