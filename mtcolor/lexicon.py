@@ -10,6 +10,11 @@ The prototypes are the XKCD colour-survey colours shipped with matplotlib
   ``light`` / ``dark`` variants present in the XKCD table.
 
 Spelling variants map to one canonical word (``grey`` -> ``gray``).
+
+Beside these two vocabularies, the module knows every colour *name* a user may write
+(:func:`lookup_color_name`: the 949 XKCD names, the CSS4 names, aliases and modifiers such as "dark
+crimson") and finds the colour an instance text names (:func:`find_color_mentions`: "a cherry red
+car", "the star is lemon", but not "a dog on the grass"); rules and measurements: docs/colors.md.
 """
 
 from __future__ import annotations
