@@ -71,6 +71,17 @@ def _measure(probe, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.einsum("rnhw,rchw->rnc", weights, ab) / mass[..., None]
 
 
+def _directional_change(
+    probe, point: torch.Tensor, direction: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """(R, n, 2) change of every instance's measured colour per unit step along ``direction``: a
+    forward difference with a step of 1e-2 latent units at the largest component (any probe, the
+    decoder included, without forward-mode autograd)."""
+    scale = 1e-2 / direction.abs().amax().clamp_min(1e-12)
+    with torch.no_grad():
+        return (_measure(probe, point + scale * direction, weights) - _measure(probe, point, weights)) / scale
+
+
 def steer_x0(
     x0: torch.Tensor,
     probe,
@@ -78,6 +89,7 @@ def steer_x0(
     targets: torch.Tensor,
     active: torch.Tensor,
     iterations: int = 2,
+    measure=None,
 ) -> torch.Tensor:
     """The correction ``sum_k d_k`` (R, C, h, w) that moves each active instance's probe colour to
     its target (see the module docstring).
@@ -89,6 +101,8 @@ def steer_x0(
         targets: (R, n, 2) target a*b*.
         active: (R, n) bool: which (row, instance) pairs are steered.
         iterations: Gauss-Newton-like steps.
+        measure: optional ``latents -> (R, n, 2)`` measured colours used for the residual instead of
+            the probe's; the probe still gives the direction and the step length per unit of residual.
     """
     dtype = x0.dtype
     weights = weights * active[..., None, None].to(weights.dtype)
@@ -101,13 +115,15 @@ def steer_x0(
         with torch.enable_grad():
             point = (x + correction).requires_grad_(True)
             measured = _measure(probe, point, weights)  # (R, n, 2)
+            if measure is not None:  # the residual from the true measurement, the direction from P
+                measured = measured + (measure(point.detach()).to(measured) - measured).detach()
             residual = measured - targets
             loss = (residual.square().sum(-1) * active).sum()
             (grad,) = torch.autograd.grad(loss, point)
         # one direction per instance: its own cells, weighted by how much of each cell it covers
         directions = -weights[:, :, None] * grad[:, None]  # (R, n, C, h, w)
         total = directions.sum(1)
-        _, change = torch.func.jvp(lambda z: _measure(probe, z, weights), (point.detach(),), (total,))
+        change = _directional_change(probe, point.detach(), total, weights)
         # per instance: the step length that best cancels its residual along its own direction
         eta = -(residual.detach() * change).sum(-1) / change.square().sum(-1).clamp_min(1e-12)  # (R, n)
         eta = torch.where(active, eta.clamp(min=0.0), torch.zeros_like(eta))
@@ -156,3 +172,22 @@ def steered_prediction(
 def steering_strength(step: int, num_steps: int, strength: float, until: float) -> float:
     """``s_t``: ``strength`` for steps ``< until * num_steps``, else 0."""
     return float(strength) if step < until * num_steps else 0.0
+
+
+class DecodedCellColors:
+    """A differentiable colour reader through the decoder: latents (R, C, h, w) -> (R, 2, h, w) the
+    mean a*b* of the decoded pixels under each latent cell. Exact but costs a decode (and its
+    backward) per use: the pipeline uses it for the final corrections, the probe for every step.
+
+    Args:
+        decode: latents -> sRGB (R, 3, H, W) in [0, 1] (e.g. the VAE's decoder with its scaling).
+    """
+
+    def __init__(self, decode):
+        self.decode = decode
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        from .color import rgb_to_lab
+
+        ab = rgb_to_lab(self.decode(latents).float())[:, 1:]
+        return F.adaptive_avg_pool2d(ab, tuple(latents.shape[-2:]))

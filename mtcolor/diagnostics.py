@@ -89,3 +89,51 @@ def warn_small_instances(diagnostics: list[dict], stacklevel: int) -> None:
         SmallInstanceWarning,
         stacklevel=stacklevel + 1,
     )
+
+
+def color_target_findings(
+    samples: list[Sample], targets: list[list], reasons: list[list[str]], batched: bool
+) -> list[dict]:
+    """The colour-target findings of a call, one per instance with a target or a reason for none.
+
+    Args:
+        samples: the call's inputs; targets: per image, per instance a
+            :class:`mtcolor.color_targets.ColorTarget` or None; reasons: per image, per instance why
+            no target was taken from its text ("" when none was asked for or one was found).
+
+    Returns:
+        Kind ``"color_target"``: ``{"kind", "image", "instance", "name", "text", "target"`` (hex),
+        ``"label"`` (its name or hex), ``"source"`` (``"hex"``, ``"rgb"``, ``"name"`` or ``"text"``),
+        ``"lab"`` ([L, a, b])``}``; kind ``"no_color_target"``: ``{..., "reason"}`` for texts asked
+        to give a target that name no single colour ("no colour word", "several colours: red, white").
+    """
+    found = []
+    for b, sample in enumerate(samples):
+        for i, text in enumerate(sample.texts):
+            base = {"image": b, "instance": i, "name": instance_name(batched, b, i), "text": text}
+            target = targets[b][i]
+            if target is not None:
+                found.append(
+                    {
+                        "kind": "color_target",
+                        **base,
+                        "target": target.hex,
+                        "label": target.label,
+                        "source": target.source,
+                        "lab": [round(v, 2) for v in target.lab],
+                    }
+                )
+            elif reasons[b][i]:
+                found.append({"kind": "no_color_target", **base, "reason": reasons[b][i]})
+    return found
+
+
+def unreachable_targets(findings: list[dict], skipped: dict[tuple[int, int], str]) -> list[dict]:
+    """Kind ``"color_target_unreachable"`` for targeted instances the exact mode could not plan
+    (``skipped[(image, instance)]`` = why, e.g. no pixel at the working size)."""
+    out = []
+    for item in findings:
+        key = (item["image"], item["instance"])
+        if item["kind"] == "color_target" and key in skipped:
+            out.append({**item, "kind": "color_target_unreachable", "reason": skipped[key]})
+    return out

@@ -28,10 +28,27 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
+from mtcolor.chroma_alignment import plan_alignment
 from mtcolor.color import luminance_to_gray, recombine_luminance, resize, rgb_to_lab
+from mtcolor.color_steering import (
+    DecodedCellColors,
+    instance_cell_weights,
+    steer_x0,
+    steered_prediction,
+    steering_strength,
+    target_chroma,
+)
+from mtcolor.color_targets import ColorTarget, color_from_text, parse_colors
 from mtcolor.conditioning import encode_texts
 from mtcolor.denoise import predict_noise
-from mtcolor.diagnostics import SmallInstanceWarning, instance_name, small_instances, warn_small_instances
+from mtcolor.diagnostics import (
+    SmallInstanceWarning,
+    color_target_findings,
+    instance_name,
+    small_instances,
+    unreachable_targets,
+    warn_small_instances,
+)
 from mtcolor.editing import (
     EditPlan,
     EditState,
@@ -66,6 +83,11 @@ __all__ = ["MTColorPipeline", "MTColorPipelineOutput", "SmallInstanceWarning", "
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+#: share of the denoising steps colour steering acts on
+STEERING_UNTIL = 1.0
+#: decoder-measured corrections of the final latents when colours are steered
+FINAL_STEERING_ITERATIONS = 2
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -115,7 +137,8 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
         or a BERT-family encoder; its hidden size is the UNet's ``cross_attention_dim``), tokenizer
         (its tokenizer), unet (`UNet2DConditionModel`), controlnet (`ControlNetModel`, optional: a
         stage-1 model has none), adapter (:class:`~mtcolor.MTColorAdapter`), scheduler (DDIM by
-        default).
+        default), color_probe (:class:`mtcolor.latent_color.LatentColorProbe`, optional: the latent ->
+        a*b* map colour steering reads; fitted for the VAE and cached on first use when missing).
 
     The adapter's attention processors are installed on the UNet for the duration of each call, on
     top of the UNet's own processors, and the UNet's processors are restored afterwards: the UNet's
@@ -124,11 +147,11 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
-    _optional_components = ["controlnet"]
-    _exclude_from_cpu_offload = ["adapter"]
+    _optional_components = ["controlnet", "color_probe"]
+    _exclude_from_cpu_offload = ["adapter", "color_probe"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, adapter, scheduler):
+    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, adapter, scheduler, color_probe=None):
         super().__init__()
         self.register_modules(
             vae=vae,
@@ -138,6 +161,7 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
             controlnet=controlnet,
             adapter=adapter,
             scheduler=scheduler,
+            color_probe=color_probe,
         )
         # diffusers' fallback when the pipeline is built without a VAE (e.g. to encode prompts only)
         self.vae_scale_factor = (
@@ -321,6 +345,104 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
                 self.adapter.build_context(label, embeds, counts, latent_size, **switches.context_options)
             )
         return chunks, contexts
+
+    # ------------------------------------------------------------------ colour targets
+    def resolve_color_targets(
+        self, samples: list[Sample], colors, colors_from_texts: bool, batched: bool
+    ) -> tuple[list[list[ColorTarget | None]], list[list[str]]]:
+        """Per image, per instance the colour target (:mod:`mtcolor.color_targets`) and, for texts
+        asked to give one that name no single colour, the reason.
+
+        ``colors``: None, or aligned with the masks (one list per image for a batch); an entry is None,
+        ``"#rrggbb"``, ``"rgb(r, g, b)"``, an (r, g, b) triple in 0..255 or a colour name. An explicit
+        entry wins over the text; with ``colors_from_texts`` the other instances take the colour
+        their text names ("a crimson apple"), if exactly one.
+        """
+        per_image = (
+            [colors] if not batched else (list(colors) if colors is not None else [None] * len(samples))
+        )
+        if batched and colors is not None and len(per_image) != len(samples):
+            raise ValueError(
+                f"colors has {len(per_image)} entries for {len(samples)} images; pass one list per image."
+            )
+        targets, reasons = [], []
+        for b, (sample, given) in enumerate(zip(samples, per_image)):
+            name = f"colors[{b}]" if batched else "colors"
+            explicit = parse_colors(given, len(sample.texts), name)
+            image_targets, image_reasons = [], []
+            for target, text in zip(explicit, sample.texts):
+                reason = ""
+                if target is None and colors_from_texts:
+                    read = color_from_text(text)
+                    target, reason = read.target, read.reason
+                image_targets.append(target)
+                image_reasons.append(reason)
+            targets.append(image_targets)
+            reasons.append(image_reasons)
+        return targets, reasons
+
+    def load_color_probe(self):
+        """The latent -> a*b* probe colour steering reads (:mod:`mtcolor.latent_color`): the
+        ``color_probe`` component, else one fitted for this VAE (cached under
+        ``~/.cache/mtcolor/color_probes``), kept as the component from then on."""
+        if self.color_probe is None:
+            from mtcolor.latent_color import color_probe_for
+
+            folder = getattr(self.config, "_name_or_path", None)
+            with torch.enable_grad():  # __call__ runs under no_grad; fitting a probe needs gradients
+                probe = color_probe_for(
+                    self.vae, model_folder=folder if folder and Path(folder).is_dir() else None
+                )
+            self.register_modules(color_probe=probe.to(self.vae.device).eval())
+        return self.color_probe
+
+    @staticmethod
+    def steering_targets(rows: DenoisingRows, images: int, passes, targets: list, mean_lightness: list):
+        """The steered (row, instance) pairs of ``rows``: labels (R, n) int64, target a*b* (R, n, 2)
+        at each instance's mean lightness, active (R, n) bool. Global rows carry their image's
+        instances 1..n; an instance pass (rows after the first ``images``) its own instance as label 1."""
+        n = max([len(t) for t in targets] + [1])
+        labels = torch.zeros(rows.count, n, dtype=torch.long)
+        lab = torch.zeros(rows.count, n, 3)
+        light = torch.zeros(rows.count, n)
+        active = torch.zeros(rows.count, n, dtype=torch.bool)
+
+        def fill(row, slot, label, b, k):
+            target = targets[b][k - 1]
+            if target is not None:
+                labels[row, slot], lab[row, slot] = label, torch.tensor(target.lab)
+                light[row, slot], active[row, slot] = mean_lightness[b][k - 1], True
+
+        for b in range(images):
+            for k in range(1, len(targets[b]) + 1):
+                fill(b, k - 1, k, b, k)
+        if rows.count > images:
+            for j, p in enumerate(passes):
+                fill(images + j, 0, 1, p.sample, p.instance)
+        return labels, target_chroma(lab, light), active
+
+    def refine_colors(self, rows: DenoisingRows, images, targets, strength: float, mean_lightness):
+        """The final latents with each targeted instance's colour corrected through the decoder itself
+        (:class:`mtcolor.color_steering.DecodedCellColors`: exact colours and gradients;
+        ``FINAL_STEERING_ITERATIONS`` decodes with their backward passes)."""
+        labels, chroma, active = self.steering_targets(rows, images, [], targets, mean_lightness)
+        latents = rows.latents
+        weights = instance_cell_weights(rows.label_maps, labels.to(latents.device), latents.shape[-2:])
+
+        def decode(z):
+            return (
+                self.vae.decode(z / self.vae.config.scaling_factor, return_dict=False)[0] / 2 + 0.5
+            ).clamp(0, 1)
+
+        correction = steer_x0(
+            latents,
+            DecodedCellColors(decode),
+            weights,
+            chroma.to(latents.device),
+            active.to(latents.device),
+            iterations=FINAL_STEERING_ITERATIONS,
+        )
+        return latents + strength * correction
 
     # ------------------------------------------------------------------ edits
     def prepare_edit(
@@ -814,23 +936,46 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
 
     # ------------------------------------------------------------------ output
     def decode_latents(
-        self, latents: torch.Tensor, samples: list[Sample], output_type: str, preserve_luminance: bool
-    ) -> list[torch.Tensor]:
+        self,
+        latents: torch.Tensor,
+        samples: list[Sample],
+        output_type: str,
+        preserve_luminance: bool,
+        exact_targets: list[list] | None = None,
+    ) -> tuple[list[torch.Tensor], dict]:
         """Latents (B, 4, h, w) -> per image (3, H, W) RGB in [0, 1] at its input's size: the input's
         own L + the decoded ab resized to it (``preserve_luminance``), else the decoded image resized;
-        ``output_type="latent"``: the latents (4, h, w)."""
+        ``output_type="latent"``: the latents (4, h, w).
+
+        ``exact_targets``: per image, per instance a colour target or None: the exact mode
+        (:mod:`mtcolor.chroma_alignment`) aligns each targeted instance's dominant chroma mode to its
+        target at full resolution (planned on the decode at the working size). Returns the outputs and
+        ``{(image, instance): reason}`` of targets it could not plan.
+        """
         if output_type == "latent":
-            return list(latents)
+            return list(latents), {}
         decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
         decoded = (decoded.float() / 2 + 0.5).clamp(0, 1).cpu()  # (B, 3, h, w) in [0, 1]
-        outputs = []
+        outputs, skipped = [], {}
         for b, sample in enumerate(samples):
-            if preserve_luminance:
-                ab = rgb_to_lab(decoded[b : b + 1])[:, 1:]
-                outputs.append(recombine_luminance(sample.lightness[None].float(), ab)[0])
-            else:
+            if not preserve_luminance:
                 outputs.append(resize(decoded[b : b + 1], sample.size, mode="bicubic").clamp(0, 1)[0])
-        return outputs
+                continue
+            ab = rgb_to_lab(decoded[b : b + 1])[:, 1:]  # (1, 2, h, w)
+            lightness = sample.lightness[None].float()
+            targets = None if exact_targets is None else exact_targets[b]
+            if not targets or all(t is None for t in targets) or sample.label_map is None:
+                outputs.append(recombine_luminance(lightness, ab)[0])
+                continue
+            size = tuple(ab.shape[-2:])
+            plan = plan_alignment(
+                resize(lightness, size)[0], ab[0], resize_label_map(sample.label_map, size), targets
+            )
+            skipped.update({(b, label - 1): reason for label, reason in plan.skipped})
+            outputs.append(
+                recombine_luminance(lightness, ab, label_map=sample.label_map[None], adjust=[plan])[0]
+            )
+        return outputs, skipped
 
     @staticmethod
     def format_images(results: list[torch.Tensor], output_type: str):
@@ -876,6 +1021,10 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
         max_batch: int | None = None,
         switches: MTColorSwitches | dict | None = None,
         cross_attention_kwargs: dict | None = None,
+        colors=None,
+        colors_from_texts: bool = True,
+        color_steering: float = 1.0,
+        exact_colors: bool = True,
         edit_from=None,
         edit_instances: int | list[int] | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
@@ -931,6 +1080,20 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
             cross_attention_kwargs: passed to the UNet's attention as in diffusers: ``"scale"`` scales
                 LoRA layers; other keys reach the processors (the wrapped ones included) that declare
                 them.
+            colors: per-instance colour targets aligned with ``masks`` (for a batch, one list per
+                image): None (text only), ``"#rrggbb"``, ``"rgb(r, g, b)"``, an ``(r, g, b)`` triple in
+                0..255, or a colour name of the XKCD / CSS tables ("crimson", "navy blue", "light
+                teal"); see :mod:`mtcolor.color_targets`.
+            colors_from_texts: instances without an explicit ``colors`` entry take the colour their
+                text names, when it names exactly one ("a crimson apple"); texts naming none or
+                several ("a red and white bus") get none, reported in ``diagnostics``.
+            color_steering: strength of the steering toward the targets during sampling (0 = off):
+                each step's predicted x0 is corrected inside each targeted instance's mask so that its
+                colour, read by the latent colour probe, moves to the target
+                (:mod:`mtcolor.color_steering`: ``x0' = x0 + s_t sum_k d_k``); no extra UNet calls.
+            exact_colors: after decoding, align each targeted instance's dominant chroma mode to its
+                target at full resolution, keeping its shading, texture, its other colours (tyres,
+                faces) and the input's L (:mod:`mtcolor.chroma_alignment`).
             edit_from: re-colour some instances of a previous result and keep every other pixel
                 exactly: an :class:`MTColorPipelineOutput` of one image (it carries the latents and
                 settings) or the previous image alone (e.g. a PNG from disk, encoded by the VAE). The
@@ -986,8 +1149,12 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
             instance_prompt_embeds=instance_prompt_embeds,
             instance_pooled_embeds=instance_pooled_embeds,
         )
+        if isinstance(color_steering, bool):
+            raise TypeError(f"color_steering must be a float strength (0 = off), got {color_steering!r}.")
+        check_number("color_steering", color_steering, 0.0, None, "e.g. 1.0; 0 turns steering off")
+        targets, target_reasons = self.resolve_color_targets(samples, colors, colors_from_texts, batched)
         fingerprint = self.model_fingerprint()
-        colors = [[None] * len(s.texts) for s in samples]
+        colors = [[None if t is None else t.lab for t in image_targets] for image_targets in targets]
         edit = None
         if edit_from is not None:
             edit = self.prepare_edit(
@@ -1002,6 +1169,12 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
         # 2. Instances smaller than one token of the coarser attention grids: one summary warning
         diagnostics = self.small_instances(samples, working_resolution, batched)
         warn_small_instances(diagnostics, stacklevel=3)  # the caller's line
+        color_findings = color_target_findings(samples, targets, target_reasons, batched)
+        diagnostics += color_findings
+        mean_lightness = [
+            [float(s.lightness[0][s.label_map == k].mean()) for k in range(1, len(s.texts) + 1)]
+            for s in samples
+        ]
 
         # 3. Encode the global prompts and every instance text once
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
@@ -1035,6 +1208,7 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
 
         results: list = [None] * len(samples)
         states: list = [None] * len(samples)
+        unplanned: dict = {}  # (input image, instance) -> why the exact mode could not plan its target
         with self.mtcolor_attention():  # the MT-Color processors, for this call only
             for size, group in groups.items():
                 images = len(group)
@@ -1092,6 +1266,12 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
                 if instance_steps:
                     rows = with_instance_rows(rows, [instance_hidden[r] for r in group], passes)
 
+                group_targets = [targets[r // num_images_per_prompt] for r in group]
+                steer_probe = None
+                if color_steering > 0 and any(t is not None for ts in group_targets for t in ts):
+                    steer_probe = self.load_color_probe()
+                steering: dict = {}  # the current rows' steered pairs (recomputed after the fusion)
+
                 # 7. Denoising loop
                 contexts: dict = {}  # guidance on/off -> (chunks, MT-Color contexts) of the current rows
                 with self.progress_bar(total=len(timesteps)) as progress_bar:
@@ -1126,6 +1306,24 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
                             controlnet_conditioning_scale,
                             switches.use_control_residuals,
                         )
+                        strength = steering_strength(i, len(timesteps), color_steering, STEERING_UNTIL)
+                        if steer_probe is not None and strength > 0:
+                            if steering.get("rows") != rows.count:
+                                labels, chroma, active = self.steering_targets(
+                                    rows, images, passes, group_targets,
+                                    [mean_lightness[r // num_images_per_prompt] for r in group],
+                                )  # fmt: skip
+                                weights = instance_cell_weights(
+                                    rows.label_maps, labels.to(device), rows.latents.shape[-2:]
+                                )
+                                steering = {"rows": rows.count, "weights": weights, "chroma": chroma.to(device), "active": active.to(device)}  # fmt: skip
+                            noise = steered_prediction(
+                                noise,
+                                rows.latents,
+                                self.scheduler.alphas_cumprod[int(t)],
+                                lambda x0: strength * steer_x0(x0, steer_probe, steering["weights"], steering["chroma"], steering["active"]),  # noqa: B023
+                                self.scheduler.config.prediction_type,
+                            )  # fmt: skip
                         step_generator = (
                             [group_generator[k] for k in rows.image.tolist()]
                             if isinstance(group_generator, list)
@@ -1143,6 +1341,8 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
                         progress_bar.update()
                 if rows.count > images:  # alpha = 1: every step was an instance step
                     rows = fuse_instance_rows(rows, passes, images, beta, fusion)
+                if steer_probe is not None:  # the last correction measures through the decoder
+                    rows = replace(rows, latents=self.refine_colors(rows, images, group_targets, color_steering, [mean_lightness[r // num_images_per_prompt] for r in group]))  # fmt: skip
                 if edit is not None:  # the previous latents outside the window and in its kept cells
                     window_latents = self.keep_known(
                         rows.latents, previous[..., window[0], window[1]], kept_cells, images
@@ -1152,7 +1352,16 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
                     rows = replace(rows, latents=full)
 
                 # 8. Decode and recombine with each input's own luminance at full resolution
-                outputs = self.decode_latents(rows.latents, group_samples, output_type, preserve_luminance)
+                outputs, skipped = self.decode_latents(
+                    rows.latents,
+                    group_samples,
+                    output_type,
+                    preserve_luminance,
+                    group_targets if exact_colors else None,
+                )
+                unplanned.update(
+                    {(group[b] // num_images_per_prompt, k): why for (b, k), why in skipped.items()}
+                )
                 for j, (row, output) in enumerate(zip(group, outputs)):
                     results[row] = output
                     states[row] = self.edit_state(
@@ -1163,6 +1372,7 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
 
         # 9. Post-process: an edit keeps every pixel outside the edited region exactly
         self.maybe_free_model_hooks()
+        diagnostics += unreachable_targets(color_findings, unplanned)
         if edit is not None and output_type != "latent":
             results = [self.composite_edit(results[0], edit, output_type)]
         images = self.format_images(results, output_type)
