@@ -4,7 +4,7 @@ Every masked component (PMAM, the instance branch, multi-instance fusion, the me
 **label map**: an int64 tensor (H, W) where 0 is the background (the global region
 ``m_g = not(union m_i)`` of MT eq. 8) and ``k`` (1-based, in input order) is instance ``k``.
 
-Rules (DESIGN.md section 3):
+Rules (docs/design.md, "Label maps"):
 
 * Reading a mask (:func:`masks_to_label_map`): bool masks are used as they are; float masks must lie
   in [0, 1] and are thresholded at 0.5. **Integer masks** (numpy / torch integer dtypes, PIL modes
