@@ -22,8 +22,8 @@ def _label_map(batch: int, size: int, instances: int) -> torch.Tensor:
     cols = max(1, int(instances**0.5 + 0.999))
     cell = size // (cols + 1)
     for k in range(instances):
-        r, c = divmod(k, cols)
-        top, left = cell // 2 + r * cell, cell // 2 + c * cell
+        row, col = divmod(k, cols)
+        top, left = cell // 2 + row * cell, cell // 2 + col * cell
         label[:, top : top + cell * 3 // 4, left : left + cell * 3 // 4] = k + 1
     return label
 
