@@ -105,7 +105,7 @@ def _accepted_keywords(processor) -> frozenset[str] | None:
     ``**kwargs`` (any keyword). diffusers processors differ: ``SlicedAttnProcessor`` has no ``temb``."""
     try:
         parameters = inspect.signature(processor).parameters.values()
-    except (TypeError, ValueError):  # no introspectable signature: pass everything, as before
+    except (TypeError, ValueError):  # no introspectable signature: pass every keyword
         return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return None
