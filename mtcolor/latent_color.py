@@ -475,7 +475,7 @@ def fit_latent_color_probe(
             f"perturbation_scales={perturbation_scales!r} needs targets='decoded' (perturbed latents have no "
             "input image); pass perturbation_scales=() with targets='input'."
         )
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     images = _check_images(images)
     downsampling = vae_downsampling(vae)
     colors = cell_ab(images, downsampling)
@@ -516,8 +516,21 @@ def fit_latent_color_probe(
     report.update(_held_out_report(probe, latents[held], colors[held], prefix="input_"))
     report.update(targets=targets, images_fitted=len(train), images_held_out=len(held))
     report.update(perturbation_scales=list(perturbation_scales), seconds=time.perf_counter() - start)
-    probe.register_to_config(fit_report={k: v for k, v in report.items() if k != "seconds"})
+    report["cpu_seconds"] = time.process_time() - cpu_start
+    probe.register_to_config(fit_report={k: v for k, v in report.items() if not k.endswith("seconds")})
     return probe, report
+
+
+def _fit_defaults() -> dict:
+    """The keyword options of :func:`fit_latent_color_probe` and their defaults."""
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(_FIT).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+_FIT = fit_latent_color_probe
 
 
 @torch.no_grad()
@@ -725,11 +738,7 @@ def load_or_fit_probe(
     folders left by killed writers are removed, never read. Fitting the default MLP on the embedded
     4x VAE takes about half a minute on one CPU thread.
     """
-    defaults = {
-        name: parameter.default
-        for name, parameter in inspect.signature(fit_latent_color_probe).parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-    }
+    defaults = _fit_defaults()
     unknown = sorted(set(fit_kwargs) - set(defaults))
     if unknown:
         raise TypeError(f"unknown fit option(s) {unknown}; valid: {sorted(defaults)}.")
@@ -829,6 +838,7 @@ def steering_response(
     *,
     delta: float = 10.0,
     directions: int = 4,
+    inside_only: float | None = None,
     batch_size: int = 64,
 ) -> dict:
     """How far the decoded colour of a region moves when a step along the probe's gradient moves the
@@ -839,7 +849,9 @@ def steering_response(
     (N, C, h, w) take the first-order step along the gradient of ``u . region_ab(probe(z), w)``
     (w: :func:`cell_weights` of the mask) that raises it by ``delta`` Lab units. Measured per step:
     the probe's actual change dp of the region colour (a 2-vector), and the decoder's change of the
-    mean colour of the masked pixels (dd) and of the same cell-weighted region (dc).
+    mean colour of the masked pixels (dd) and of the same cell-weighted region (dc). With
+    ``inside_only`` = t, the step is zeroed on the cells whose mask share is below t (a step confined
+    to the region's cells).
 
     Returns:
         per-step arrays ``ratio`` (u.dd / u.dp: 1 = the decoded pixels follow the probe exactly),
@@ -867,6 +879,8 @@ def steering_response(
         z = latents[[i for i, _, _ in batch]].float().clone().requires_grad_(True)
         before = region_ab(probe(z), weights)[:, 0]
         (gradient,) = torch.autograd.grad((before * u).sum(), z)
+        if inside_only is not None:
+            gradient = gradient * (weights >= inside_only)
         step = delta * gradient / gradient.flatten(1).pow(2).sum(1).clamp_min(1e-12).view(-1, 1, 1, 1)
         with torch.no_grad():
             moved = z + step
@@ -913,6 +927,7 @@ def measure_variants(vae, model_folder, variants: dict, *, scenes: int, crops: i
 
     size = CACHE_GRID * vae_downsampling(vae)
     images = probe_training_images(size, count, 0)
+    validation = images[_split(count, _fit_defaults()["validation"], _fit_defaults()["seed"])[1]]
     rows = held_out_scenes(synthetic_config(model_folder), scenes, seed=0)
     scene_x = resize(scene_images(rows), (size, size))
     scene_masks = [
@@ -926,14 +941,18 @@ def measure_variants(vae, model_folder, variants: dict, *, scenes: int, crops: i
     for name, options in variants.items():
         probe, report = fit_latent_color_probe(vae, images, **options)
         row = {"name": name, "options": options, "report": report, "bytes": _saved_bytes(probe)}
+        row["validation_decoded"] = evaluate_probe(probe, vae, validation, targets="decoded")
         row["scenes"] = evaluate_probe(probe, vae, scene_x)
         row["scenes_decoded"] = evaluate_probe(probe, vae, scene_x, targets="decoded")
         row["photos"] = evaluate_probe(probe, vae, crops_x) if crops_x is not None else None
-        steering = steering_response(probe, vae, scene_latents, scene_masks, delta=10.0)
-        row["steering"] = {
-            key: value if isinstance(value, (int, float)) else np.percentile(value, [25, 50, 75]).tolist()
-            for key, value in steering.items()
-        }
+        for key, inside_only in (("steering", None), ("confined", 0.75)):
+            steering = steering_response(probe, vae, scene_latents, scene_masks, inside_only=inside_only)
+            row[key] = {
+                name: value
+                if isinstance(value, (int, float))
+                else np.percentile(value, [25, 50, 75]).tolist()
+                for name, value in steering.items()
+            }
         results.append(row)
         logger.info("%s: %s", name, row)
     return results
@@ -954,18 +973,21 @@ def format_table(results: list[dict]) -> str:
         return "n/a" if not scores else f"{scores['r2_a']:.2f} / {scores['r2_b']:.2f}"
 
     lines = [
-        "| probe | params | fit s | validation (mix) R^2 a*/b* | held-out scenes R^2 a*/b* | held-out photo crops "
-        "R^2 a*/b* | decoded/probe change, median [IQR] | same, cell region | cosine | outside/inside |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| probe | params | fit CPU s | validation (mix) R^2 a*/b* | same, vs decoded colours | held-out scenes "
+        "R^2 a*/b* | held-out photo crops R^2 a*/b* | decoded/probe change, median [IQR] | same, cell region "
+        "| cosine | outside/inside | confined step: change ratio, outside/inside |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results:
-        report, steer = row["report"], row["steering"]
+        report, steer, confined = row["report"], row["steering"], row["confined"]
         ratio, cell = steer["ratio"], steer["cell_ratio"]
         lines.append(
-            f"| {row['name']} | {report['parameters']} | {report['seconds']:.1f} | "
-            f"{report['input_r2_a']:.2f} / {report['input_r2_b']:.2f} | {pair(row['scenes'])} | "
+            f"| {row['name']} | {report['parameters']} | {report['cpu_seconds']:.1f} | "
+            f"{report['input_r2_a']:.2f} / {report['input_r2_b']:.2f} | {pair(row['validation_decoded'])} | "
+            f"{pair(row['scenes'])} | "
             f"{pair(row['photos'])} | {ratio[1]:.2f} [{ratio[0]:.2f}, {ratio[2]:.2f}] | "
-            f"{cell[1]:.2f} [{cell[0]:.2f}, {cell[2]:.2f}] | {steer['cosine'][1]:.2f} | {steer['outside'][1]:.2f} |"
+            f"{cell[1]:.2f} [{cell[0]:.2f}, {cell[2]:.2f}] | {steer['cosine'][1]:.2f} | {steer['outside'][1]:.2f} | "
+            f"{confined['ratio'][1]:.2f}, {confined['outside'][1]:.2f} |"
         )
     return "\n".join(lines)
 
