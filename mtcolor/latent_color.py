@@ -301,7 +301,7 @@ def fit_probe_on_cells(
     kernel_size: int = 3,
     hidden_channels: int = 32,
     hidden_layers: int = 2,
-    steps: int = 1500,
+    steps: int = 3000,
     batch_size: int = 64,
     learning_rate: float = 3e-3,
     seed: int = 0,
@@ -398,7 +398,7 @@ def _neighbourhoods(probe: LatentColorProbe, latents: torch.Tensor) -> torch.Ten
 
 def _fit_mlp(probe, latents, ab, *, steps: int, batch_size: int, learning_rate: float, seed: int) -> None:
     if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps={steps!r}; expected a positive int, e.g. 1500.")
+        raise ValueError(f"steps={steps!r}; expected a positive int, e.g. 3000.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}; expected a positive int, e.g. 64.")
     with torch.no_grad():
@@ -446,7 +446,7 @@ def fit_latent_color_probe(
     kernel_size: int = 3,
     hidden_channels: int = 32,
     hidden_layers: int = 2,
-    steps: int = 1500,
+    steps: int = 3000,
     batch_size: int = 64,
     learning_rate: float = 3e-3,
     seed: int = 0,
