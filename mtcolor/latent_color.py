@@ -719,6 +719,21 @@ def save_probe_atomically(probe: LatentColorProbe, folder: str | os.PathLike) ->
     return folder
 
 
+def fit_settings(image_size: int, count: int, image_seed: int, fit_kwargs: dict) -> dict:
+    """Everything a cached probe is fitted with (:func:`probe_training_images` arguments and every
+    :func:`fit_latent_color_probe` option, defaults included), as stored in its ``fit_settings``.
+
+    Raises:
+        TypeError: ``fit_kwargs`` names an option :func:`fit_latent_color_probe` does not have.
+    """
+    defaults = _fit_defaults()
+    unknown = sorted(set(fit_kwargs) - set(defaults))
+    if unknown:
+        raise TypeError(f"unknown fit option(s) {unknown}; valid: {sorted(defaults)}.")
+    settings = {"image_size": image_size, "count": count, "image_seed": image_seed, **defaults, **fit_kwargs}
+    return json.loads(json.dumps(settings))
+
+
 def load_or_fit_probe(
     vae,
     cache_dir: str | os.PathLike | None = None,
@@ -738,14 +753,9 @@ def load_or_fit_probe(
     folders left by killed writers are removed, never read. Fitting the default MLP on the embedded
     4x VAE takes about half a minute on one CPU thread.
     """
-    defaults = _fit_defaults()
-    unknown = sorted(set(fit_kwargs) - set(defaults))
-    if unknown:
-        raise TypeError(f"unknown fit option(s) {unknown}; valid: {sorted(defaults)}.")
-    fingerprint = vae_fingerprint(vae)
     size = image_size or CACHE_GRID * vae_downsampling(vae)
-    settings = {"image_size": size, "count": count, "image_seed": image_seed, **defaults, **fit_kwargs}
-    settings = json.loads(json.dumps(settings))
+    settings = fit_settings(size, count, image_seed, fit_kwargs)
+    fingerprint = vae_fingerprint(vae)
     root = probe_cache_dir(cache_dir)
     folder = root / fingerprint
     remove_dead_temporaries(root, name=fingerprint)
@@ -1030,7 +1040,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.save:
         size = CACHE_GRID * vae_downsampling(vae)
         probe, report = fit_latent_color_probe(vae, probe_training_images(size, args.count, 0))
-        probe.register_to_config(fit_settings={"image_size": size, "count": args.count, "image_seed": 0})
+        probe.register_to_config(fit_settings=fit_settings(size, args.count, 0, {}))
         folder = save_probe_atomically(probe, Path(model) / PROBE_SUBFOLDER)
         print(
             f"saved {folder} ({_saved_bytes(probe)} bytes): held-out R^2 a* {report['r2_a']:.3f}, b* {report['r2_b']:.3f}"

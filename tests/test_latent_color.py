@@ -1,9 +1,11 @@
 """Latent colour probes (mtcolor.latent_color): fitting, storage, the cache and the shipped probe."""
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,7 +257,9 @@ def test_pipeline_folder_probe_is_checked_against_the_vae(tmp_path, monkeypatch)
         lc.load_model_probe(tmp_path / "empty", vae)
     calls = counting_fits(monkeypatch)
     assert lc.color_probe_for(vae, tmp_path / "model", tmp_path / "cache") is not None and not calls
-    fallback = lc.color_probe_for(other, tmp_path / "model", tmp_path / "cache", image_size=32, count=8, **FAST)
+    fallback = lc.color_probe_for(
+        other, tmp_path / "model", tmp_path / "cache", image_size=32, count=8, **FAST
+    )
     assert len(calls) == 1 and fallback.config.vae_fingerprint == lc.vae_fingerprint(other)
 
 
@@ -285,7 +289,9 @@ def test_bad_input_is_rejected_with_the_fix():
 def test_linear_probe_steps_move_the_probe_by_exactly_delta():
     vae = tiny_vae(3)
     images = lc.color_patches(32, 8, seed=2)
-    probe, _ = lc.fit_latent_color_probe(vae, images, kind="linear", targets="decoded", perturbation_scales=())
+    probe, _ = lc.fit_latent_color_probe(
+        vae, images, kind="linear", targets="decoded", perturbation_scales=()
+    )
     masks = [torch.zeros(1, 32, 32, dtype=torch.bool) for _ in range(2)]
     masks[0][0, 8:20, 4:24] = True
     masks[1][0, 16:, 16:] = True
@@ -309,12 +315,33 @@ def embedded():
     return folder, vae, scenes
 
 
-def test_shipped_probe_matches_the_embedded_vae_and_is_tiny(embedded):
+def test_shipped_probe_matches_the_embedded_vae_and_is_tiny(embedded, tmp_path, monkeypatch):
     folder, vae, _ = embedded
     probe = lc.load_model_probe(folder, vae)
-    stored = (lc.Path(folder) / lc.PROBE_SUBFOLDER).iterdir()
-    assert sum(p.stat().st_size for p in stored) < 2**20
+    stored = Path(folder) / lc.PROBE_SUBFOLDER
+    assert sum(p.stat().st_size for p in stored.iterdir()) < 2**20
     assert probe.config.downsampling == 4 and probe.config.kind == "mlp"
+    # fitted with load_or_fit_probe's defaults: in a cache folder it is a hit
+    shutil.copytree(stored, tmp_path / lc.vae_fingerprint(vae))
+    calls = counting_fits(monkeypatch)
+    cached = lc.load_or_fit_probe(vae, tmp_path)
+    assert not calls and torch.equal(cached.net[0].weight, probe.net[0].weight)
+
+
+@pytest.mark.slow
+def test_shipped_probe_is_reproduced_by_its_recorded_settings(embedded, tmp_path):
+    from mtcolor.scene_eval import scene_images
+    from mtcolor.threads import torch_threads
+
+    folder, vae, scenes = embedded
+    shipped = lc.load_model_probe(folder, vae)
+    settings = dict(shipped.config.fit_settings)
+    assert settings == lc.fit_settings(64, lc.CACHE_IMAGES, 0, {})
+    with torch_threads(1):  # as exported (python -m mtcolor.latent_color --threads 1 --save)
+        refitted = lc.load_or_fit_probe(vae, tmp_path)
+    latents = lc.encode_latents(vae, scene_images(scenes))
+    difference = (refitted(latents) - shipped(latents)).abs().max()
+    assert difference < 0.5, difference  # Lab units; 0 on the machine that exported it
 
 
 def test_shipped_probe_reads_held_out_colours(embedded):
@@ -325,9 +352,10 @@ def test_shipped_probe_reads_held_out_colours(embedded):
     on_scenes = lc.evaluate_probe(probe, vae, scene_images(scenes))
     crops = lc.photo_crops(lc.load_photos(lc.HELD_OUT_PHOTOS), 64, 40, seed=1)
     on_photos = lc.evaluate_probe(probe, vae, crops)
-    # measured on 100 scenes / 100 crops: scenes FLOOR_SCENES, photo crops FLOOR_PHOTOS
-    assert on_scenes["r2_a"] >= 0.6 and on_scenes["r2_b"] >= 0.8, on_scenes
-    assert on_photos["r2_a"] >= 0.65 and on_photos["r2_b"] >= 0.7, on_photos
+    # measured at export: 0.69 / 0.87 on 100 scenes, 0.78 / 0.79 on 100 crops (0.68 / 0.85 and
+    # 0.76 / 0.81 on these 40 + 40); the floors leave room for sampling noise
+    assert on_scenes["r2_a"] >= 0.6 and on_scenes["r2_b"] >= 0.78, on_scenes
+    assert on_photos["r2_a"] >= 0.68 and on_photos["r2_b"] >= 0.72, on_photos
 
 
 def test_a_step_along_the_shipped_probe_moves_the_decoded_colour_that_way(embedded):
