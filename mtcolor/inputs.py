@@ -8,6 +8,7 @@ lists.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -214,3 +215,80 @@ def working_size(
             f"working_resolution={fit} or less."
         )
     return h, w
+
+
+def prepare_pipeline_samples(
+    image, masks, texts, prompt, negative_prompt, instance_prompt_embeds=None, instance_pooled_embeds=None
+) -> tuple[list[Sample], bool, list | None, list | None]:
+    """:func:`prepare_samples` for a pipeline call that may pass instance embeddings instead of texts.
+
+    Returns ``(samples, batched, instance_prompt_embeds, instance_pooled_embeds)``: ``batched``
+    tells whether ``image`` was a batch (a list or a 4-D tensor); the instance embeddings become one
+    tensor per image (or None). Instances given as embeddings are named after them in warnings.
+    """
+    batched = isinstance(image, (list, tuple)) or (isinstance(image, torch.Tensor) and image.ndim == 4)
+    count = len(image) if batched else 1
+    hidden = per_image_embeds(instance_prompt_embeds, "instance_prompt_embeds", batched, count, 3)
+    pooled = per_image_embeds(instance_pooled_embeds, "instance_pooled_embeds", batched, count, 2)
+    if pooled is not None:
+        if texts is not None:
+            raise ValueError("texts and instance_pooled_embeds are both given; pass only one of them.")
+        texts = [
+            [f"instance_pooled_embeds{f'[{b}]' if batched else ''}[{i}]" for i in range(len(p))]
+            for b, p in enumerate(pooled)
+        ]
+        per_image_masks = list(masks) if batched and masks is not None else [masks]
+        for b, (m, names) in enumerate(zip(per_image_masks, texts)):
+            n_masks = 0 if m is None else (1 if getattr(m, "ndim", 0) == 2 else len(m))
+            if n_masks != len(names):
+                tag = f"[{b}]" if batched else ""
+                raise ValueError(
+                    f"masks{tag} has {n_masks} masks but instance_pooled_embeds{tag} has {len(names)} rows; "
+                    "give exactly one embedding per mask."
+                )
+        texts = texts if batched else texts[0]
+    samples = prepare_samples(image, masks, texts, prompt, negative_prompt)
+    return samples, batched, hidden, pooled
+
+
+def per_image_embeds(value, name: str, batched: bool, count: int, ndim: int) -> list | None:
+    """Instance embeddings -> one tensor per image (a tensor for one image, a list for a batch)."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, torch.Tensor) and not batched else value
+    if not isinstance(items, (list, tuple)) or len(items) != count:
+        what = f"a list of {len(items)}" if isinstance(items, (list, tuple)) else type(value).__name__
+        raise ValueError(
+            f"{name} is {what}; pass one tensor per input image ({count}): a tensor for a single image, "
+            "a list for a batch."
+        )
+    for b, item in enumerate(items):
+        if not isinstance(item, torch.Tensor) or item.ndim != ndim:
+            got = f"shape {tuple(item.shape)}" if isinstance(item, torch.Tensor) else type(item).__name__
+            raise ValueError(f"{name}[{b}] has {got}; expected a {ndim}-D tensor (one row per instance).")
+    return list(items)
+
+
+def texts_and_names(value, name: str, batch_size: int | None) -> tuple[list[str], list[str]]:
+    """A prompt argument (None, str or list) -> one text per image and how warnings name it."""
+    if value is None or isinstance(value, str):
+        count = batch_size or 1
+        return [value or ""] * count, [name] * count
+    texts = [text or "" for text in value]
+    if batch_size is not None and len(texts) != batch_size:
+        raise ValueError(
+            f"{name} has {len(texts)} entries for {batch_size} images; pass one per image or a str."
+        )
+    return texts, [f"{name}[{i}]" for i in range(len(texts))]
+
+
+def check_number(name: str, value, low: float | None, high: float | None, hint: str) -> None:
+    """A finite real number in [low, high], else TypeError / ValueError naming ``name``."""
+    bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name} must be a real number in {bounds}, got {value!r} ({type(value).__name__}); pass a float "
+            f"({hint})."
+        )
+    if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must be a finite number in {bounds}, got {value!r}; pass a float ({hint}).")

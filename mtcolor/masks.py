@@ -4,7 +4,7 @@ Every masked component (PMAM, the instance branch, multi-instance fusion, the me
 **label map**: an int64 tensor (H, W) where 0 is the background (the global region
 ``m_g = not(union m_i)`` of MT eq. 8) and ``k`` (1-based, in input order) is instance ``k``.
 
-Rules (DESIGN.md section 3):
+Rules (docs/design.md, "Label maps"):
 
 * Reading a mask (:func:`masks_to_label_map`): bool masks are used as they are; float masks must lie
   in [0, 1] and are thresholded at 0.5. **Integer masks** (numpy / torch integer dtypes, PIL modes
@@ -72,13 +72,8 @@ def _pil_mask(mask: PIL.Image.Image, name: str) -> np.ndarray:
     return np.asarray(mask)
 
 
-def _mask_to_bool(mask, index: int) -> tuple[torch.Tensor, str]:
-    """One mask (PIL / numpy / tensor, shape (H, W)) -> (bool tensor (H, W), how it was read).
-
-    The second value names the convention applied (e.g. ``"uint8 0/255 (8-bit), in the mask where
-    value > 127.5"``) for error messages. No float copy of the mask is made.
-    """
-    name = f"masks[{index}]"
+def _mask_array(mask, name: str) -> np.ndarray:
+    """One mask (PIL / numpy / tensor) -> its 2-D (H, W) numpy array (a view where possible)."""
     if isinstance(mask, PIL.Image.Image):
         mask = _pil_mask(mask, name)
     if isinstance(mask, torch.Tensor):
@@ -107,34 +102,33 @@ def _mask_to_bool(mask, index: int) -> tuple[torch.Tensor, str]:
             f"{name} has shape {tuple(array.shape)}; each mask must be 2-D (H, W). Pass n masks as a "
             "list of (H, W) arrays or one (n, H, W) tensor."
         )
-    kind = array.dtype.kind
-    if kind == "b":
-        return torch.from_numpy(np.ascontiguousarray(array)), "bool"
-    if array.size == 0:
-        return torch.zeros(array.shape, dtype=torch.bool), f"{array.dtype}"
-    if kind in "iu":
-        lo, hi = int(array.min()), int(array.max())
-        if lo < 0:
-            raise ValueError(
-                f"{name} is an {array.dtype} mask with values in [{lo}, {hi}]; integer masks must be >= 0 "
-                "(0/1, or 0/255 for 8-bit, 0/65535 for 16-bit). Binarize it, e.g. `mask > 0`."
-            )
-        scale, convention = _integer_scale(array, hi)
-        if not scale:
-            raise ValueError(
-                f"{name} is an {array.dtype} mask with values up to {hi}; integer masks are read as 0/1, "
-                "0/255 or 0/65535, and no convention fits. Binarize it, e.g. `mask > 0`, or pass a float "
-                "mask in [0, 1]."
-            )
-        threshold = scale / 2  # in the mask: value > scale / 2 (== 1 for 0/1 masks)
-        return (
-            torch.from_numpy(array > threshold),
-            f"{array.dtype} {convention}, in the mask where value > {threshold:g}",
-        )
-    if kind != "f":
+    return array
+
+
+def _integer_mask_to_bool(array: np.ndarray, name: str) -> tuple[torch.Tensor, str]:
+    """A non-empty integer mask, thresholded at half its full scale (module docstring)."""
+    lo, hi = int(array.min()), int(array.max())
+    if lo < 0:
         raise ValueError(
-            f"{name} has dtype {array.dtype}; pass a bool, integer or float mask (float in [0, 1])."
+            f"{name} is an {array.dtype} mask with values in [{lo}, {hi}]; integer masks must be >= 0 "
+            "(0/1, or 0/255 for 8-bit, 0/65535 for 16-bit). Binarize it, e.g. `mask > 0`."
         )
+    scale, convention = _integer_scale(array, hi)
+    if not scale:
+        raise ValueError(
+            f"{name} is an {array.dtype} mask with values up to {hi}; integer masks are read as 0/1, "
+            "0/255 or 0/65535, and no convention fits. Binarize it, e.g. `mask > 0`, or pass a float "
+            "mask in [0, 1]."
+        )
+    threshold = scale / 2  # in the mask: value > scale / 2 (== 1 for 0/1 masks)
+    return (
+        torch.from_numpy(array > threshold),
+        f"{array.dtype} {convention}, in the mask where value > {threshold:g}",
+    )
+
+
+def _float_mask_to_bool(array: np.ndarray, name: str) -> tuple[torch.Tensor, str]:
+    """A non-empty float mask in [0, 1], thresholded at 0.5."""
     lo, hi = float(array.min()), float(array.max())  # NaN propagates through min / max
     if math.isnan(lo) or math.isnan(hi):
         raise ValueError(f"{name} contains NaN values; masks must be finite values in [0, 1].")
@@ -146,6 +140,28 @@ def _mask_to_bool(mask, index: int) -> tuple[torch.Tensor, str]:
     return torch.from_numpy(
         np.asarray(array > 0.5)
     ), f"{array.dtype} in [0, 1], in the mask where value > 0.5"
+
+
+def _mask_to_bool(mask, index: int) -> tuple[torch.Tensor, str]:
+    """One mask (PIL / numpy / tensor, shape (H, W)) -> (bool tensor (H, W), how it was read).
+
+    The second value names the convention applied (e.g. ``"uint8 0/255 (8-bit), in the mask where
+    value > 127.5"``) for error messages. No float copy of the mask is made.
+    """
+    name = f"masks[{index}]"
+    array = _mask_array(mask, name)
+    kind = array.dtype.kind
+    if kind == "b":
+        return torch.from_numpy(np.ascontiguousarray(array)), "bool"
+    if array.size == 0:
+        return torch.zeros(array.shape, dtype=torch.bool), f"{array.dtype}"
+    if kind in "iu":
+        return _integer_mask_to_bool(array, name)
+    if kind != "f":
+        raise ValueError(
+            f"{name} has dtype {array.dtype}; pass a bool, integer or float mask (float in [0, 1])."
+        )
+    return _float_mask_to_bool(array, name)
 
 
 def _split_masks(masks) -> list:

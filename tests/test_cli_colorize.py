@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from mtcolor.cli import main
-from mtcolor.sam import clear_sam_cache, masks_from_sam
+from mtcolor.sam import SamMasker
 
 H, W = 48, 64
 RUN = ["--steps", "2", "--working-resolution", "64", "--seed", "0"]
@@ -232,7 +232,7 @@ def test_sam_box_instance_reaches_pipeline_as_sam_mask(scene, model_dir, capsys,
     torch.save(tiny_sam(0).state_dict(), s / "sam_tiny.pth")
     monkeypatch.setitem(sam_model_registry, "vit_b", lambda checkpoint=None: tiny_sam(7))
     box = (4, 6, 40, 44)
-    (expected,) = masks_from_sam(PIL.Image.open(s / "gray.png"), boxes=[box], model=tiny_sam(0))
+    (expected,) = SamMasker(tiny_sam(0)).masks(PIL.Image.open(s / "gray.png"), boxes=[box])
     assert expected.any() and not expected.all()
 
     received = []
@@ -243,12 +243,10 @@ def test_sam_box_instance_reaches_pipeline_as_sam_mask(scene, model_dir, capsys,
         return real_call(self, image, masks, texts, *args, **kwargs)
 
     monkeypatch.setattr(MTColorPipeline, "__call__", spy)
-    clear_sam_cache()
     argv = [s / "gray.png", "--mask", s / "m2.png", "--text", "a blue sky", "--box", ",".join(map(str, box)),
             "--text", "a red car", "--sam-checkpoint", s / "sam_tiny.pth", "--device", "cpu", "--model", model_dir,
             *RUN, "--guidance-scale", "1", "--out", s / "sam.png"]  # fmt: skip
     code, err = cli(argv, capsys)
-    clear_sam_cache()
     assert code == 0, err
     ((masks, texts),) = received
     assert texts == ["a blue sky", "a red car"]

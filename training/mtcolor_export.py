@@ -176,7 +176,7 @@ def export_pipeline(
     folder = Path(args.output_dir) / "pipeline"
     pipe.save_pretrained(
         folder,
-        model_card={
+        model_card_kwargs={
             "base_model": args.pretrained_model_name_or_path,
             "tags": [f"mtcolor-stage{stages[-1]['stage']}"],
             "sections": card_sections(stages),

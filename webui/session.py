@@ -144,6 +144,7 @@ class Session:
         self.config = config or ServerConfig()
         self.choices: list[ModelChoice] = model_choices(self.config.model)
         self.pipes = PipelineCache(device=self.config.device)
+        self._sam_masker = None  # built on the first SAM prompt (see sam_masker)
         root = self.config.workdir or tempfile.mkdtemp(prefix="mtcolor-ui-")
         self.workspace = Workspace(root)
         scene_model = next((c.path for c in self.choices if c.kind == "mtcolor"), None)
@@ -161,6 +162,15 @@ class Session:
     @property
     def sam_enabled(self) -> bool:
         return self.config.sam_checkpoint is not None
+
+    def sam_masker(self):
+        """The server's :class:`mtcolor.sam.SamMasker`, built from ``--sam_checkpoint`` when first
+        needed and kept by this session (one SAM model per server)."""
+        if self._sam_masker is None:
+            from mtcolor.sam import SamMasker
+
+            self._sam_masker = SamMasker(self.config.sam_checkpoint, self.config.sam_model_type)
+        return self._sam_masker
 
     @property
     def default_choice(self) -> ModelChoice:
@@ -300,8 +310,7 @@ class Session:
                 pipe,
                 choice.kind,
                 request,
-                sam_checkpoint=self.config.sam_checkpoint,
-                sam_model_type=self.config.sam_model_type,
+                sam_masker=self.sam_masker if self.sam_enabled else None,
                 on_step=on_step,
             )
         except ValueError as err:  # the pipeline numbers instances from zero, the page from one

@@ -390,16 +390,15 @@ def _generate(args, image, masks: list, instances: list[Instance], prompt, negat
     # 3. SAM masks for the box/point instances
     sam_rows = [i for i, instance in enumerate(instances) if instance.mask is None]
     if sam_rows:
-        from mtcolor.sam import masks_from_sam
+        from mtcolor.sam import SamMasker
 
-        sam_masks = masks_from_sam(
+        masker = SamMasker(args.sam_checkpoint, args.sam_model_type, device=device)
+        sam_masks = masker.masks(
             image,
-            points=[instances[i].points for i in sam_rows],
             boxes=[instances[i].box for i in sam_rows],
-            checkpoint=args.sam_checkpoint,
-            model_type=args.sam_model_type,
-            device=device,
+            points=[instances[i].points for i in sam_rows],
         )
+        del masker  # free the SAM weights before the pipeline loads
         for i, mask in zip(sam_rows, sam_masks):
             masks[i] = mask
 
