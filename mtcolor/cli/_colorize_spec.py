@@ -1,6 +1,7 @@
 """The instances of ``mtcolor colorize``: parsed from ``--mask`` / ``--box`` / ``--point`` / ``--text``
-on the command line or from a ``--spec`` JSON/YAML file, each checked (finite coordinates, known
-keys, exactly one text per mask source) with errors naming the flag or the spec entry.
+/ ``--color`` on the command line or from a ``--spec`` JSON/YAML file, each checked (finite
+coordinates, known keys, exactly one text per mask source, colours the library can parse) with errors
+naming the flag or the spec entry.
 """
 
 from __future__ import annotations
@@ -10,18 +11,35 @@ import os
 from dataclasses import dataclass
 
 SPEC_KEYS = ("image", "prompt", "negative_prompt", "instances")
-INSTANCE_KEYS = ("text", "mask", "box", "points")
+INSTANCE_KEYS = ("text", "mask", "box", "points", "color")
+#: what ``--color`` / a spec's ``"color"`` accepts to say "no explicit colour for this instance"
+NO_COLOR = ("none", "-")
 
 
 @dataclass
 class Instance:
-    """One instance: its text and exactly one mask source (a mask file, or SAM box and/or points)."""
+    """One instance: its text, exactly one mask source (a mask file, or SAM box and/or points) and an
+    optional explicit colour target (:class:`mtcolor.color_targets.ColorTarget`, None = none)."""
 
     text: str
     where: str  # for error messages: "--box #2", "instances[1] of spec.json"
     mask: str | None = None
     box: tuple[float, float, float, float] | None = None
     points: list[tuple[float, float]] | None = None
+    color: object = None
+
+
+def parse_color_value(value, where: str):
+    """A ``--color`` value or a spec's ``"color"`` -> a ``ColorTarget``, or None for ``none`` / ``-``
+    (no explicit target: the text's colour word may still give one). Raises ValueError / TypeError
+    naming ``where`` (:func:`mtcolor.color_targets.parse_color`'s messages)."""
+    from mtcolor.color_targets import parse_color
+
+    if value is None or (isinstance(value, str) and value.strip().lower() in NO_COLOR):
+        return None
+    if isinstance(value, list):
+        value = tuple(value)
+    return parse_color(value, where)
 
 
 def numbers(value: str, count: int, flag: str, form: str, example: str) -> tuple[float, ...]:
@@ -132,6 +150,7 @@ def spec_instances(spec: dict, path: str) -> list[Instance]:
                 raise ValueError(f"{where} has points {points!r}; expected [[x, y], ...] in pixels.")
             finite_coordinates(points, where, "points", "[[x, y], ...]")
             instance.points = [tuple(p) if isinstance(p, (list, tuple)) else p for p in points]
+        instance.color = parse_color_value(entry.get("color"), f"{where}: color")
         instances.append(instance)
     return instances
 
@@ -144,15 +163,24 @@ def command_line_instances(args) -> list[Instance]:
             f"got {len(sources)} instances (--mask/--box/--point) but {len(texts)} --text; give exactly one "
             "--text per instance, in the same order."
         )
+    colors = args.colors or []
+    if colors and len(colors) != len(sources):
+        raise ValueError(
+            f"got {len(sources)} instances (--mask/--box/--point) but {len(colors)} --color; give either no "
+            "--color or exactly one per instance, in the same order (--color none for an instance without one)."
+        )
     counters: dict[str, int] = {}
     instances = []
-    for (kind, value), text in zip(sources, texts):
+    for i, ((kind, value), text) in enumerate(zip(sources, texts)):
         counters[kind] = counters.get(kind, 0) + 1
         where = f"--{kind} #{counters[kind]}"
         if kind == "mask":
-            instances.append(Instance(text=text, where=where, mask=value))
+            instance = Instance(text=text, where=where, mask=value)
         elif kind == "box":
-            instances.append(Instance(text=text, where=where, box=parse_box(value)))
+            instance = Instance(text=text, where=where, box=parse_box(value))
         else:
-            instances.append(Instance(text=text, where=where, points=parse_points(value)))
+            instance = Instance(text=text, where=where, points=parse_points(value))
+        if colors:
+            instance.color = parse_color_value(colors[i], f"--color #{i + 1} (of {where})")
+        instances.append(instance)
     return instances

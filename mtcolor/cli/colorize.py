@@ -1,7 +1,10 @@
 """``mtcolor colorize GRAY --mask M --text T ... --out OUT.png``: colorize one gray image.
 
 Instances come from ``--mask`` files, SAM ``--box`` / ``--point`` prompts (with ``--sam-checkpoint``)
-or a ``--spec`` JSON/YAML file; each gets one ``--text``, in command-line order. Every input is
+or a ``--spec`` JSON/YAML file; each gets one ``--text`` and optionally one ``--color``, in
+command-line order. ``--edit-from PREVIOUS.png`` re-colours some instances of an earlier output and
+keeps every other pixel (rule: :func:`_edit_request`; a PNG output gets its edit state beside it,
+:mod:`mtcolor.cli._edit_state`). Every input is
 checked before the model is loaded (numbers must be finite, images at most ``--max-pixels`` and
 non-empty, within the working-size limits, masks that still own a pixel once overlaps are resolved,
 the output folder writable), and the output is written to a temporary file in the output's
@@ -19,6 +22,7 @@ import re
 import signal
 import sys
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._colorize_spec import (
@@ -27,9 +31,10 @@ from ._colorize_spec import (
     load_spec,
     spec_instances,
 )
+from ._edit_state import load_sidecar, sidecar_path, write_sidecar
 
 _MASK_MODES = ("1", "L", "I;16", "I", "F")
-_DEFAULTS = {"guidance_scale": 7.5, "alpha": 0.2, "beta": 0.2}
+_DEFAULTS = {"guidance_scale": 7.5, "alpha": 0.2, "beta": 0.2, "color_steering": 1.0}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 #: Default of ``--max-pixels``: where Pillow itself refuses an image as a decompression bomb.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
@@ -86,6 +91,14 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--text", dest="texts", action="append", metavar="TEXT", help='instance text, e.g. "a red car"'
     )
     group.add_argument(
+        "--color",
+        dest="colors",
+        action="append",
+        metavar="COLOR",
+        help='exact colour of the instance: "#d0302a", "rgb(208,48,42)" or a name ("crimson", "navy blue"); '
+        '"none" = no explicit colour. Either no --color or one per instance, in the same order',
+    )
+    group.add_argument(
         "--spec",
         metavar="SPEC",
         help="JSON/YAML file with image, prompt and instances (paths relative to it)",
@@ -93,6 +106,45 @@ def register(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--sam-checkpoint", metavar="PATH", help="local Segment Anything checkpoint (.pth)")
     group.add_argument(
         "--sam-model-type", default="vit_b", choices=("vit_b", "vit_l", "vit_h"), help="SAM size"
+    )
+    colors = parser.add_argument_group("colour targets (docs/colors.md)")
+    colors.add_argument(
+        "--no-colors-from-texts",
+        dest="colors_from_texts",
+        action="store_false",
+        help='do not take a target from a text naming one colour ("a crimson apple"); only --color counts',
+    )
+    colors.add_argument(
+        "--color-steering",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="strength of the steering toward the targets during sampling (default 1; 0 = off)",
+    )
+    colors.add_argument(
+        "--no-exact-colors",
+        dest="exact_colors",
+        action="store_false",
+        help="keep the model's (steered) colours instead of aligning each target's main colour after decoding",
+    )
+    edits = parser.add_argument_group("edits: re-colour instances of an earlier output (docs/cli.md)")
+    edits.add_argument(
+        "--edit-from",
+        metavar="PREVIOUS",
+        help="an earlier output of GRAY: pixels outside the edited instances keep their exact values",
+    )
+    edits.add_argument(
+        "--edit-instance",
+        dest="edit_instances",
+        action="append",
+        metavar="K[,K...]",
+        help="instance(s) to change, numbered from 1 in command-line (or spec) order; default: see docs/cli.md",
+    )
+    edits.add_argument(
+        "--no-edit-state",
+        dest="use_edit_state",
+        action="store_false",
+        help="ignore PREVIOUS's edit state (PREVIOUS.edit.safetensors) and encode the image instead",
     )
     parser.add_argument("--prompt", help="global text prompt (overrides the spec's)")
     parser.add_argument("--negative-prompt", help="negative prompt (overrides the spec's)")
@@ -133,7 +185,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _check_options(args) -> None:
-    for flag in ("guidance_scale", "alpha", "beta"):
+    for flag in ("guidance_scale", "alpha", "beta", "color_steering"):
         value = getattr(args, flag)
         if not math.isfinite(value):
             name = "--" + flag.replace("_", "-")
@@ -148,6 +200,10 @@ def _check_options(args) -> None:
         raise ValueError(f"--alpha is {args.alpha}; it is a share of the steps, pass a value in [0, 1].")
     if args.beta < 0:
         raise ValueError(f"--beta is {args.beta}; pass a weight >= 0.")
+    if args.color_steering < 0:
+        raise ValueError(
+            f"--color-steering is {args.color_steering}; pass a strength >= 0 (0 = off, default 1)."
+        )
     if args.guidance_scale < 0:
         raise ValueError(
             f"--guidance-scale is {args.guidance_scale}; pass a value >= 0 (<= 1 disables guidance)."
@@ -241,6 +297,72 @@ def _check_masks(masks: list, instances: list[Instance], size: tuple[int, int]) 
         raise ValueError(_flag_names(str(err), instances, rows)) from err
 
 
+@dataclass
+class EditRequest:
+    """A checked ``--edit-from``: the previous image, its edit state (None: it is encoded), the
+    0-based instances to change (None: those whose text, colour or mask changed) and notes to print."""
+
+    image: object
+    state: object = None
+    instances: list[int] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _edit_instances(values: list[str], count: int) -> list[int]:
+    """``--edit-instance`` values (``"2"``, ``"1,3"``; numbered from 1) -> sorted 0-based indices."""
+    chosen = set()
+    for value in values:
+        for part in value.split(","):
+            try:
+                k = int(part.strip())
+            except ValueError:
+                k = 0
+            if not 1 <= k <= count:
+                raise ValueError(
+                    f"--edit-instance {value!r}: this call has {count} instance(s), numbered 1..{count} in "
+                    "command-line (or spec) order; pass one of them, e.g. --edit-instance 1."
+                )
+            chosen.add(k - 1)
+    return sorted(chosen)
+
+
+def _edit_request(args, instances: list[Instance], size: tuple[int, int]) -> EditRequest | None:
+    """Check ``--edit-from`` / ``--edit-instance`` before the model loads and decide what to edit:
+
+    1. ``--edit-instance K`` given: instances K (from 1, in command-line or spec order);
+    2. else, when PREVIOUS has a matching edit state (written beside it by an earlier run, for the
+       same number of instances): the instances whose text, colour target or mask changed;
+    3. else (a plain image): every instance of this call, so give the masks of the objects to
+       re-colour only.
+    """
+    if args.edit_from is None:
+        if args.edit_instances:
+            raise ValueError("--edit-instance needs --edit-from PREVIOUS (the earlier output to edit).")
+        return None
+    if not instances:
+        raise ValueError(
+            "--edit-from needs the instances to re-colour: pass --mask M.png --text TEXT for each (see docs/cli.md)."
+        )
+    previous = _open_image(args.edit_from, "--edit-from", args.max_pixels)
+    if previous.size != size:
+        raise ValueError(
+            f"--edit-from {args.edit_from!r} is {previous.size[0]}x{previous.size[1]} but GRAY is "
+            f"{size[0]}x{size[1]} (W x H); edit an output of this same GRAY."
+        )
+    chosen = _edit_instances(args.edit_instances, len(instances)) if args.edit_instances else None
+    edit = EditRequest(previous, instances=chosen)
+    if args.use_edit_state:
+        state, why = load_sidecar(args.edit_from, previous)
+        if state is not None and len(state.texts) != len(instances):
+            state, why = None, f"its edit state has {len(state.texts)} instances, this call {len(instances)}"
+        edit.state = state
+        if state is None:
+            edit.notes.append(f"--edit-from {args.edit_from!r}: {why}; the image is encoded.")
+    if edit.instances is None and edit.state is None:
+        edit.instances = list(range(len(instances)))
+    return edit
+
+
 def _reserve_output(out: str) -> Path:
     """Create the temporary file that will become ``out`` (proves the folder is writable before the
     model loads) after removing the temporaries of ``out`` left by killed runs."""
@@ -314,10 +436,10 @@ def _colorize(args) -> int:
     _check_options(args)
     image_path, prompt, negative_prompt = args.image, args.prompt, args.negative_prompt
     if args.spec is not None:
-        if args.instances or args.texts:
+        if args.instances or args.texts or args.colors:
             raise ValueError(
-                "--spec is given together with --mask/--box/--point/--text; put the instances either in the spec "
-                "file or on the command line."
+                "--spec is given together with --mask/--box/--point/--text/--color; put the instances either in "
+                "the spec file or on the command line."
             )
         spec = load_spec(args.spec)
         instances = spec_instances(spec, args.spec)
@@ -371,22 +493,69 @@ def _colorize(args) -> int:
             index = int(m.group(1)) if (m := re.search(r"\[(\d+)\]", str(err))) else 0
             raise ValueError(f"{instances[sam_rows[index]].where}: {err}") from err
     _check_masks(masks, instances, (height, width))
+    edit = _edit_request(args, instances, image.size)
     model = _resolve_model(args.model)
     device = _device(args.device)
     tmp = _reserve_output(args.out)
     try:
-        colorized = _generate(args, image, masks, instances, prompt, negative_prompt, model, device)
+        for note in edit.notes if edit else []:
+            print(note)
+        result = _generate(args, image, masks, instances, prompt, negative_prompt, model, device, edit)
+        colorized = result.images[0]
 
-        # 5. Write atomically (into the reserved temporary file, then renamed onto OUT)
+        # 5. Write atomically (into the reserved temporary file, then renamed onto OUT), then the
+        #    edit state beside a PNG (what --edit-from OUT.png needs to skip re-encoding)
         _write_atomically(colorized, tmp, args.out, image_format)
     finally:
         tmp.unlink(missing_ok=True)
+    _write_edit_state(result, args.out, image_format)
+    for line in _color_lines(result.diagnostics, instances):
+        print(line)
     print(f"wrote {args.out} ({colorized.size[0]}x{colorized.size[1]})")
     return 0
 
 
-def _generate(args, image, masks: list, instances: list[Instance], prompt, negative_prompt, model, device):
-    """Steps 3-4 of :func:`_colorize` (inputs already checked): SAM masks, then the pipeline."""
+def _write_edit_state(result, out: str, image_format: str) -> None:
+    """``OUT.edit.safetensors`` beside a PNG output (atomically); other formats change pixels when
+    saved, so they get none (and a stale one of the same name is removed)."""
+    from mtcolor.locks import temporary_path
+
+    sidecar = sidecar_path(out)
+    if image_format != "PNG" or not result.edit_states:
+        sidecar.unlink(missing_ok=True)
+        return
+    tmp = temporary_path(os.path.abspath(sidecar))
+    try:
+        write_sidecar(tmp, result.edit_states[0], result.images[0])
+        os.replace(tmp, sidecar)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _color_lines(diagnostics: list[dict], instances: list[Instance]) -> list[str]:
+    """One line per colour-target finding, naming the instance by its flag."""
+    lines = []
+    for item in diagnostics:
+        kind, i = item.get("kind"), item.get("instance")
+        if kind not in ("color_target", "no_color_target", "color_target_unreachable") or i is None:
+            continue
+        name = f"{instances[i].where} ({instances[i].text!r})" if 0 <= i < len(instances) else f"instance {i}"
+        if kind == "color_target":
+            lines.append(f"{name}: colour target {item['target']} ({item['label']}, from {item['source']})")
+        elif kind == "no_color_target":
+            lines.append(f"{name}: no colour target ({item['reason']})")
+        else:
+            lines.append(
+                f"{name}: colour target not applied ({item.get('reason', 'no pixel at the working size')})"
+            )
+    return lines
+
+
+def _generate(
+    args, image, masks: list, instances: list[Instance], prompt, negative_prompt, model, device, edit=None
+):
+    """Steps 3-4 of :func:`_colorize` (inputs already checked): SAM masks, then the pipeline; returns
+    its ``MTColorPipelineOutput``."""
     # 3. SAM masks for the box/point instances
     sam_rows = [i for i, instance in enumerate(instances) if instance.mask is None]
     if sam_rows:
@@ -409,23 +578,43 @@ def _generate(args, image, masks: list, instances: list[Instance], prompt, negat
 
     pipe = MTColorPipeline.from_pretrained(model).to(device)
     generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
-    result = pipe(
-        image,
-        masks=masks or None,
-        texts=[instance.text for instance in instances] or None,
-        prompt=prompt,
-        negative_prompt=negative_prompt,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        alpha=args.alpha,
-        beta=args.beta,
-        fusion=args.fusion,
-        working_resolution=args.working_resolution,
-        generator=generator,
-        preserve_luminance=args.preserve_luminance,
-        output_type="pil",
-    )
-    return result.images[0]
+    colors = [instance.color for instance in instances]
+    edit_from = None
+    if edit is not None:
+        from pipelines.pipeline_mtcolor import MTColorPipelineOutput
+
+        edit_from = edit.image
+        if edit.state is not None:
+            edit_from = MTColorPipelineOutput(images=[edit.image], edit_states=[edit.state])
+    try:
+        return pipe(
+            image,
+            masks=masks or None,
+            texts=[instance.text for instance in instances] or None,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            alpha=args.alpha,
+            beta=args.beta,
+            fusion=args.fusion,
+            working_resolution=args.working_resolution,
+            generator=generator,
+            preserve_luminance=args.preserve_luminance,
+            output_type="pil",
+            colors=colors if any(c is not None for c in colors) else None,
+            colors_from_texts=args.colors_from_texts,
+            color_steering=args.color_steering,
+            exact_colors=args.exact_colors,
+            edit_from=edit_from,
+            edit_instances=None if edit is None else edit.instances,
+        )
+    except ValueError as err:
+        if edit is not None and edit.state is not None and str(err).startswith("edit_from cannot be edited"):
+            raise ValueError(
+                f"--edit-from {args.edit_from!r}: {err} (add --no-edit-state to encode the image)"
+            ) from err
+        raise
 
 
 def run(args: argparse.Namespace) -> int:
