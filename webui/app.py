@@ -21,8 +21,9 @@ import logging
 
 import gradio as gr
 
+from .colors import row_target, target_rgb
 from .inputs import MAX_INSTANCES
-from .layout import Page, build_layout, describe_settings
+from .layout import Page, build_layout, chip, describe_settings
 from .received import ReceivedFiles
 from .session import SETTING_NAMES, Session
 
@@ -85,6 +86,8 @@ def build_app(session: Session) -> gr.Blocks:
         if session.sam_enabled:
             _wire_sam(page)
         _wire_examples(session, page, colorize)
+        _wire_colors(page)
+        _wire_edits(session, page, files)
     return demo
 
 
@@ -116,7 +119,7 @@ def colorize_handler(session: Session, files: ReceivedFiles, names: list[str]):
     :attr:`~webui.layout.Page.run_inputs`; the function itself takes ``**values``)."""
 
     @guarded("Cannot colorize")
-    def colorize(progress=gr.Progress(), **values):
+    def colorize(request: gr.Request, progress=gr.Progress(), **values):
         def on_step(done, total):
             progress(done / total, desc=f"denoising step {done}/{total}")
 
@@ -132,29 +135,46 @@ def colorize_handler(session: Session, files: ReceivedFiles, names: list[str]):
             model=values.get("model"),
             settings={name: values.get(name) for name in SETTING_NAMES},
             on_step=on_step,
+            colors=[values.get(f"color_{k}") for k in rows],
+            history=_history_key(request),
         )
-        download = gr.DownloadButton(value=view.png, interactive=True)
-        return (
-            view.image,
-            (view.before, view.image),
-            download,
-            view.table,
-            view.overlay,
-            view.legend,
-            view.status,
-        )
+        return _view_outputs(view)
 
     colorize.__signature__ = inspect.Signature(
-        [inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())]
+        [
+            inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request),
+            inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()),
+        ]
         + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in names]
     )
     return colorize
 
 
+def _history_key(request) -> str | None:
+    """The page's history key: gradio's session of the browser tab (or API client)."""
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
+def _view_outputs(view) -> tuple:
+    """A :class:`webui.session.RunView` as the values of :attr:`webui.layout.Page.run_outputs`."""
+    download = gr.DownloadButton(value=view.png, interactive=True)
+    return (
+        view.image,
+        (view.before, view.image),
+        download,
+        view.table,
+        view.overlay,
+        view.legend,
+        view.status,
+    )
+
+
 def _preview(session: Session, files: ReceivedFiles, image_value, model_value, working_value, rows):
-    """The session's preview of the page's values (the files through the gate first)."""
+    """The session's preview of the page's values (the files through the gate first); ``rows`` are
+    the texts, the masks and the colours of every row (:attr:`webui.layout.Page.preview_inputs`)."""
     image, masks = files.check_rows(image_value, list(rows[MAX_INSTANCES : 2 * MAX_INSTANCES]))
-    return image, session.preview(image, list(rows[:MAX_INSTANCES]), masks, model_value, working_value)
+    texts, colors = list(rows[:MAX_INSTANCES]), list(rows[2 * MAX_INSTANCES : 3 * MAX_INSTANCES])
+    return image, session.preview(image, texts, masks, model_value, working_value, colors)
 
 
 def _wire_previews(session: Session, page: Page, files: ReceivedFiles):
@@ -176,6 +196,7 @@ def _wire_previews(session: Session, page: Page, files: ReceivedFiles):
     outputs = [page.overlay, page.mask_check, page.input_note, page.editor, page.accepted]
     gr.on([page.image.upload, page.image.clear], on_image, page.preview_inputs, outputs, **latest)
     triggers = [m.upload for m in page.masks] + [m.clear for m in page.masks] + [t.blur for t in page.texts]
+    triggers += [c.change for c in page.colors]  # typed, picked, or set by an example / a removed row
     mask_outputs = [page.overlay, page.mask_check]
     gr.on([*triggers, page.working.release], on_masks, page.preview_inputs, mask_outputs, **latest)
     return on_masks
@@ -221,18 +242,26 @@ def _wire_rows(session: Session, page: Page, files: ReceivedFiles) -> None:
         index = [button._id for button in page.removes].index(evt.target._id)
         image, mask_values = files.check_rows(image_value, list(rows[MAX_INSTANCES : 2 * MAX_INSTANCES]))
         text_values = list(rows[:MAX_INSTANCES])
-        sam_values = list(rows[2 * MAX_INSTANCES :])
-        for values, empty in ((text_values, ""), (mask_values, None), (sam_values, "")):
+        sam_values = list(rows[2 * MAX_INSTANCES : 3 * MAX_INSTANCES])
+        color_values = list(rows[3 * MAX_INSTANCES :])
+        for values, empty in ((text_values, ""), (mask_values, None), (sam_values, ""), (color_values, "")):
             del values[index]  # later rows move up
             values.append(empty)
         n = max(1, int(n) - 1)
-        p = session.preview(image, text_values, mask_values, model_value, working_value)
-        return (n, *_visibility(n), *text_values, *mask_values, *sam_values, _targets(n, current_target)) + (
+        p = session.preview(image, text_values, mask_values, model_value, working_value, color_values)
+        return (
+            n,
+            *_visibility(n),
+            *text_values,
+            *mask_values,
+            *sam_values,
+            *color_values,
+            _targets(n, current_target),
             p.overlay,
             p.legend,
         )
 
-    rows = [*page.texts, *page.masks, *page.sams]
+    rows = [*page.texts, *page.masks, *page.sams, *page.colors]
     gr.on(
         [button.click for button in page.removes],
         on_remove,
@@ -291,16 +320,118 @@ def _wire_examples(session: Session, page: Page, colorize) -> None:
         loaded = f"Example loaded: {html.escape(example.name)}. {RUNNING}"
         return (
             *(example.image, example.prompt, n, *_visibility(n), *text_values, *mask_values),
-            *([""] * MAX_INSTANCES + [d[name] for name in SETTING_NAMES]),
+            *([""] * MAX_INSTANCES + [""] * MAX_INSTANCES + [d[name] for name in SETTING_NAMES]),
             *(_targets(n), {"background": p.gray, "layers": [], "composite": None}),
             *(p.overlay, p.legend, p.note, loaded, example.image),
         )
 
-    outputs = [page.image, page.prompt, page.count, *page.groups, *page.texts, *page.masks, *page.sams]
+    outputs = [
+        page.image,
+        page.prompt,
+        page.count,
+        *page.groups,
+        *page.texts,
+        *page.masks,
+        *page.sams,
+        *page.colors,
+    ]
     outputs += [*page.settings, page.target, page.editor, page.overlay, page.mask_check, page.input_note]
     outputs += [page.status, page.accepted]
     page.examples.select(on_example, [page.model], outputs, **QUIET).success(
         _cleared, None, page.result_outputs, **QUIET
     ).success(colorize, api_visibility="private", **_run_options(page)).failure(
         _failed, None, [page.status], **QUIET
+    )
+
+
+def _picked_hex(value) -> str | None:
+    """A colour picker's value (``#rrggbb``, ``#rrggbbaa`` or ``rgba(r, g, b, a)``) as ``#rrggbb``."""
+    import re
+
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if re.fullmatch(r"#[0-9a-fA-F]{6}([0-9a-fA-F]{2})?", text):
+        return text[:7].lower()
+    numbers = re.findall(r"[-+]?\d*\.?\d+", text) if text.lower().startswith("rgb") else []
+    if len(numbers) >= 3:
+        return "#" + "".join(f"{min(255, max(0, round(float(v)))):02x}" for v in numbers[:3])
+    return None
+
+
+def _wire_colors(page: Page) -> None:
+    """Each row's chip shows its requested colour (the colour field, else the text's colour word) or an
+    empty square; the picker writes its colour into the row's colour field."""
+
+    for k in range(MAX_INSTANCES):
+
+        def on_chip(text, color, k=k + 1):
+            target, _ = row_target(text if isinstance(text, str) else "", color, k, strict=False)
+            return chip(k, target_rgb(target))
+
+        gr.on(
+            [page.texts[k].change, page.colors[k].change],
+            on_chip,
+            [page.texts[k], page.colors[k]],
+            page.chips[k],
+            trigger_mode="always_last",
+            **QUIET,
+        )
+
+        def on_pick(value):
+            picked = _picked_hex(value)
+            return picked if picked is not None else gr.skip()
+
+        page.pickers[k].input(on_pick, page.pickers[k], page.colors[k], **QUIET)
+
+
+def _wire_edits(session: Session, page: Page, files: ReceivedFiles) -> None:
+    """Re-colour one row of the last result (an edit of the previous pipeline output kept in this
+    page's server-side history) and undo (back one result)."""
+
+    @guarded("Cannot re-colour the instance")
+    def on_recolor(evt: gr.EventData, request: gr.Request, *rows):
+        row = [button._id for button in page.recolors].index(evt.target._id) + 1
+        texts = list(rows[:MAX_INSTANCES])
+        masks = [
+            files.check(m, f"instance {k}'s mask")
+            for k, m in enumerate(rows[MAX_INSTANCES : 2 * MAX_INSTANCES], 1)
+        ]
+        colors = list(rows[2 * MAX_INSTANCES :])
+        view = session.recolor(row, texts, colors, masks, _history_key(request))
+        return _view_outputs(view)
+
+    gr.on(
+        [button.click for button in page.recolors],
+        _starting,
+        None,
+        [*page.result_outputs, page.status],
+        **QUIET,
+    ).then(
+        on_recolor,
+        [*page.texts, *page.masks, *page.colors],
+        page.run_outputs,
+        show_progress_on=[page.compare],
+        concurrency_limit=1,
+        concurrency_id="pipeline",
+        api_visibility="private",
+        preprocess=False,
+    ).failure(_failed, None, [page.status], **QUIET)
+
+    @guarded("Cannot undo")
+    def on_undo(request: gr.Request):
+        view, earlier = session.undo(_history_key(request))
+        texts, colors = [gr.skip()] * MAX_INSTANCES, [gr.skip()] * MAX_INSTANCES
+        for instance in earlier.instances:
+            texts[instance.index - 1] = instance.text
+            colors[instance.index - 1] = instance.color.hex if instance.color is not None else ""
+        return (*_view_outputs(view), *texts, *colors)
+
+    page.undo.click(
+        on_undo,
+        None,
+        [*page.run_outputs, *page.texts, *page.colors],
+        concurrency_limit=1,
+        concurrency_id="pipeline",
+        **QUIET,
     )

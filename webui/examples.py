@@ -4,7 +4,8 @@ The scenes are the ones ``mtcolor demo`` colorizes (:func:`mtcolor.demo_scenes.d
 test split, each with a colour-shape pair never seen in training; their texts name their true
 colours) and :func:`mtcolor.demo_scenes.voc_scene` (a VOC photo with 19 instance masks and texts from the
 rule-based colour namer). Each example is written once as a gray PNG, one 0/255 mask PNG per
-instance and a thumbnail with the masks tinted in.
+instance and a thumbnail with each instance tinted and outlined in the colour its text requests
+(a neutral outline where the text names none: :func:`webui.overlay.label_overlay`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from .colors import row_target, target_rgb
 from .overlay import label_overlay, resolve_label_map
 
 
@@ -30,7 +32,7 @@ class Example:
         prompt: the global prompt.
         colors: the ground-truth colour word of each instance ("" when unknown).
         working_resolution: the working resolution to run it at (None = the model's default).
-        thumbnail: the gray image with the masks tinted in.
+        thumbnail: the gray image with each instance in the colour its text requests.
         kind: ``"held-out"`` or ``"real photo"``.
     """
 
@@ -61,7 +63,8 @@ def _write(scene: dict, folder: Path, name: str, kind: str, working_resolution: 
         path = folder / f"mask_{k:02d}.png"
         PIL.Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(path)
         paths.append(str(path))
-    overlay = label_overlay(gray, resolve_label_map(masks))
+    requested = [target_rgb(row_target(text, None)[0]) for text in scene["instance_texts"]]
+    overlay = label_overlay(gray, resolve_label_map(masks), requested)
     thumb = PIL.Image.fromarray(overlay)
     if max(thumb.size) < 160:  # small scenes: enlarge with nearest neighbour so they stay crisp
         scale = 160 // max(thumb.size)

@@ -64,6 +64,7 @@ class Instance:
     index: int  # 1-based row number in the page
     text: str
     mask: np.ndarray | None = None
+    color: object = None  # the row's explicit colour (mtcolor.color_targets.ColorTarget) or None
     sam_points: list[tuple[float, float]] | None = None
     sam_box: tuple[float, float, float, float] | None = None
 
@@ -371,6 +372,7 @@ def build_request(
     prompt: str | None = "",
     settings: Settings | None = None,
     sam_enabled: bool = False,
+    colors: list | None = None,
 ) -> ColorizeRequest:
     """Check the page's values and turn them into a :class:`ColorizeRequest`.
 
@@ -381,12 +383,17 @@ def build_request(
         prompt: the global prompt.
         settings: checked settings (default :class:`Settings`).
         sam_enabled: whether the server has a SAM checkpoint (else SAM prompts are refused).
+        colors: per row an explicit colour ("#d0302a", "rgb(...)", a colour name) or None / "" (the
+            text's colour word, if any, is the target).
     """
+    from .colors import parse_row_color
+
     if image is None:
         raise ValueError("no input image: upload a gray (or colour) photo, or click an example.")
     rows = len(texts)
     sam_prompts = list(sam_prompts) if sam_prompts is not None else [None] * rows
-    if not (len(masks) == len(sam_prompts) == rows) or rows > MAX_INSTANCES:
+    colors = list(colors) if colors is not None else [None] * rows
+    if not (len(masks) == len(sam_prompts) == len(colors) == rows) or rows > MAX_INSTANCES:
         raise ValueError(
             f"got {rows} instance texts, {len(masks)} masks and {len(sam_prompts)} SAM prompts; the page sends "
             f"one of each per instance row (at most {MAX_INSTANCES})."
@@ -394,7 +401,7 @@ def build_request(
     picture = open_image(image)
     notes = describe_input(picture)
     instances = []
-    for row, (text, mask, sam) in enumerate(zip(texts, masks, sam_prompts), start=1):
+    for row, (text, mask, sam, color) in enumerate(zip(texts, masks, sam_prompts, colors), start=1):
         text = check_text(text, f"instance {row}'s text")
         sam = check_text(sam, f"instance {row}'s SAM prompt")
         if not text and mask is None and not sam:
@@ -403,7 +410,9 @@ def build_request(
             raise ValueError(
                 f'instance {row} has a mask but no text; type what it should look like ("a red car").'
             )
-        instance = Instance(index=row, text=text)
+        instance = Instance(
+            index=row, text=text, color=parse_row_color(check_text(color, f"instance {row}'s colour"), row)
+        )
         if mask is not None:
             instance.mask = read_mask(mask, row, picture.size)
             if not instance.mask.any():

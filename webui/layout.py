@@ -14,7 +14,7 @@ import gradio as gr
 from mtcolor.sam import SAM_CHECKPOINTS_URL
 
 from .inputs import ATTENTION_MODES, FUSIONS, LIMITS, MAX_INSTANCES
-from .overlay import instance_color
+from .overlay import swatch
 from .session import SETTING_NAMES, TABLE_HEADERS, Session
 
 TITLE = "mtcolor: instance-aware text-guided colorization"
@@ -28,6 +28,8 @@ CSS = """
 #input-image img, #overlay img, #result-image img { width: 100%; height: 100%; object-fit: contain; }
 .instance-row { align-items: center; }
 .instance-chip { font-size: 1.4em; min-width: 3em !important; flex-grow: 0 !important; }
+.swatch-none { color: var(--body-text-color-subdued); }
+.color-picker { min-width: 60px !important; flex-grow: 0 !important; }
 .remove-row { font-size: 0 !important; }
 .remove-row::before { content: "✕" / ""; font-size: var(--button-small-text-size, 14px); }
 @media (min-width: 1024px) {
@@ -41,12 +43,13 @@ HEAD = """<style>
 @media (min-width: 1024px) { .gradio-container { overflow: clip !important; } }
 </style>"""
 #: parameter names of the colorize endpoint, per instance row
-ROW_FIELDS = ("text", "mask", "sam")
+ROW_FIELDS = ("text", "color", "mask", "sam")
 
 
-def chip(k: int) -> str:
-    """The coloured square and number of instance ``k`` (its colour in the overlay)."""
-    return f'<span style="color: rgb{instance_color(k)}" title="instance {k}">■ {k}</span>'
+def chip(k: int, color: tuple[int, int, int] | None = None) -> str:
+    """Instance ``k``'s number and requested colour (a filled square), or an empty outlined square
+    when the row requests none (its colour in the overlay)."""
+    return f'<span title="instance {k}">{swatch(color)} {k}</span>'
 
 
 def sam_note(session: Session) -> str:
@@ -87,9 +90,13 @@ class Page:
     input_note: gr.Markdown
     prompt: gr.Textbox
     groups: list[gr.Group]
+    chips: list[gr.HTML]
     texts: list[gr.Textbox]
+    colors: list[gr.Textbox]
+    pickers: list[gr.ColorPicker]
     masks: list[gr.Image]
     sams: list[gr.Textbox]
+    recolors: list[gr.Button]
     removes: list[gr.Button]
     add: gr.Button
     editor: gr.ImageEditor
@@ -107,6 +114,7 @@ class Page:
     attention: gr.Radio
     fusion: gr.Radio
     run: gr.Button
+    undo: gr.Button
     status: gr.Markdown
     compare: gr.ImageSlider
     overlay: gr.Image
@@ -138,6 +146,7 @@ class Page:
             "model": self.model,
             **dict(zip(SETTING_NAMES, self.settings)),
             **{f"text_{k}": c for k, c in enumerate(self.texts, start=1)},
+            **{f"color_{k}": c for k, c in enumerate(self.colors, start=1)},
             **{f"mask_{k}": c for k, c in enumerate(self.masks, start=1)},
             **{f"sam_{k}": c for k, c in enumerate(self.sams, start=1)},
         }
@@ -163,7 +172,7 @@ class Page:
     @property
     def preview_inputs(self) -> list:
         """What the instance overlay is drawn from."""
-        return [self.image, self.model, self.working, *self.texts, *self.masks]
+        return [self.image, self.model, self.working, *self.texts, *self.masks, *self.colors]
 
 
 def build_layout(session: Session) -> Page:
@@ -188,7 +197,9 @@ def build_layout(session: Session) -> Page:
             parts.update(_instance_rows(session))
             parts.update(_paint_section())
             parts.update(_settings_section(session))
-            parts["run"] = gr.Button("Colorize", variant="primary", elem_id="colorize-btn")
+            with gr.Row():
+                parts["run"] = gr.Button("Colorize", variant="primary", scale=3, elem_id="colorize-btn")
+                parts["undo"] = gr.Button("Undo", scale=1, elem_id="undo-btn")
         with gr.Column(scale=6, elem_id="outputs"):  # sticky on wide screens: in view beside long inputs
             parts.update(_outputs())
     return Page(**parts)
@@ -215,9 +226,24 @@ def _instance_row(session: Session, k: int) -> dict:
     """Row ``k``'s components (shown for row 1 only at first)."""
     with gr.Group(visible=k == 1, elem_id=f"instance-{k}") as group:
         with gr.Row(equal_height=True, elem_classes="instance-row"):
-            gr.HTML(chip(k), elem_classes="instance-chip")
+            chip_html = gr.HTML(chip(k), elem_classes="instance-chip", elem_id=f"chip-{k}")
             text = gr.Textbox(
                 label=f"Instance {k} text", placeholder="a red car", scale=4, elem_id=f"text-{k}"
+            )
+            # optional exact colour: the picker fills the field; an empty field = the text's colour word
+            picker = gr.ColorPicker(
+                label="Pick",
+                value="#d0302a",
+                scale=0,
+                min_width=60,
+                elem_id=f"picker-{k}",
+                elem_classes="color-picker",
+            )
+            color = gr.Textbox(
+                label=f"Instance {k} colour (optional)",
+                placeholder="from the text; or #d0302a, crimson",
+                scale=2,
+                elem_id=f"color-{k}",
             )
             mask = gr.Image(
                 label=f"Instance {k} mask",
@@ -235,6 +261,13 @@ def _instance_row(session: Session, k: int) -> dict:
                 scale=3,
                 elem_id=f"sam-{k}",
             )
+            recolor = gr.Button(
+                f"Re-colour {k}",
+                scale=0,
+                min_width=90,
+                size="sm",
+                elem_id=f"recolor-{k}",
+            )
             # the text is the button's accessible name; the CSS shows it as a cross
             remove = gr.Button(
                 f"Remove instance {k}",
@@ -244,16 +277,35 @@ def _instance_row(session: Session, k: int) -> dict:
                 elem_id=f"remove-{k}",
                 elem_classes="remove-row",
             )
-    return {"groups": group, "texts": text, "masks": mask, "sams": sam, "removes": remove}
+    return {
+        "groups": group,
+        "chips": chip_html,
+        "texts": text,
+        "colors": color,
+        "pickers": picker,
+        "masks": mask,
+        "sams": sam,
+        "recolors": recolor,
+        "removes": remove,
+    }
 
 
 def _instance_rows(session: Session) -> dict:
-    rows = {"groups": [], "texts": [], "masks": [], "sams": [], "removes": []}
+    rows = {
+        key: []
+        for key in ("groups", "chips", "texts", "colors", "pickers", "masks", "sams", "recolors", "removes")
+    }
     with gr.Accordion("Instances: one mask and one text each", open=True):
         for k in range(1, MAX_INSTANCES + 1):
             for key, component in _instance_row(session, k).items():
                 rows[key].append(component)
         rows["add"] = gr.Button("+ Add an instance", size="sm", elem_id="add-instance")
+        gr.Markdown(
+            "**Colours**: leave a row's colour empty to use the colour its text names (*a lemon star*, "
+            "*a car #ff8800*), or pick / type one (`#d0302a`, `rgb(208, 48, 42)`, `crimson`). After a result, "
+            "**Re-colour k** runs instance k alone with its current text and colour: every other pixel stays.",
+            elem_id="color-note",
+        )
         gr.Markdown(sam_note(session), elem_id="sam-note")
     return rows
 
@@ -344,11 +396,11 @@ def _outputs() -> dict:
     parts["download"] = gr.DownloadButton("Download PNG", interactive=False, elem_id="download-btn")
     parts["table"] = gr.Dataframe(
         headers=TABLE_HEADERS,
-        datatype=["number", "str", "str", "str", "str", "number"],
-        column_widths=["7%", "33%", "17%", "17%", "11%", "15%"],
+        datatype=["number", "str", "str", "str", "number", "str", "str"],
+        column_widths=["5%", "24%", "16%", "16%", "8%", "8%", "23%"],
         interactive=False,
         wrap=True,
-        label="Per instance: requested vs measured colour (adherence metric)",
+        label="Per instance: target vs measured colour, CIEDE2000 at the same L (match: ΔE00 <= 5)",
         elem_id="instance-table",
     )
     parts["result"] = gr.Image(

@@ -1,4 +1,8 @@
-"""The instance overlay: the label map the masks resolve to, in colour over the gray image.
+"""The instance overlay: the label map the masks resolve to, over the gray image.
+
+Each instance is tinted in the colour its row requests (the row's explicit colour, else the colour
+its text names: :func:`webui.colors.row_target`) and outlined; an instance without a requested
+colour gets a neutral black-and-white outline only, never a made-up tint.
 
 Masks resolve exactly as the pipeline resolves them (:func:`mtcolor.masks.masks_to_label_map`:
 an overlapping pixel goes to the smallest mask). Before a run the page also lists what the pipeline
@@ -15,28 +19,54 @@ import re
 import numpy as np
 import PIL.Image
 
-from mtcolor.demo_scenes import PALETTE
 
-
-def instance_color(k: int) -> tuple[int, int, int]:
-    """The overlay colour of instance ``k`` (1-based)."""
-    return tuple(int(v) for v in PALETTE[((k - 1) % (len(PALETTE) - 1)) + 1])
+def _boundary(label_map: np.ndarray) -> np.ndarray:
+    """(H, W) bool: instance pixels with a 4-neighbour of another label (or the image border)."""
+    padded = np.pad(label_map, 1, mode="constant", constant_values=-1)
+    centre = padded[1:-1, 1:-1]
+    edge = np.zeros(label_map.shape, bool)
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        edge |= padded[dy : dy + label_map.shape[0], dx : dx + label_map.shape[1]] != centre
+    return edge & (label_map > 0)
 
 
 def label_overlay(
-    gray: PIL.Image.Image, label_map: np.ndarray | None, rows: list[int] | None = None, opacity: float = 0.55
+    gray: PIL.Image.Image,
+    label_map: np.ndarray | None,
+    colors: list[tuple[int, int, int] | None] | None = None,
+    opacity: float = 0.55,
 ) -> np.ndarray:
-    """(H, W, 3) uint8: the gray image with label ``k`` tinted in the colour of its page row ``rows[k - 1]``."""
+    """(H, W, 3) uint8: the gray image with label ``k`` tinted in ``colors[k - 1]`` (8-bit sRGB, its
+    requested colour) and outlined in it; a label whose colour is None (or missing) is not tinted and
+    gets a neutral outline (alternating black and white pixels, visible on any gray)."""
     out = np.repeat(np.asarray(gray.convert("L"), dtype=np.float32)[..., None], 3, -1)
-    if label_map is not None and label_map.size:
-        # one colour per label (a lookup table, no per-label masks); label 0 (background) is not tinted
-        count = int(label_map.max())
-        colors = np.array(
-            [(0, 0, 0)] + [instance_color(rows[k - 1] if rows else k) for k in range(1, count + 1)]
-        )
-        inside = label_map > 0  # (H, W)
-        out[inside] = (1 - opacity) * out[inside] + opacity * colors[label_map[inside]]
+    if label_map is None or not label_map.size:
+        return out.clip(0, 255).round().astype(np.uint8)
+    count = int(label_map.max())
+    colors = list(colors or [])
+    known = [k for k in range(1, count + 1) if k - 1 < len(colors) and colors[k - 1] is not None]
+    table = np.zeros((count + 1, 3), np.float32)  # one colour per label (a lookup table)
+    for k in known:
+        table[k] = colors[k - 1]
+    has_color = np.zeros(count + 1, bool)
+    has_color[known] = True
+    tinted = has_color[label_map]  # (H, W)
+    out[tinted] = (1 - opacity) * out[tinted] + opacity * table[label_map[tinted]]
+    edge = _boundary(label_map)
+    coloured_edge = edge & tinted
+    out[coloured_edge] = table[label_map[coloured_edge]]
+    neutral = edge & ~tinted
+    ys, xs = np.nonzero(neutral)
+    out[ys, xs] = np.where(((ys + xs) % 2 == 0)[:, None], 255.0, 0.0)
     return out.clip(0, 255).round().astype(np.uint8)
+
+
+def swatch(color: tuple[int, int, int] | None) -> str:
+    """HTML: a filled square in ``color``, or an outlined empty square when no colour is requested."""
+    if color is None:
+        return '<span class="swatch swatch-none" title="no colour requested">□</span>'
+    hex_code = "#" + "".join(f"{int(v):02x}" for v in color)
+    return f'<span class="swatch" style="color: {hex_code}" title="requested {hex_code}">■</span>'
 
 
 def resolve_label_map(masks: list[np.ndarray]) -> np.ndarray | None:
@@ -121,12 +151,17 @@ def page_numbers(message: str, rows: list[int]) -> str:
     return re.sub(r"\b(?:texts|masks)\[(\d+(?:,\s*\d+)*)\]", indices, message)
 
 
-def legend(rows: list[int], texts: list[str], messages: list[str], title: str = "Mask check") -> str:
-    """Markdown: a coloured square and the text per instance, then the messages (or 'no warnings')."""
-    lines = [
-        f'<span style="color: rgb{instance_color(k)}">■</span> **{k}** {html.escape(text)}'
-        for k, text in zip(rows, texts)
-    ]
+def legend(
+    rows: list[int],
+    texts: list[str],
+    messages: list[str],
+    title: str = "Mask check",
+    colors: list | None = None,
+) -> str:
+    """Markdown: per instance its requested colour (:func:`swatch`) and text, then the messages (or
+    'no warnings'). ``colors[i]``: the 8-bit sRGB requested for ``rows[i]``, or None."""
+    colors = list(colors or [None] * len(rows))
+    lines = [f"{swatch(color)} **{k}** {html.escape(text)}" for k, text, color in zip(rows, texts, colors)]
     body = (
         "  \n".join(lines)
         if lines

@@ -4,7 +4,8 @@ The colorization is the pipeline's: :func:`colorize` resolves SAM prompts to mas
 (the session's :class:`mtcolor.sam.SamMasker`), makes **one** call to ``MTColorPipeline`` (masks + texts +
 prompt + settings) or ``LCoInsPipeline`` (one caption), records the warnings the pipeline emits
 (overlapping masks, instances too small for an attention grid) and measures each instance's colour
-with the project's adherence metric (:func:`mtcolor.metrics.color_adherence`).
+against its target (:func:`webui.colors.color_table`: CIEDE2000 at the same L). An edit
+(``edit_from``: the previous pipeline output, ``edit_instances``) is the same one call.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import PIL.Image
 
+from .colors import color_table, row_target
 from .inputs import ColorizeRequest
-
-TABLE_HEADERS = ["#", "text", "requested", "measured", "match", "Lab distance"]
 
 
 @dataclass
@@ -34,6 +34,9 @@ class ColorizeResult:
         warnings: the pipeline's warnings, de-duplicated, in order.
         caption: the caption L-CoIns was given (None for MT-Color).
         seconds: wall time of the pipeline call.
+        output: the MT-Color pipeline's output (its ``edit_states`` make the next edit), else None.
+        targets / reasons: per instance the colour target (:func:`webui.colors.row_target`) or None
+            and why there is none.
     """
 
     image: PIL.Image.Image
@@ -43,6 +46,9 @@ class ColorizeResult:
     warnings: list[str] = field(default_factory=list)
     caption: str | None = None
     seconds: float = 0.0
+    output: object = None
+    targets: list = field(default_factory=list)
+    reasons: list = field(default_factory=list)
 
 
 def lcoins_caption(request: ColorizeRequest) -> str:
@@ -77,41 +83,6 @@ def resolve_masks(request: ColorizeRequest, sam_masker=None):
     return masks
 
 
-def adherence_table(image: PIL.Image.Image, masks: list[np.ndarray], texts: list[str]) -> list[list]:
-    """Per instance: requested colour word, measured colour name, match (the adherence metric), distance."""
-    if not masks:
-        return []
-    import torch
-
-    from mtcolor.lexicon import default_lexicon
-    from mtcolor.masks import masks_to_label_map
-    from mtcolor.metrics import color_adherence
-
-    rgb = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-    label_map = masks_to_label_map(masks, allow_empty=True, warn_overlap=False)
-    result = color_adherence(rgb, label_map[None], [texts])
-    lexicon = default_lexicon()
-    measured = {item.instance: item for item in result.instances}
-    skipped = {label: reason for _, label, reason in result.skipped}
-    rows = []
-    for label, text in enumerate(texts, start=1):
-        item = measured.get(label)
-        if item is None:
-            rows.append([label, text, "—", "—", f"not measured: {skipped.get(label, 'no pixels')}", None])
-        else:
-            rows.append(
-                [
-                    label,
-                    text,
-                    item.word,
-                    lexicon.name(torch.tensor(item.measured)),
-                    "yes" if item.agrees else "no",
-                    round(item.distance, 1),
-                ]
-            )
-    return rows
-
-
 def colorize(
     pipe,
     kind: str,
@@ -119,6 +90,8 @@ def colorize(
     *,
     sam_masker=None,
     on_step: Callable[[int, int], None] | None = None,
+    edit_from=None,
+    edit_instances: list[int] | None = None,
 ) -> ColorizeResult:
     """Colorize a checked request with one pipeline call.
 
@@ -128,6 +101,8 @@ def colorize(
         sam_masker: a :class:`mtcolor.sam.SamMasker` (or a callable building one when first needed)
             for instances given by prompts; None refuses SAM prompts.
         on_step: ``f(done, total)`` after every denoising step (the page's progress bar).
+        edit_from / edit_instances: re-colour instances (0-based into the request's instances) of a
+            previous MT-Color output, keeping every other pixel (``MTColorPipeline``'s edit).
     """
     import torch
 
@@ -136,7 +111,9 @@ def colorize(
     masks = resolve_masks(request, sam_masker)
     texts = request.texts
     settings = request.settings
-    caption = None
+    resolved = [row_target(i.text, i.color.hex if i.color else None, i.index) for i in request.instances]
+    explicit = [instance.color for instance in request.instances]
+    caption, output = None, None
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -149,7 +126,7 @@ def colorize(
                     on_step(step + 1, total)
                 return {}
 
-            image = pipe(
+            output = pipe(
                 request.image,
                 masks or None,
                 texts or None,
@@ -164,7 +141,11 @@ def colorize(
                 generator=generator,
                 callback_on_step_end=step_end,
                 output_type="pil",
-            ).images[0]
+                colors=explicit if any(c is not None for c in explicit) else None,
+                edit_from=edit_from,
+                edit_instances=edit_instances,
+            )
+            image = output.images[0]
         elif kind == "lcoins":
             caption = lcoins_caption(request)
             image = pipe(request.image, caption, output_type="pil").images[0]
@@ -176,8 +157,11 @@ def colorize(
         image=image.convert("RGB"),
         gray=gray_preview(request.image),
         masks=masks,
-        table=adherence_table(image, masks, texts),
+        table=color_table(image, masks, texts, [t for t, _ in resolved], [r for _, r in resolved]),
         warnings=messages,
         caption=caption,
         seconds=seconds,
+        output=output,
+        targets=[t for t, _ in resolved],
+        reasons=[r for _, r in resolved],
     )

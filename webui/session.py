@@ -8,22 +8,25 @@ and return plain Python values; user mistakes raise ``ValueError`` with a readab
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import threading
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 
+from .colors import TABLE_HEADERS, parse_row_color, row_target, target_rgb
 from .examples import Example, build_examples
 from .inputs import (
     MAX_INSTANCES,
     ColorizeRequest,
     build_request,
     check_settings,
+    check_text,
     check_working_size,
     describe_input,
     file_path,
@@ -41,7 +44,14 @@ from .overlay import (
     resolve_label_map,
     vanishing_messages,
 )
-from .run import TABLE_HEADERS, ColorizeResult, colorize
+from .run import ColorizeResult, colorize
+
+#: results kept per page (browser session) for undo, and pages with a history at once
+HISTORY_LENGTH = 8
+HISTORY_SESSIONS = 16
+#: memory the histories may hold in all (estimated from the pixels kept); a page's newest result is
+#: kept whatever its size, as the next re-colour edits it
+HISTORY_BYTES = 512 * 2**20
 
 #: the settings the page sends with every run, in the order of :func:`webui.inputs.check_settings`
 SETTING_NAMES = (
@@ -137,6 +147,68 @@ class RunView:
     result: ColorizeResult
 
 
+@dataclass
+class HistoryEntry:
+    """One result in a page's history: the checked request it ran, the model, what the page showed."""
+
+    request: ColorizeRequest
+    choice: ModelChoice
+    view: RunView
+
+    @property
+    def nbytes(self) -> int:
+        """Estimated memory: result, before image, overlay and gray (3+3+3+1 bytes per pixel), the
+        input, the label map of the edit state and one byte per pixel per mask."""
+        width, height = self.view.image.size
+        return width * height * (10 + 4 + 1 + len(self.view.result.masks))
+
+
+class HistoryStore:
+    """Each page's recent results (newest last), server-side and bounded: at most ``length`` per page,
+    ``sessions`` pages (the least recently used page's history is dropped) and ``max_bytes`` in all
+    (oldest results first, but never a page's newest)."""
+
+    def __init__(
+        self, length: int = HISTORY_LENGTH, sessions: int = HISTORY_SESSIONS, max_bytes: int = HISTORY_BYTES
+    ):
+        self.length, self.sessions, self.max_bytes = length, sessions, max_bytes
+        self._pages: OrderedDict[str, list[HistoryEntry]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def push(self, key: str, entry: HistoryEntry) -> None:
+        with self._lock:
+            entries = self._pages.setdefault(key, [])
+            entries.append(entry)
+            del entries[: max(0, len(entries) - self.length)]
+            self._pages.move_to_end(key)
+            while len(self._pages) > self.sessions:
+                self._pages.popitem(last=False)
+            self._trim()
+
+    def _trim(self) -> None:
+        def total() -> int:
+            return sum(e.nbytes for entries in self._pages.values() for e in entries)
+
+        while total() > self.max_bytes:
+            droppable = [(k, entries) for k, entries in self._pages.items() if len(entries) > 1]
+            if not droppable:
+                break
+            droppable[0][1].pop(0)  # the oldest result of the least recently used page with two or more
+
+    def entries(self, key: str | None) -> list[HistoryEntry]:
+        with self._lock:
+            return list(self._pages.get(key, [])) if key is not None else []
+
+    def undo(self, key: str | None) -> HistoryEntry:
+        """Drop the page's newest result and return the one before it."""
+        with self._lock:
+            entries = self._pages.get(key, []) if key is not None else []
+            if len(entries) < 2:
+                raise ValueError("nothing to undo: this page's history has no earlier result.")
+            entries.pop()
+            return entries[-1]
+
+
 class Session:
     """Server-side state of ``mtcolor ui`` (shared by every browser tab)."""
 
@@ -157,6 +229,7 @@ class Session:
         )
         self._gray_cache: dict[str, tuple[PIL.Image.Image, str]] = {}
         self._gray_lock = threading.Lock()
+        self.history = HistoryStore()
 
     # ------------------------------------------------------------------ models
     @property
@@ -212,7 +285,7 @@ class Session:
         return value
 
     def preview(
-        self, image, texts: list, masks: list, model: str | None = None, working_resolution=None
+        self, image, texts: list, masks: list, model: str | None = None, working_resolution=None, colors=None
     ) -> Preview:
         """The overlay of whatever masks are there so far, and what the pipeline will warn about.
 
@@ -228,8 +301,9 @@ class Session:
             return Preview(None, legend([], [], [str(err)]), "")
         width, height = picture.size
         note = f"{width}x{height} px, mode {picture.mode}. " + " ".join(describe_input(picture))
-        rows, bools, names, problems = [], [], [], []
-        for row, (text, mask) in enumerate(zip(texts, masks), start=1):
+        rows, bools, names, problems, requested = [], [], [], [], []
+        colors = list(colors) if colors is not None else [None] * len(texts)
+        for row, (text, mask, color) in enumerate(zip(texts, masks, colors), start=1):
             if mask is None:
                 continue
             try:
@@ -239,10 +313,19 @@ class Session:
                 continue
             rows.append(row)
             names.append((text or "").strip() or "(no text yet)")
+            target, reason = row_target(text if isinstance(text, str) else "", color, row, strict=False)
+            requested.append(target_rgb(target))
+            if target is None and color and isinstance(color, str) and color.strip():
+                problems.append(reason)  # an explicit colour the page cannot read
         label_map = resolve_label_map(bools)
         messages = problems + overlap_messages(bools, rows)
         messages += self._model_messages(picture.size, label_map, names, rows, model, working_resolution)
-        return Preview(label_overlay(gray, label_map, rows), legend(rows, names, messages), note, gray_path)
+        return Preview(
+            label_overlay(gray, label_map, requested),
+            legend(rows, names, messages, colors=requested),
+            note,
+            gray_path,
+        )
 
     def _model_messages(self, size, label_map, names, rows, model, working_resolution) -> list[str]:
         """What the chosen MT-Color model would refuse or lose at the working resolution: a working size
@@ -286,25 +369,44 @@ class Session:
             raise ValueError(f"instance {target!r} does not exist; pick an instance number.")
         return self.workspace.save_png(mask.astype(np.uint8) * 255, f"mask_{int(target)}_painted.png")
 
-    def request(self, image, texts, masks, sam_prompts, prompt, settings: dict) -> ColorizeRequest:
+    def request(
+        self, image, texts, masks, sam_prompts, prompt, settings: dict, colors=None
+    ) -> ColorizeRequest:
         """Check the page's values (see :func:`webui.inputs.build_request`)."""
         checked = check_settings(*(settings.get(name) for name in SETTING_NAMES))
-        return build_request(image, texts, masks, sam_prompts, prompt, checked, self.sam_enabled)
+        return build_request(image, texts, masks, sam_prompts, prompt, checked, self.sam_enabled, colors)
 
     def colorize(
-        self, image, texts, masks, sam_prompts=None, prompt="", model=None, settings=None, on_step=None
+        self,
+        image,
+        texts,
+        masks,
+        sam_prompts=None,
+        prompt="",
+        model=None,
+        settings=None,
+        on_step=None,
+        colors=None,
+        history: str | None = None,
     ) -> RunView:
-        """Check, run the pipeline once, and lay out the result for the page."""
+        """Check, run the pipeline once, and lay out the result for the page; with a ``history`` key
+        (the page's session) the result joins that page's history (re-colour and undo use it).
+        ``colors``: per row an explicit colour or None / "" (the text's colour word, if any)."""
         choice = self.choice(model)
         settings = {
             **self.defaults(choice.label),
             **{k: v for k, v in (settings or {}).items() if v is not None},
         }
-        request = self.request(image, texts, masks, sam_prompts, prompt, settings)
+        request = self.request(image, texts, masks, sam_prompts, prompt, settings, colors)
+        return self._run(choice, request, on_step, history)
+
+    def _run(self, choice, request, on_step, history, edit: tuple | None = None) -> RunView:
+        """One pipeline call (``edit``: the entry edited and the 0-based instance) -> the page's view."""
         pipe = self.pipes.get(choice)
         if choice.kind == "mtcolor":  # refused here, before the pipeline runs
             check_working_size(request.size, request.settings.working_resolution, pipe.vae_scale_factor)
         rows = [instance.index for instance in request.instances]
+        previous, index = edit if edit is not None else (None, None)
         try:
             result = colorize(
                 pipe,
@@ -312,6 +414,8 @@ class Session:
                 request,
                 sam_masker=self.sam_masker if self.sam_enabled else None,
                 on_step=on_step,
+                edit_from=None if previous is None else previous.view.result.output,
+                edit_instances=None if previous is None else [index],
             )
         except ValueError as err:  # the pipeline numbers instances from zero, the page from one
             raise ValueError(page_numbers(str(err), rows)) from err
@@ -320,16 +424,76 @@ class Session:
         if choice.kind == "lcoins" and request.instances:
             messages.append("L-CoIns colorizes from one caption; the masks are used only for the table.")
         png = self.workspace.save_png(result.image, "colorized.png")
-        return RunView(
+        requested = [target_rgb(target) for target in result.targets]
+        view = RunView(
             image=result.image,
-            before=result.gray.convert("RGB"),
+            before=result.gray.convert("RGB") if previous is None else previous.view.image,
             png=png,
             table=result.table,
-            overlay=label_overlay(result.gray, label_map, rows),
-            legend=legend(rows, request.texts, messages, title="Pipeline warnings"),
+            overlay=label_overlay(result.gray, label_map, requested),
+            legend=legend(rows, request.texts, messages, title="Pipeline warnings", colors=requested),
             status=self._status(choice, request, result),
             result=result,
         )
+        if previous is not None:
+            view.status += (
+                f"  \nRe-coloured instance {rows[index]} alone: every pixel outside it is the previous result's; "
+                "the before / after view compares with the previous result."
+            )
+        if history is not None:
+            self.history.push(history, HistoryEntry(request, choice, view))
+            count = len(self.history.entries(history))
+            view.status += f"  \nHistory: {count} result(s) on this page (undo goes back one)."
+        return view
+
+    def recolor(self, row, texts, colors, masks, history: str | None, on_step=None) -> RunView:
+        """Re-colour page row ``row`` (1-based) of this page's last result alone: the last request with
+        that row's current text, colour and (if one is uploaded) mask, run as an edit of the last
+        pipeline output (``edit_from``, ``edit_instances=[that instance]``); every other pixel is kept."""
+        entries = self.history.entries(history)
+        if not entries:
+            raise ValueError("nothing to re-colour yet: colorize first, then re-colour one instance row.")
+        last = entries[-1]
+        if last.choice.kind != "mtcolor" or last.view.result.output is None:
+            raise ValueError(
+                "re-colouring one instance needs an MT-Color result; L-CoIns colorizes in one pass."
+            )
+        if isinstance(row, bool) or not isinstance(row, int) or not 1 <= row <= MAX_INSTANCES:
+            raise ValueError(f"instance row {row!r} does not exist; use a row's re-colour button.")
+        rows = [instance.index for instance in last.request.instances]
+        if row not in rows:
+            raise ValueError(
+                f"instance {row} was not part of the last result (it had instances {rows}); colorize again to include it."
+            )
+        index = rows.index(row)
+        text = check_text(texts[row - 1], f"instance {row}'s text")
+        if not text:
+            raise ValueError(f'instance {row} has no text; type what it should look like ("a red car").')
+        color = parse_row_color(check_text(colors[row - 1], f"instance {row}'s colour"), row)
+        mask = masks[row - 1]
+        size = last.request.image.size
+        instances = [
+            dataclasses.replace(instance, mask=resolved, sam_points=None, sam_box=None)
+            for instance, resolved in zip(last.request.instances, last.view.result.masks)
+        ]
+        changed = dataclasses.replace(instances[index], text=text, color=color)
+        if mask is not None:
+            changed.mask = read_mask(mask, row, size)
+            if not changed.mask.any():
+                raise ValueError(f"instance {row}'s mask is empty (no white pixel); upload or paint a mask.")
+        instances[index] = changed
+        request = dataclasses.replace(last.request, instances=instances)
+        return self._run(last.choice, request, on_step, history, edit=(last, index))
+
+    def undo(self, history: str | None) -> tuple[RunView, ColorizeRequest]:
+        """Go back one result in this page's history: the earlier result's view and its request."""
+        entry = self.history.undo(history)
+        count = len(self.history.entries(history))
+        view = dataclasses.replace(entry.view)
+        view.status = entry.view.status.split("  \nHistory:")[0] + (
+            f"  \nUndone: back to result {count} of this page's history."
+        )
+        return view, entry.request
 
     @staticmethod
     def _status(choice: ModelChoice, request: ColorizeRequest, result: ColorizeResult) -> str:
@@ -344,14 +508,24 @@ class Session:
         else:
             how = f"caption {result.caption!r}"
         lines = [f"**Done** in {result.seconds:.1f} s: {width}x{height} px with `{choice.label}` ({how})."]
-        measured = [row for row in result.table if row[4] in ("yes", "no")]
+        measured = [row for row in result.table if row[5] in ("yes", "no")]
         if measured:
-            matches = sum(row[4] == "yes" for row in measured)
+            matches = sum(row[5] == "yes" for row in measured)
             lines.append(
-                f"Colour adherence: {matches}/{len(measured)} instances have the colour their text names."
+                f"Colour targets met: {matches}/{len(measured)} instances (deltaE00 <= 5 at the instance's own L)."
             )
         lines += request.notes
         return "  \n".join(lines)
 
 
-__all__ = ["SETTING_NAMES", "TABLE_HEADERS", "Preview", "RunView", "ServerConfig", "Session", "Workspace"]
+__all__ = [
+    "SETTING_NAMES",
+    "TABLE_HEADERS",
+    "HistoryEntry",
+    "HistoryStore",
+    "Preview",
+    "RunView",
+    "ServerConfig",
+    "Session",
+    "Workspace",
+]
