@@ -293,20 +293,38 @@ def test_one_pipeline_call_with_the_page_values(scene):
     assert steps == [(i, 7) for i in range(1, 8)]
     assert result.image.size == (W, H) and result.gray.size == (W, H)
     assert result.warnings == ["instance 0 ('a red car') is smaller than one token of the 2x2 attention grid"]
-    # the table measures what was painted: both instances match their colour word
-    assert [row[2:5] for row in result.table] == [["red", "red", "yes"], ["blue", "blue", "yes"]]
+    assert call["colors"] is None  # no explicit colour: the pipeline takes the texts' colour words
+    # the table measures what was painted against the texts' colours: both close, at the same L
+    assert [row[2].split()[1] for row in result.table] == ["red", "blue"]
+    assert [row[5] for row in result.table] == ["yes", "yes"]
+    explicit = build_request(
+        gray, _rows(["a red car", "a blue cat"], ""), _rows(masks), _rows([], ""), "", settings,
+        colors=_rows(["#00ff00"], ""),
+    )  # fmt: skip
+    run.colorize(pipe, "mtcolor", explicit)
+    first, second = pipe.calls[1]["colors"]
+    assert first.hex == "#00ff00" and second is None
 
 
 def test_table_flags_a_wrong_colour_and_skips_texts_without_colour(scene):
+    from webui.colors import color_table, row_target
+
     gray, masks = scene
     image = np.full((H, W, 3), 128, np.uint8)
     left = inputs.read_mask(masks[0], 1, (W, H))
     image[left] = (0, 90, 255)  # blue where the text asks for red
-    rows = run.adherence_table(
-        PIL.Image.fromarray(image), [left, inputs.read_mask(masks[1], 2, (W, H))], ["a red car", "a cat"]
+    texts = ["a red car", "a cat"]
+    resolved = [row_target(text, None) for text in texts]
+    rows = color_table(
+        PIL.Image.fromarray(image),
+        [left, inputs.read_mask(masks[1], 2, (W, H))],
+        texts,
+        [t for t, _ in resolved],
+        [r for _, r in resolved],
     )
-    assert rows[0][2] == "red" and rows[0][4] == "no" and "blue" in rows[0][3]
-    assert rows[1][2] == "—" and rows[1][4].startswith("not measured: no colour word")
+    assert rows[0][2] == "#e50000 red" and rows[0][5] == "no" and rows[0][4] > 5
+    assert "blue" in rows[0][3] and rows[0][6].startswith("hue off by")
+    assert rows[1][2] == "—" and rows[1][6] == "no target: no colour word"
 
 
 def test_lcoins_gets_one_caption(scene):
@@ -355,18 +373,21 @@ def test_sam_rows_get_masks_from_segment_anything(scene, monkeypatch):
 # ---------------------------------------------------------------------------------------------- overlay
 
 
-def test_overlay_tints_each_instance_in_its_row_colour_and_lists_overlaps():
+def test_overlay_tints_requested_colours_outlines_the_rest_and_lists_overlaps():
     gray = PIL.Image.new("L", (W, H), 100)
     a = np.zeros((H, W), bool)
     a[:10, :10] = True
     b = np.zeros((H, W), bool)
     b[5:20, 5:20] = True  # overlaps a; larger, so the shared pixels stay a's
     label_map = overlay.resolve_label_map([a, b])
-    tinted = overlay.label_overlay(gray, label_map, rows=[2, 5])
-    for pixel, row in [((0, 0), 2), ((15, 15), 5)]:
-        colour = np.array(overlay.instance_color(row), np.float32)
-        value = tinted[pixel].astype(np.float32)
-        assert np.linalg.norm(value - colour) < np.linalg.norm(np.full(3, 100.0) - colour)
+    green = (21, 176, 26)
+    tinted = overlay.label_overlay(gray, label_map, [green, None])
+    colour = np.array(green, np.float32)
+    value = tinted[3, 3].astype(np.float32)  # inside a: toward its requested green
+    assert np.linalg.norm(value - colour) < np.linalg.norm(np.full(3, 100.0) - colour) and value[1] > value[0]
+    assert tuple(tinted[15, 15]) == (100, 100, 100)  # inside b (no colour requested): not tinted
+    edge = {tuple(tinted[19, x]) for x in range(10, 19)}  # b's bottom edge: a neutral outline
+    assert edge == {(0, 0, 0), (255, 255, 255)}
     assert tuple(tinted[30, 40]) == (100, 100, 100)
     assert label_map[7, 7] == 1  # the smaller mask wins, as in the pipeline
     assert overlay.overlap_messages([a, b], [2, 5]) == [

@@ -65,7 +65,9 @@ def test_api_names_every_page_value(client):
     parameters = {p["parameter_name"]: p for p in info["named_endpoints"]["/colorize"]["parameters"]}
     expected = {"image", "prompt", "model", "num_inference_steps", "guidance_scale", "alpha", "beta", "seed"}
     expected |= {"attention_mode", "fusion", "working_resolution"}
-    expected |= {f"{field}_{k}" for field in ("text", "mask", "sam") for k in range(1, MAX_INSTANCES + 1)}
+    expected |= {
+        f"{field}_{k}" for field in ("text", "color", "mask", "sam") for k in range(1, MAX_INSTANCES + 1)
+    }
     assert set(parameters) == expected
     assert all(p["parameter_has_default"] for p in parameters.values())  # call with what you need only
     # the recipe's measured best
@@ -92,7 +94,7 @@ def test_colorize_by_name_returns_the_result_at_the_input_size(client, files):
     np.testing.assert_allclose(
         np.asarray(before.convert("L"), dtype=np.float32), gray, atol=2
     )  # the input's L
-    assert table["data"][0][:3] == [1, "a red car", "red"] and table["data"][0][4] in ("yes", "no")
+    assert table["data"][0][:3] == [1, "a red car", "#e50000 red"] and table["data"][0][5] in ("yes", "no")
     assert "Done" in status and "56x40 px" in status and "4 steps" in status
     assert "a red car" in legend
     tint = np.asarray(PIL.Image.open(overlay).convert("RGB"), dtype=np.int16)
@@ -216,24 +218,27 @@ def test_malformed_burst_leaves_the_server_answering(server, client, files):
     )
 
 
-def test_result_table_is_the_adherence_of_the_downloaded_png(client, files):
-    """The table's 'match' column is the project's adherence metric on the very PNG the user downloads."""
-    from mtcolor.metrics import color_adherence
+def test_result_table_is_the_colour_error_of_the_downloaded_png(client, files):
+    """The table's deltaE00 and 'match' are the colour error (CIEDE2000 at the same L) of the very PNG
+    the user downloads against the colour the row asks for (here: picked, overriding the text)."""
+    import torch
+
+    from mtcolor.color_targets import parse_color
+    from mtcolor.metrics import instance_color_errors
 
     _, _, download, table, *_ = client.predict(
         image=handle_file(files["gray"]),
         text_1="a green tree",
+        color_1="#2a5bd0",
         mask_1=handle_file(files["left"]),
         num_inference_steps=2,
         api_name="/colorize",
     )
-    import torch
-
     rgb = np.asarray(PIL.Image.open(download["value"]).convert("RGB"), dtype=np.float32) / 255.0
     label_map = masks_to_label_map([np.asarray(PIL.Image.open(files["left"])) > 127])
-    adherence = color_adherence(
-        torch.from_numpy(rgb).permute(2, 0, 1)[None], label_map[None], [["a green tree"]]
+    (error,) = instance_color_errors(
+        torch.from_numpy(rgb).permute(2, 0, 1)[None], label_map[None], [[parse_color("#2a5bd0")]]
     )
     row = table["data"][0]
-    assert row[4] == ("yes" if adherence.instances[0].agrees else "no")
-    assert row[5] == round(adherence.instances[0].distance, 1)
+    assert row[2] == "#2a5bd0" and row[4] == round(error.delta_e00, 1)
+    assert row[5] == ("yes" if error.delta_e00 <= 5 else "no")
