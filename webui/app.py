@@ -119,7 +119,7 @@ def colorize_handler(session: Session, files: ReceivedFiles, names: list[str]):
     :attr:`~webui.layout.Page.run_inputs`; the function itself takes ``**values``)."""
 
     @guarded("Cannot colorize")
-    def colorize(request: gr.Request, progress=gr.Progress(), **values):
+    def colorize(request: gr.Request = None, progress=gr.Progress(), **values):
         def on_step(done, total):
             progress(done / total, desc=f"denoising step {done}/{total}")
 
@@ -142,7 +142,9 @@ def colorize_handler(session: Session, files: ReceivedFiles, names: list[str]):
 
     colorize.__signature__ = inspect.Signature(
         [
-            inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request),
+            inspect.Parameter(
+                "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request
+            ),
             inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()),
         ]
         + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in names]
@@ -363,20 +365,25 @@ def _wire_colors(page: Page) -> None:
     """Each row's chip shows its requested colour (the colour field, else the text's colour word) or an
     empty square; the picker writes its colour into the row's colour field."""
 
-    for k in range(MAX_INSTANCES):
-
-        def on_chip(text, color, k=k + 1):
+    def on_chips(*rows):
+        chips = []
+        for k, (text, color) in enumerate(zip(rows[:MAX_INSTANCES], rows[MAX_INSTANCES:]), start=1):
             target, _ = row_target(text if isinstance(text, str) else "", color, k, strict=False)
-            return chip(k, target_rgb(target))
+            chips.append(chip(k, target_rgb(target)))
+        return chips
 
-        gr.on(
-            [page.texts[k].change, page.colors[k].change],
-            on_chip,
-            [page.texts[k], page.colors[k]],
-            page.chips[k],
-            trigger_mode="always_last",
-            **QUIET,
-        )
+    # one listener for every row (an example or a removed row changes 40 values at once): at most one
+    # update runs and one waits
+    gr.on(
+        [t.change for t in page.texts] + [c.change for c in page.colors],
+        on_chips,
+        [*page.texts, *page.colors],
+        page.chips,
+        trigger_mode="always_last",
+        **QUIET,
+    )
+
+    for k in range(MAX_INSTANCES):
 
         def on_pick(value):
             picked = _picked_hex(value)
