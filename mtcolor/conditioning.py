@@ -85,7 +85,7 @@ def _equal_length_batches(lengths: list[int], device) -> list[list[int]]:
     1e-7, hence one thread). The memoised encoders batch their misses this way (about 4x
     faster than one text at a time) and stay independent of which texts missed together, so a
     resumed run (empty memo) gets the same bits. On other devices (GPU kernels are chosen by batch
-    size) every text is its own batch, as before.
+    size) every text is its own batch.
     """
     size = 64 if torch.device(device).type == "cpu" else 1
     groups: dict[int, list[int]] = {}

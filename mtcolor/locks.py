@@ -409,7 +409,6 @@ def _release_all() -> None:
 # ================================================================================================
 # temporary files
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>.+)\.(?P<token>[0-9a-f]+)\.tmp$")
-_LEGACY_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>.+)-(?P<pid>\d+)$")  # writer before 2026-05
 
 
 def temporary_path(path: str | os.PathLike) -> Path:
@@ -419,10 +418,9 @@ def temporary_path(path: str | os.PathLike) -> Path:
 
 
 def temporary_owner(path: str | os.PathLike) -> tuple[str, int, str] | None:
-    """``(name, pid, host)`` of a file named by :func:`temporary_path` (or the dataset writer's older
-    ``.<name>.tmp-<host>-<pid>``), else None."""
+    """``(name, pid, host)`` of a file named by :func:`temporary_path`, else None."""
     file_name = Path(path).name
-    match = _TEMPORARY.match(file_name) or _LEGACY_TEMPORARY.match(file_name)
+    match = _TEMPORARY.match(file_name)
     if match is None:
         return None
     return match.group("name"), int(match.group("pid")), match.group("host")
@@ -431,7 +429,7 @@ def temporary_owner(path: str | os.PathLike) -> tuple[str, int, str] | None:
 def remove_dead_temporaries(directory: str | os.PathLike, name: str | None = None) -> list[Path]:
     """Delete the temporary files in ``directory`` left by dead processes of this machine.
 
-    Only files named by :func:`temporary_path` (or the writer's legacy pattern) whose pid is not a
+    Only files named by :func:`temporary_path` whose pid is not a
     live process on this host are removed; temporaries of live runs and of other machines (a
     shared folder) are kept. ``name``: only temporaries of that final file name. Returns the
     removed paths.

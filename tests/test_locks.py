@@ -192,7 +192,7 @@ def test_remove_dead_temporaries_keeps_live_and_foreign_ones(tmp_path):
     host = socket.gethostname()
     names = {
         "dead": f".out.png.{dead_pid}@{host}.00ff.tmp",
-        "legacy_dead": f".train-00000-of-00001.json.tmp-{host}-{dead_pid}",
+        "not_ours": f".train-00000-of-00001.json.tmp-{host}-{dead_pid}",
         "live": f".out.png.{os.getppid()}@{host}.00ff.tmp",
         "other_host": f".out.png.{dead_pid}@elsewhere-{host}.00ff.tmp",
         "other_name": f".other.png.{dead_pid}@{host}.00ff.tmp",
@@ -203,9 +203,9 @@ def test_remove_dead_temporaries_keeps_live_and_foreign_ones(tmp_path):
     removed = remove_dead_temporaries(tmp_path, name="out.png")
     assert sorted(p.name for p in removed) == [names["dead"]]
     removed = remove_dead_temporaries(tmp_path)
-    assert sorted(p.name for p in removed) == sorted([names["legacy_dead"], names["other_name"]])
+    assert sorted(p.name for p in removed) == [names["other_name"]]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [names["live"], names["other_host"], names["unrelated"]]
+        [names["live"], names["other_host"], names["not_ours"], names["unrelated"]]
     )
     mine = temporary_path(tmp_path / "out.png")
     mine.write_bytes(b"x")

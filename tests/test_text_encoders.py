@@ -193,7 +193,7 @@ def test_invalid_reference_names_the_file(tmp_path):
 def test_pretrained_minilm_separates_colours_of_unseen_shapes():
     """Why the embedded models use it: the colour of a text is linearly readable from the real
     MiniLM's pooled embedding even for a shape never seen with that colour (leave-one-shape-out
-    nearest centroid); a frozen random encoder does not give this (README, DESIGN 9)."""
+    nearest centroid); a frozen random encoder does not give this (docs/design.md)."""
     encoder = text_encoders.load_packaged_text_encoder("all-MiniLM-L6-v2")
     tokenizer = text_encoders.load_packaged_tokenizer("all-MiniLM-L6-v2", 16)
     colors = ["red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "white", "black"]

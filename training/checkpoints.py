@@ -299,22 +299,17 @@ def read_checkpoint_marker(folder: str | os.PathLike) -> dict:
 def verify_checkpoint(folder: str | os.PathLike) -> dict:
     """Check a checkpoint against the sizes and sha256 sums recorded in its marker; returns the marker.
 
-    A checkpoint written before checksums were recorded gets structural checks only (no empty file,
-    every ``.safetensors`` as long as its header says) and a warning.
-
     Raises:
         CheckpointError: naming the folder and the first missing, truncated or changed file.
     """
     folder = Path(folder)
     marker = read_checkpoint_marker(folder)
     files = marker.get("files")
-    if not isinstance(files, dict):
-        logger.warning(f"checkpoint {folder} has no checksums (written by an older version); not verified")
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            problem = _structure_problem(path)
-            if problem is not None:
-                raise CheckpointError(f"checkpoint {str(folder)!r}: {path.relative_to(folder)} {problem}")
-        return marker
+    if not isinstance(files, dict) or not files:
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r}: its marker {CHECKPOINT_MARKER} records no file sizes and checksums, "
+            "so the checkpoint cannot be verified; resume from a checkpoint written by this version"
+        )
     for relative, expected in sorted(files.items()):
         path = folder / relative
         where = f"checkpoint {str(folder)!r}: {relative}"
@@ -330,31 +325,6 @@ def verify_checkpoint(folder: str | os.PathLike) -> dict:
                 f"{where} differs from the file saved (sha256 mismatch: modified or replaced)"
             )
     return marker
-
-
-def _structure_problem(path: Path) -> str | None:
-    """Cheap checks of one file of an unverifiable checkpoint."""
-    size = path.stat().st_size
-    if size == 0:
-        return "is empty (0 bytes)"
-    if path.suffix != ".safetensors":
-        return None
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-        length = int.from_bytes(head, "little") if len(head) == 8 else -1
-        try:
-            header = json.loads(handle.read(length)) if 0 < length <= size - 8 else None
-        except (ValueError, UnicodeDecodeError):
-            header = None
-    if not isinstance(header, dict):
-        return "has no valid safetensors header (truncated?)"
-    try:
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    except (KeyError, TypeError, IndexError, ValueError):
-        return "has an invalid safetensors header"
-    if 8 + length + end != size:
-        return f"has {size} bytes, {8 + length + end} by its safetensors header (truncated?)"
-    return None
 
 
 def load_checkpoint_state(accelerator, checkpoint: Path, marker: dict) -> None:
