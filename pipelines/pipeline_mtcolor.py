@@ -574,8 +574,8 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
     # ------------------------------------------------------------------ checks and text encoding
     def check_inputs(
         self,
-        samples: list[Sample],
         *,
+        samples: list[Sample],
         num_inference_steps,
         guidance_scale,
         alpha,
@@ -1127,7 +1127,7 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
         )
         switches = MTColorSwitches.coerce(switches)
         self.check_inputs(
-            samples,
+            samples=samples,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             alpha=alpha,

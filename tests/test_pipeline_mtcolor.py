@@ -16,7 +16,9 @@ from mtcolor.color import image_luminance, rgb_to_lab
 from mtcolor.testing import randomize_adapter, tiny_components
 from pipelines.pipeline_mtcolor import SmallInstanceWarning
 
-STEPS = dict(num_inference_steps=3, working_resolution=64)
+#: the denoising machinery alone: colour targets from the texts (steering, exact mode) are tested in
+#: test_pipeline_colors.py and test_color_steering.py
+STEPS = dict(num_inference_steps=3, working_resolution=64, colors_from_texts=False)
 
 
 @pytest.fixture(scope="module")
