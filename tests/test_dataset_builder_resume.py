@@ -194,7 +194,8 @@ class BlockingSegmenter(Segmenter):
     name = "blocking"
 
     def segment(self, image, annotations):
-        print("ready", os.getpid(), flush=True)
+        # one write per line: workers share the pipe, and print() may write its pieces separately
+        os.write(1, f"ready {os.getpid()}\n".encode())
         threading.Event().wait()
 '''
 

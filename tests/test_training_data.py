@@ -165,8 +165,10 @@ def test_latest_checkpoint_ignores_partial_ones(tmp_path):
     def make(name, complete=True):
         folder = tmp_path / name
         (folder / "adapter").mkdir(parents=True)
+        (folder / "adapter" / "weights.safetensors").write_bytes(b"weights")
         if complete:
-            (folder / checkpoints.CHECKPOINT_MARKER).write_text(json.dumps({"step": 0}))
+            marker = {"step": 0, "files": checkpoints.checkpoint_manifest(folder)}
+            (folder / checkpoints.CHECKPOINT_MARKER).write_text(json.dumps(marker))
         return folder
 
     make("checkpoint-2")

@@ -118,7 +118,9 @@ def _refusals(url: str, private: str, make_data) -> dict:
         for form, value in _forms(path).items():
             kind, message = _call(url, make_data(value))
             assert kind == "error", f"{value!r} was read: {message!r}"
-            found.setdefault(form, {})[path] = message.replace(path, "PATH")
+            # pydantic elides long values in the middle ("/tmp/pyte...files0/private.png")
+            message = re.sub(r"input_value='[^']*'", "input_value='PATH'", message.replace(path, "PATH"))
+            found.setdefault(form, {})[path] = message
     return found
 
 
