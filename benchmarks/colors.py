@@ -219,6 +219,17 @@ def run_scenes(pipe, bench: dict, rows: list[Row], args) -> dict:
     calls: dict = {}
     randoms = []
     label_maps = bench["label_maps"]
+    first = bench["scenes"][0]  # warm-up (not timed): loads or fits the colour probe steering reads
+    run_call(
+        pipe,
+        first,
+        first["instance_texts"],
+        _BY_KEY["text-steer-exact"],
+        None,
+        args.steps,
+        bench["guidance"],
+        args.seed,
+    )
     for i, scene in enumerate(bench["scenes"]):
         targets = random_targets(scene, label_maps[i], args.seed, i)
         randoms.append(targets)
@@ -252,6 +263,47 @@ def run_scenes(pipe, bench: dict, rows: list[Row], args) -> dict:
         if args.progress:
             print(f"scene {i + 1}/{len(bench['scenes'])} done", flush=True)
     calls["targets"] = randoms
+    return calls
+
+
+def save_calls(calls: dict, path) -> None:
+    """Write the calls (images, times, diagnostics) and the random targets for ``--rescore``
+    (``torch.save`` of tensors, lists and strings only, read back with ``weights_only=True``)."""
+    data = {
+        "targets": [[None if t is None else [*t.lab, t.hex] for t in ts] for ts in calls["targets"]],
+        "calls": {},
+    }
+    for (split, key), items in ((k, v) for k, v in calls.items() if k != "targets"):
+        data["calls"][f"{split}/{key}"] = {
+            "images": torch.stack([c.image for c in items]),
+            "times": torch.tensor(
+                [[c.wall, c.cpu, c.loop_wall, c.loop_cpu] for c in items], dtype=torch.float64
+            ),
+            "diagnostics": json.dumps([c.diagnostics for c in items]),
+        }
+    torch.save(data, path)
+
+
+def load_calls(path, scenes: int) -> dict:
+    """The calls written by :func:`save_calls`; ``ValueError`` when they hold another number of scenes."""
+    data = torch.load(path, weights_only=True)
+    calls: dict = {"targets": []}
+    for ts in data["targets"]:
+        calls["targets"].append(
+            [None if t is None else ColorTarget(tuple(t[:3]), t[3], "rgb", t[3]) for t in ts]
+        )
+    for name, item in data["calls"].items():
+        split, key = name.split("/")
+        diagnostics = json.loads(item["diagnostics"])
+        calls[(split, key)] = [
+            Call(image, *(float(v) for v in times), found)
+            for image, times, found in zip(item["images"], item["times"], diagnostics)
+        ]
+    if len(calls["targets"]) != scenes:
+        raise ValueError(
+            f"--rescore {path} holds {len(calls['targets'])} scenes but --scenes is {scenes}; pass the run's "
+            "--scenes, --seed and --model."
+        )
     return calls
 
 
@@ -392,7 +444,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_language", action="store_true", help="skip the language split")
     parser.add_argument("--progress", action="store_true", help="print a line per finished scene")
     parser.add_argument("--json", default=None, help="also write the rows and settings to this JSON file")
+    parser.add_argument(
+        "--save_calls", default=None, help="also write every call's image and times here (.pt)"
+    )
+    parser.add_argument(
+        "--rescore", default=None, metavar="FILE",
+        help="score the calls of an earlier --save_calls FILE instead of running (same --scenes, --seed, --model)",
+    )  # fmt: skip
     return parser
+
+
+def _pipeline(model):
+    """The MT-Color pipeline of ``model``."""
+    from pipelines.pipeline_mtcolor import MTColorPipeline  # (heavy: after the arguments are checked)
+
+    pipe = MTColorPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def main(argv=None) -> int:
@@ -401,12 +469,8 @@ def main(argv=None) -> int:
     if args.scenes < 1 or args.steps < 1:
         parser.error(f"--scenes={args.scenes} and --steps={args.steps} must be positive.")
 
-    from pipelines.pipeline_mtcolor import MTColorPipeline  # (heavy: after the arguments are checked)
-
     torch.set_num_threads(1)
     model = args.model or embedded_model("mtcolor-tiny")
-    pipe = MTColorPipeline.from_pretrained(model)
-    pipe.set_progress_bar_config(disable=True)
     config = synthetic_config(model)
     scenes = held_out_scenes(config, args.scenes, args.seed)
     bench = {
@@ -420,10 +484,13 @@ def main(argv=None) -> int:
         "guidance": recommended_guidance_scale(model) if args.guidance_scale is None else args.guidance_scale,
     }
     rows = [_BY_KEY[key] for key in dict.fromkeys(args.rows)]
-    # warm-up (not timed): loads or fits the colour probe steering reads, fills the caches
-    run_call(pipe, scenes[0], scenes[0]["instance_texts"], _BY_KEY["text-steer-exact"], None, args.steps,
-             bench["guidance"], args.seed)  # fmt: skip
-    calls = run_scenes(pipe, bench, rows, args)
+    if args.rescore:
+        calls = load_calls(args.rescore, len(scenes))
+        rows = [row for row in rows if ("main", row.key) in calls]
+    else:
+        calls = run_scenes(_pipeline(model), bench, rows, args)
+        if args.save_calls:
+            save_calls(calls, args.save_calls)
     table = [score_row(row, calls, bench) for row in rows]
     print(format_report(table, bench, args))
     if args.json:
