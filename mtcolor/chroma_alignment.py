@@ -109,21 +109,23 @@ def _blur(grid: torch.Tensor) -> torch.Tensor:
     return F.conv2d(out, kernel.view(1, 1, -1, 1), padding=(radius, 0))[0, 0]
 
 
-def _grid_lookup(grids: torch.Tensor, which: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
-    """Bilinear lookup of per-mode ab-plane grids (K, N, N) (bin centres) at chroma ab (2, n) for
-    the mode index ``which`` (n,); 0 outside the grid."""
-    position = (ab.to(grids.dtype) + _EDGE) / BIN - 0.5  # (2, n) continuous bin coordinates
-    low = position.floor().long()
+def _pad_grids(grids: torch.Tensor) -> torch.Tensor:
+    """(K, N, N) membership grids -> (K, N + 2, N + 2) with a zero border, for :func:`_grid_lookup`."""
+    return F.pad(grids, (1, 1, 1, 1))
+
+
+def _grid_lookup(padded: torch.Tensor, which: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+    """Bilinear lookup of per-mode ab-plane grids (K, N + 2, N + 2) (:func:`_pad_grids` of grids at
+    bin centres) at chroma ab (2, n) for the mode index ``which`` (n,); 0 outside the grid."""
+    size = padded.shape[-1]
+    position = ((ab.to(padded.dtype) + _EDGE) / BIN + 0.5).clamp(0, size - 1)  # (2, n), border = 0
+    low = position.floor().long().clamp(max=size - 2)
     frac = position - low
-    out = torch.zeros(ab.shape[1], dtype=grids.dtype, device=ab.device)
-    for da in (0, 1):
-        for db in (0, 1):
-            i, j = low[0] + da, low[1] + db
-            inside = (i >= 0) & (i < _BINS) & (j >= 0) & (j < _BINS)
-            value = grids[which, i.clamp(0, _BINS - 1), j.clamp(0, _BINS - 1)]
-            weight = (frac[0] if da else 1 - frac[0]) * (frac[1] if db else 1 - frac[1])
-            out += torch.where(inside, weight * value, torch.zeros_like(value))
-    return out
+    flat = padded.reshape(-1)
+    base = which * size * size + low[0] * size + low[1]
+    top = flat[base] + frac[1] * (flat[base + 1] - flat[base])
+    bottom = flat[base + size] + frac[1] * (flat[base + size + 1] - flat[base + size])
+    return top + frac[0] * (bottom - top)
 
 
 def _weights(grids, which, ab, lightness, mode_lightness) -> torch.Tensor:
@@ -172,7 +174,7 @@ class ChromaMode:
         else:
             lightness = None
         reference = torch.tensor([self.lightness], dtype=torch.float64, device=ab.device)
-        out = _weights(self.grid[None].to(ab.device), which, flat, lightness, reference)
+        out = _weights(_pad_grids(self.grid[None]).to(ab.device), which, flat, lightness, reference)
         return out.reshape(ab.shape[1:]).to(ab.dtype)
 
 
@@ -427,9 +429,9 @@ class ChromaAlignment:
             "rotation": torch.stack([angles.cos(), -angles.sin(), angles.sin(), angles.cos()], -1).view(
                 count, 2, 2
             ),
-            "grids": torch.stack([i.mode.grid for i in self.instances])
+            "grids": _pad_grids(torch.stack([i.mode.grid for i in self.instances]))
             if count
-            else torch.zeros(0, _BINS, _BINS),
+            else torch.zeros(0, _BINS + 2, _BINS + 2, dtype=torch.float64),
         }
         object.__setattr__(self, "_tables", tables)
 
@@ -458,12 +460,20 @@ class ChromaAlignment:
         if not bool(active.any()):
             return ab
         r = rows[active]  # (n,)
-        pixels = ab[:, active].to(torch.float64)  # (2, n)
-        light = lightness[0][active].to(torch.float64).clamp(0, 100)  # (n,)
-        weight = _weights(tables["grids"], r, pixels, light, tables["mode_lightness"])  # (n,)
-        offset = torch.einsum("nij,jn->in", tables["rotation"][r], pixels - tables["mu"][r].T)  # (2, n)
-        mapped = tables["target"][r].T + tables["gain"][r] * offset  # T(c)
-        moved = (pixels + weight * (mapped - pixels)).to(ab.dtype)
+        dtype = torch.promote_types(ab.dtype, torch.float32)
+        pixels = ab[:, active].to(dtype)  # (2, n)
+        light = lightness[0][active].to(dtype).clamp(0, 100)  # (n,)
+        grids, mode_lightness = tables["grids"].to(dtype), tables["mode_lightness"].to(dtype)
+        weight = _weights(grids, r, pixels, light, mode_lightness)  # (n,)
+        offset = pixels - tables["mu"].to(dtype)[r].T  # (2, n)
+        rotation = tables["rotation"].to(dtype)[r]  # (n, 2, 2)
+        gain = tables["gain"].to(dtype)[r]
+        target = tables["target"].to(dtype)[r]  # (n, 2)
+        mapped_a = target[:, 0] + gain * (rotation[:, 0, 0] * offset[0] + rotation[:, 0, 1] * offset[1])
+        mapped_b = target[:, 1] + gain * (rotation[:, 1, 0] * offset[0] + rotation[:, 1, 1] * offset[1])
+        moved = (pixels + weight * (torch.stack([mapped_a, mapped_b]) - pixels)).to(
+            ab.dtype
+        )  # c + w (T(c) - c)
         out = ab.clone()
         out[:, active] = torch.where(weight > 0, moved, ab[:, active])
         return out

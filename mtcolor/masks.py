@@ -19,6 +19,8 @@ Rules (docs/design.md, "Label maps"):
   So 0/1, 0/255 and 0/65535 masks work in any integer dtype that holds them, except that an 8-bit
   or 16-bit container means its own full range (a uint16 0/255 mask reads as empty). An empty mask's
   error message says which convention was applied.
+* A PIL mask with an EXIF orientation is read upright, like images
+  (:func:`mtcolor.image_io.upright`): masks and images are aligned as viewers show them.
 * Overlapping masks: the pixel goes to the **smallest** overlapping mask (the more specific object);
   equal areas go to the lower index. One ``UserWarning`` per call reports the overlapping pairs.
 * Resizing to a coarser token grid uses a **majority vote** per cell; ties go to an instance over
@@ -40,6 +42,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .image_io import upright
+
 
 def _integer_scale(array: np.ndarray, maximum: int) -> tuple[int, str]:
     """The full-scale value of an integer mask (the rule in the module docstring) and its name."""
@@ -57,16 +61,21 @@ def _integer_scale(array: np.ndarray, maximum: int) -> tuple[int, str]:
     return 0, ""
 
 
+def _pil_mask(mask: PIL.Image.Image, name: str) -> np.ndarray:
+    """A single-channel PIL mask as an array, upright (its EXIF orientation applied)."""
+    mask = upright(mask)
+    if mask.mode not in ("1", "L", "I;16", "I;16B", "I;16L", "I", "F"):
+        raise ValueError(
+            f"{name} is a PIL image in mode {mask.mode!r}; masks must be single-channel "
+            "(mode '1', 'L', 'I;16', 'I' or 'F'). Convert it with `.convert('L')`."
+        )
+    return np.asarray(mask)
+
+
 def _mask_array(mask, name: str) -> np.ndarray:
     """One mask (PIL / numpy / tensor) -> its 2-D (H, W) numpy array (a view where possible)."""
     if isinstance(mask, PIL.Image.Image):
-        if mask.mode in ("1", "L", "I;16", "I;16B", "I;16L", "I", "F"):
-            mask = np.asarray(mask)
-        else:
-            raise ValueError(
-                f"{name} is a PIL image in mode {mask.mode!r}; masks must be single-channel "
-                "(mode '1', 'L', 'I;16', 'I' or 'F'). Convert it with `.convert('L')`."
-            )
+        mask = _pil_mask(mask, name)
     if isinstance(mask, torch.Tensor):
         tensor = mask.detach().cpu()
         if tensor.dtype in (torch.bfloat16, torch.float16):

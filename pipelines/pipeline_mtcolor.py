@@ -62,6 +62,7 @@ from mtcolor.editing import (
 )
 from mtcolor.image_io import to_uint8_image
 from mtcolor.inputs import Sample, check_number, prepare_pipeline_samples, texts_and_names, working_size
+from mtcolor.latent_color import LatentColorProbe, color_probe_for
 from mtcolor.masks import attention_grids, lost_instances, resize_label_map
 from mtcolor.models.adapter import MTColorAdapter
 from mtcolor.sampling import (
@@ -381,13 +382,11 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
             reasons.append(image_reasons)
         return targets, reasons
 
-    def load_color_probe(self):
+    def load_color_probe(self) -> LatentColorProbe:
         """The latent -> a*b* probe colour steering reads (:mod:`mtcolor.latent_color`): the
         ``color_probe`` component, else one fitted for this VAE (cached under
         ``~/.cache/mtcolor/color_probes``), kept as the component from then on."""
         if self.color_probe is None:
-            from mtcolor.latent_color import color_probe_for
-
             folder = getattr(self.config, "_name_or_path", None)
             with torch.enable_grad():  # __call__ runs under no_grad; fitting a probe needs gradients
                 probe = color_probe_for(

@@ -284,7 +284,7 @@ def test_one_pipeline_call_with_the_page_values(scene):
         ("guidance_scale", 3.5),
         ("alpha", 0.3),
         ("beta", 0.4),
-        ("attention_mode", "paper"),
+        ("switches", {"attention_mode": "paper"}),
         ("fusion", "normalized"),
         ("working_resolution", 48),
     ]:
