@@ -1,7 +1,11 @@
 """Colour control on held-out synthetic scenes: adherence, CIEDE2000 to the targets, leak, time.
 
 ``python -m mtcolor.bench colors [--model DIR] [--scenes 100] [--steps 20] [--seed 0] [--json FILE]
-[--rows KEY ...] [--no_language]``
+[--rows KEY ...] [--no_language] [--start 0] [--save_calls FILE] [--rescore FILE ...]``
+
+``--start S --scenes N`` runs held-out scenes S .. S + N - 1 only (the same seeds and targets as in a
+full run), so a run can be split into parts whose ``--save_calls`` files are scored together with
+``--rescore PART1 PART2 ... --scenes TOTAL``.
 
 Every scene is colorized by every row with the same seed (scene ``i``: ``seed + i``), one scene at
 a time with all rows back to back, so the time ratios compare calls made under the same machine
@@ -231,7 +235,8 @@ def run_scenes(pipe, bench: dict, rows: list[Row], args) -> dict:
         args.seed,
     )
     for i, scene in enumerate(bench["scenes"]):
-        targets = random_targets(scene, label_maps[i], args.seed, i)
+        index = args.start + i  # the scene's index in the held-out set: its seed and random targets
+        targets = random_targets(scene, label_maps[i], args.seed, index)
         randoms.append(targets)
         for row in rows:
             colors = targets if row.targets == "random" else None
@@ -243,7 +248,7 @@ def run_scenes(pipe, bench: dict, rows: list[Row], args) -> dict:
                 colors,
                 args.steps,
                 bench["guidance"],
-                args.seed + i,
+                args.seed + index,
             )
             calls.setdefault(("main", row.key), []).append(call)
         if bench["language_scenes"] is not None:
@@ -257,7 +262,7 @@ def run_scenes(pipe, bench: dict, rows: list[Row], args) -> dict:
                     None,
                     args.steps,
                     bench["guidance"],
-                    args.seed + i,
+                    args.seed + index,
                 )
                 calls.setdefault(("language", row.key), []).append(call)
         if args.progress:
@@ -284,25 +289,31 @@ def save_calls(calls: dict, path) -> None:
     torch.save(data, path)
 
 
-def load_calls(path, scenes: int) -> dict:
-    """The calls written by :func:`save_calls`; ``ValueError`` when they hold another number of scenes."""
-    data = torch.load(path, weights_only=True)
+def load_calls(paths, scenes: int) -> dict:
+    """The calls written by :func:`save_calls` to one file or to several (parts of one run made with
+    ``--start``, in scene order, concatenated); ``ValueError`` when they hold another number of
+    scenes or not the same rows."""
+    paths = [paths] if isinstance(paths, (str, bytes)) or not isinstance(paths, (list, tuple)) else paths
     calls: dict = {"targets": []}
-    for ts in data["targets"]:
-        calls["targets"].append(
-            [None if t is None else ColorTarget(tuple(t[:3]), t[3], "rgb", t[3]) for t in ts]
-        )
-    for name, item in data["calls"].items():
-        split, key = name.split("/")
-        diagnostics = json.loads(item["diagnostics"])
-        calls[(split, key)] = [
-            Call(image, *(float(v) for v in times), found)
-            for image, times, found in zip(item["images"], item["times"], diagnostics)
-        ]
+    for part, path in enumerate(paths):
+        data = torch.load(path, weights_only=True)
+        for ts in data["targets"]:
+            calls["targets"].append(
+                [None if t is None else ColorTarget(tuple(t[:3]), t[3], "rgb", t[3]) for t in ts]
+            )
+        keys = {tuple(name.split("/")) for name in data["calls"]}
+        if part and keys != {k for k in calls if k != "targets"}:
+            raise ValueError(f"--rescore {path} holds other rows than {paths[0]}; pass parts of one run.")
+        for name, item in data["calls"].items():
+            diagnostics = json.loads(item["diagnostics"])
+            calls.setdefault(tuple(name.split("/")), []).extend(
+                Call(image, *(float(v) for v in times), found)
+                for image, times, found in zip(item["images"], item["times"], diagnostics)
+            )
     if len(calls["targets"]) != scenes:
         raise ValueError(
-            f"--rescore {path} holds {len(calls['targets'])} scenes but --scenes is {scenes}; pass the run's "
-            "--scenes, --seed and --model."
+            f"--rescore {' '.join(map(str, paths))} holds {len(calls['targets'])} scenes but --scenes is "
+            f"{scenes}; pass the run's --scenes (the parts' total), --seed and --model."
         )
     return calls
 
@@ -436,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scenes", type=int, default=100, help="held-out scenes")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps")
     parser.add_argument("--seed", type=int, default=0, help="scene set, sampling and random-target seed")
+    parser.add_argument("--start", type=int, default=0, help="first held-out scene to run (parts of a run)")
     parser.add_argument("--guidance_scale", type=float, default=None, help="default: the model's recipe.json")
     parser.add_argument(
         "--rows", nargs="+", default=list(DEFAULT_ROWS), choices=[r.key for r in ROWS],
@@ -448,8 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--save_calls", default=None, help="also write every call's image and times here (.pt)"
     )
     parser.add_argument(
-        "--rescore", default=None, metavar="FILE",
-        help="score the calls of an earlier --save_calls FILE instead of running (same --scenes, --seed, --model)",
+        "--rescore", default=None, metavar="FILE", nargs="+",
+        help="score the calls of earlier --save_calls FILE(s) instead of running (parts of one run in scene "
+        "order; --scenes: their total, same --seed and --model)",
     )  # fmt: skip
     return parser
 
@@ -466,20 +479,24 @@ def _pipeline(model):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.scenes < 1 or args.steps < 1:
-        parser.error(f"--scenes={args.scenes} and --steps={args.steps} must be positive.")
+    if args.scenes < 1 or args.steps < 1 or args.start < 0:
+        parser.error(
+            f"--scenes={args.scenes} and --steps={args.steps} must be positive, --start={args.start} not negative."
+        )
+    if args.rescore and args.start:
+        parser.error("--rescore scores whole runs: pass --start 0 and the parts' total as --scenes.")
 
     torch.set_num_threads(1)
     model = args.model or embedded_model("mtcolor-tiny")
     config = synthetic_config(model)
-    scenes = held_out_scenes(config, args.scenes, args.seed)
+    scenes = held_out_scenes(config, args.start + args.scenes, args.seed)[args.start :]
     bench = {
         "model": model,
         "scenes": scenes,
         "label_maps": scene_label_maps(scenes),
         "language_scenes": None
         if args.no_language
-        else held_out_scenes(config, args.scenes, args.seed, "language"),
+        else held_out_scenes(config, args.start + args.scenes, args.seed, "language")[args.start :],
         "holdout": {tuple(p) for p in config.holdout_pairs},
         "guidance": recommended_guidance_scale(model) if args.guidance_scale is None else args.guidance_scale,
     }
