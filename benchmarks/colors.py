@@ -46,17 +46,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mtcolor.color import fit_chroma_to_gamut, lab_to_rgb
+from mtcolor.color import fit_chroma_to_gamut, lab_to_rgb, rgb_to_lab
 from mtcolor.color_targets import ColorTarget, color_from_text
 from mtcolor.demo_scenes import synthetic_config
 from mtcolor.embedded import embedded_model, recommended_guidance_scale
 from mtcolor.metrics import instance_color_errors, summarize_color_errors
+from mtcolor.metrics.color_error import ciede2000
 from mtcolor.metrics.evaluation import to_json
 from mtcolor.scene_eval import (
     format_share,
     ground_truth_colorfulness,
     held_out_scenes,
+    scene_adherence,
     scene_gray,
+    scene_images,
     scene_label_maps,
     score_scenes,
     wilson_interval,
@@ -356,6 +359,7 @@ def score_row(row: Row, calls: dict, bench: dict) -> dict:
             {k: scores[k] for k in ("adherence", "instances", "adherence_holdout", "holdout_instances")}
         )
     result.update(_error_fields(outputs, label_maps, targets))
+    result["limits"] = miss_fields(outputs, label_maps, targets)
     result.update(leak=scores["bleeding"], colorfulness=scores["colorfulness"], psnr=scores["psnr"])
     language = calls.get(("language", row.key))
     result.update(adherence_language=None, language_instances=None)
@@ -379,6 +383,65 @@ def score_row(row: Row, calls: dict, bench: dict) -> dict:
         texts_without_target=sum(d["kind"] == "no_color_target" for c in everything for d in c.diagnostics),
     )  # fmt: skip
     return result
+
+
+def painted_with_targets(scenes: list[dict], label_maps: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W): each scene's ground truth with every instance whose text names one colour
+    painted with that colour's a*b* at each pixel's own L (chroma fitted to sRGB at fixed hue, as
+    the exact mode does): what a perfect exact mode on the text targets would output."""
+    lab = rgb_to_lab(scene_images(scenes))
+    for b, scene in enumerate(scenes):
+        for k, target in enumerate(text_targets(scene["instance_texts"]), 1):
+            if target is not None:
+                inside = label_maps[b] == k
+                lab[b, 1, inside], lab[b, 2, inside] = target.lab[1], target.lab[2]
+    lab[:, 1:] = fit_chroma_to_gamut(lab[:, :1], lab[:, 1:])
+    return lab_to_rgb(lab).clamp(0, 1)
+
+
+def target_ceiling(bench: dict) -> dict:
+    """Adherence (the canonical-colour metric) of :func:`painted_with_targets` and of the ground
+    truth, on the scenes and on the language split: the most text targets can give on that metric."""
+    out = {}
+    for split, scenes in (("main", bench["scenes"]), ("language", bench["language_scenes"])):
+        if scenes is not None:
+            painted = painted_with_targets(scenes, bench["label_maps"])
+            out[f"{split}_painted_adherence"] = scene_adherence(painted, bench["label_maps"], scenes).accuracy
+    out["ground_truth_adherence"] = scene_adherence(
+        scene_images(bench["scenes"]), bench["label_maps"], bench["scenes"]
+    ).accuracy
+    return out
+
+
+def pixels_on_target(outputs: torch.Tensor, label_maps: torch.Tensor, targets, errors) -> list[float]:
+    """Per instance of ``errors`` (:func:`instance_color_errors`), the share of its pixels within
+    :data:`THRESHOLD` deltaE00 of its target at each pixel's own L."""
+    lab = rgb_to_lab(outputs)
+    shares = []
+    for e in errors:
+        pixels = lab[e.image_index][:, label_maps[e.image_index] == e.instance].T.double()  # (P, 3)
+        target = torch.tensor(e.target_at_l, dtype=torch.float64).expand_as(pixels).clone()
+        target[:, 0] = pixels[:, 0]
+        shares.append(float((ciede2000(pixels, target) <= THRESHOLD).double().mean()))
+    return shares
+
+
+def miss_fields(outputs: torch.Tensor, label_maps: torch.Tensor, targets) -> dict:
+    """For the instances within / beyond :data:`THRESHOLD`: how many, the median share of their pixels
+    on target, and the median chroma difference and hue error (what limits a missed target)."""
+    errors = instance_color_errors(outputs, label_maps, targets)
+    shares = pixels_on_target(outputs, label_maps, targets, errors)
+    out = {}
+    for name, keep in (("passes", True), ("misses", False)):
+        chosen = [(e, q) for e, q in zip(errors, shares) if e.passes == keep]
+        hues = [e.hue_error for e, _ in chosen if not math.isnan(e.hue_error)]
+        out[name] = {
+            "count": len(chosen),
+            "median_pixels_on_target": statistics.median(q for _, q in chosen) if chosen else None,
+            "median_chroma_diff": statistics.median(e.chroma_diff for e, _ in chosen) if chosen else None,
+            "median_hue_error": statistics.median(hues) if hues else None,
+        }
+    return out
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -414,7 +477,21 @@ def format_table(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def format_report(table: list[dict], bench: dict, args) -> str:
+def _limit_note(row: dict) -> str:
+    found = row["limits"]
+    parts = []
+    for name in ("passes", "misses"):
+        item = found[name]
+        if item["count"]:
+            parts.append(
+                f"{item['count']} {name}: median share of pixels within ΔE00 5 "
+                f"{item['median_pixels_on_target']:.0%}, chroma difference {item['median_chroma_diff']:+.1f}, "
+                f"hue error {_number(item['median_hue_error'], '.0f')}°"
+            )
+    return f"- {row['name']}: " + "; ".join(parts)
+
+
+def format_report(table: list[dict], bench: dict, args, ceiling: dict | None = None) -> str:
     """The header, the table and the notes."""
     scenes = bench["scenes"]
     head = (
@@ -433,6 +510,19 @@ def format_report(table: list[dict], bench: dict, args) -> str:
         f"{r['language_share_within_5']:.1%} within 5"
         for r in lang
     ]
+    notes += [_limit_note(r) for r in table if r["delta_e_instances"]]
+    if ceiling:
+        notes.append(
+            f"- adherence of the ground truth {ceiling['ground_truth_adherence']:.1%}; of the ground truth with every "
+            f"instance painted exactly with its text's colour (the lexicon's, at each pixel's L): "
+            f"{ceiling['main_painted_adherence']:.1%}"
+            + (
+                f", language split {ceiling['language_painted_adherence']:.1%}"
+                if "language_painted_adherence" in ceiling
+                else ""
+            )
+            + " (the most exact text targets can score on the adherence metric)"
+        )
     return "\n".join([head, format_table(table), "", *notes])
 
 
@@ -509,12 +599,18 @@ def main(argv=None) -> int:
         if args.save_calls:
             save_calls(calls, args.save_calls)
     table = [score_row(row, calls, bench) for row in rows]
-    print(format_report(table, bench, args))
+    ceiling = target_ceiling(bench)
+    print(format_report(table, bench, args, ceiling))
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k != "json"}
         settings.update(model=str(model), guidance_scale=bench["guidance"], holdout=sorted(bench["holdout"]))
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(to_json({"settings": settings, "rows": table}), handle, indent=1, allow_nan=False)
+            json.dump(
+                to_json({"settings": settings, "rows": table, "target_ceiling": ceiling}),
+                handle,
+                indent=1,
+                allow_nan=False,
+            )
     return 0
 
 
