@@ -1,7 +1,7 @@
 """Editing one instance of an earlier result, measured on held-out synthetic scenes.
 
 ``python -m mtcolor.bench edits [--model DIR] [--scenes 100] [--steps 20] [--seed 0] [--json FILE]
-[--save_calls FILE] [--progress]``
+[--save_calls FILE] [--progress] [--instances K]``
 
 For every scene: a fresh run with its own texts (seed s); then one instance (the first) is asked
 for another basic colour (the next one of the palette that is far from its own) and the scene is
@@ -11,7 +11,8 @@ pixels changed outside the edited region in (a) (must be 0), the colour leak acr
 instance's boundary in (a) and (b) (the bleeding metric), and the time of (a) relative to the fresh
 run of the same scene (process CPU time, which the machine's other work changes less than wall
 time; wall ratios are in the JSON), median over scenes; the ratio is also given for the 4-instance
-scenes alone (1 of 4 instances edited). One untimed warm-up call runs first. ``--json`` writes the
+scenes alone (1 of 4 instances edited; the shipped model's scenes have 2-3 objects, so
+``--instances 4`` generates held-out scenes with exactly 4). One untimed warm-up call runs first. ``--json`` writes the
 summary and one record per scene; ``--save_calls`` the edited and fresh images (``torch.save`` of
 tensors, read back with ``weights_only=True``).
 """
@@ -19,6 +20,7 @@ tensors, read back with ``weights_only=True``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -165,9 +167,17 @@ def main(argv=None) -> int:
         "--save_calls", default=None, help="also write the edited and fresh images here (.pt)"
     )
     parser.add_argument("--progress", action="store_true", help="print a line per finished scene")
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=None,
+        help="held-out scenes with exactly this many objects (default: the model's)",
+    )
     args = parser.parse_args(argv)
-    if args.scenes < 1 or args.steps < 1:
-        parser.error(f"--scenes={args.scenes} and --steps={args.steps} must be positive.")
+    if args.scenes < 1 or args.steps < 1 or (args.instances is not None and args.instances < 1):
+        parser.error(
+            f"--scenes={args.scenes}, --steps={args.steps} and --instances={args.instances} must be positive."
+        )
 
     from pipelines.pipeline_mtcolor import MTColorPipeline  # (heavy: after the arguments are checked)
 
@@ -176,7 +186,10 @@ def main(argv=None) -> int:
     pipe.set_progress_bar_config(disable=True)
     torch.set_num_threads(1)
     guidance = recommended_guidance_scale(model) if args.guidance_scale is None else args.guidance_scale
-    scenes = held_out_scenes(synthetic_config(model), args.scenes, args.seed)
+    config = synthetic_config(model)
+    if args.instances is not None:
+        config = dataclasses.replace(config, num_objects=(args.instances, args.instances))
+    scenes = held_out_scenes(config, args.scenes, args.seed)
     run_scene(pipe, scenes[0], args.seed, args.steps, guidance)  # warm-up, not counted
     results = []
     for i, scene in enumerate(scenes):
