@@ -98,6 +98,14 @@ def _edited_scores(
     return adherence.accuracy, len(adherence.instances), leak
 
 
+def kept_outside_leak(edits: torch.Tensor, fresh: torch.Tensor, label_maps: torch.Tensor) -> float:
+    """The seam leak of the fresh run's edited instance (label 1) composited on the edit's outside
+    pixels, which an edit keeps from the previous result: the part of the edit's seam leak that comes
+    from the kept pixels rather than from the edit's own sampling. Images (N, 3, H, W), maps (N, H, W)."""
+    composite = torch.where((label_maps == 1)[:, None], fresh, edits)
+    return color_bleeding(composite, torch.where(label_maps == 1, 1, 0)).leak
+
+
 def summarize(results: list[dict], label_maps: torch.Tensor) -> dict:
     words = [r["word"] for r in results]
     edit_share, count, edit_leak = _edited_scores(
@@ -114,6 +122,9 @@ def summarize(results: list[dict], label_maps: torch.Tensor) -> dict:
         "instances": count,
         "changed_outside": sum(r["changed_outside"] for r in results),
         "edit_leak": edit_leak,
+        "kept_outside_leak": kept_outside_leak(
+            torch.stack([r["edit"] for r in results]), torch.stack([r["fresh"] for r in results]), label_maps
+        ),
         "fresh_leak": fresh_leak,
         "time_ratio": float(np.median(ratios)),
         "wall_time_ratio": float(np.median(wall_ratios)),
@@ -145,6 +156,9 @@ def format_table(summary: dict) -> str:
             f"{summary['scenes_4_instances']} scenes) |",
             f"| fresh run with the new texts | {format_share(summary['fresh_adherence'], n)} | (all) | "
             f"{summary['fresh_leak']:.3f} | {summary['fresh_cpu_seconds']:.2f} s | 1.00x |",
+            "",
+            f"Seam leak of the fresh run's instance on the edit's kept outside pixels: "
+            f"{summary['kept_outside_leak']:.3f} (the part of the edit's seam leak its kept pixels give).",
         ]
     )
 

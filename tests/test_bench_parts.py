@@ -76,10 +76,11 @@ def test_edits_table_has_intervals_and_records_have_no_images():
     summary = {
         "instances": 100, "edited_adherence": 0.5, "fresh_adherence": 0.4, "changed_outside": 0, "edit_leak": 0.2,
         "fresh_leak": 0.25, "edit_cpu_seconds": 1.0, "fresh_cpu_seconds": 2.0, "time_ratio": 0.5,
-        "time_ratio_4_instances": 0.45, "scenes_4_instances": 30,
+        "time_ratio_4_instances": 0.45, "scenes_4_instances": 30, "kept_outside_leak": 0.23,
     }  # fmt: skip
     table = edits.format_table(summary)
     assert "50.0% [40%, 60%] (100)" in table and "1 of 4 instances: 0.45x, 30 scenes" in table
+    assert "kept outside pixels: 0.230" in table
     (record,) = edits.records(results)
     assert "edit" not in record and "fresh" not in record and json.dumps(record)
 
@@ -106,3 +107,17 @@ def test_figure_masks_are_fixed_shapes_on_the_photos():
         and outline[0, 2, 2] == 1.0
         and outline[0, 0, 0] == 0.5
     )
+
+
+def test_kept_outside_leak_isolates_the_kept_pixels():
+    labels = torch.zeros(1, 32, 32, dtype=torch.long)
+    labels[0, 8:24, 8:24] = 1
+    red, green = torch.tensor([0.8, 0.1, 0.1]), torch.tensor([0.1, 0.6, 0.1])
+    fresh = green.view(3, 1, 1).expand(3, 32, 32).clone()
+    fresh[:, 8:24, 8:24] = red.view(3, 1, 1)
+    smeared = fresh.clone()
+    smeared[:, 6:26, 6:26] = red.view(3, 1, 1)  # red bled 2 px outside the instance
+    smeared[:, 8:24, 8:24] = red.view(3, 1, 1)
+    clean = edits.kept_outside_leak(fresh[None], fresh[None], labels)
+    leaked = edits.kept_outside_leak(torch.zeros(1, 3, 32, 32) + smeared, fresh[None], labels)
+    assert clean < 0.05 < leaked  # the kept outside carries the leak, whatever the edit sampled inside
