@@ -136,7 +136,11 @@ def test_pipeline_runs_with_attention_slicing(tmp_path):
     mask[:24, :32] = True
     # colour steering off: its finite-difference step turns float rounding into larger changes
     kw = dict(
-        prompt="a street", num_inference_steps=2, working_resolution=64, output_type="latent", colors_from_texts=False
+        prompt="a street",
+        num_inference_steps=2,
+        working_resolution=64,
+        output_type="latent",
+        colors_from_texts=False,
     )
 
     def run():
