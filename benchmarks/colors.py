@@ -32,6 +32,12 @@ colour the text names, also for the texts-only row), the share of instances with
 bleeding leak, colourfulness, and the time per image (wall and process CPU time; the ratio to the
 texts-only call of the same scene, median over scenes, for the whole call and for sampling alone:
 the call up to the end of its last denoising step).
+
+Notes under the table: per row, the passes and misses (deltaE00 <= 5 or not) with the median share
+of their pixels within deltaE00 5 of the target, chroma difference and hue error (what limits a
+missed target), and the adherence ceiling of exact text targets: the ground truth with every
+instance painted with its text's colour (:func:`painted_with_targets`) scored by the adherence
+metric.
 """
 
 from __future__ import annotations

@@ -121,3 +121,23 @@ def test_kept_outside_leak_isolates_the_kept_pixels():
     clean = edits.kept_outside_leak(fresh[None], fresh[None], labels)
     leaked = edits.kept_outside_leak(torch.zeros(1, 3, 32, 32) + smeared, fresh[None], labels)
     assert clean < 0.05 < leaked  # the kept outside carries the leak, whatever the edit sampled inside
+
+
+def test_painted_with_targets_lands_every_text_target_and_miss_fields_count_it():
+    from mtcolor.demo_scenes import synthetic_config
+    from mtcolor.scene_eval import held_out_scenes, scene_label_maps
+
+    scenes = held_out_scenes(synthetic_config(None), 3, 0)
+    maps = scene_label_maps(scenes)
+    painted = colors.painted_with_targets(scenes, maps)
+    targets = [colors.text_targets(s["instance_texts"]) for s in scenes]
+    assert any(t is not None for ts in targets for t in ts)
+    found = colors.miss_fields(painted, maps, targets)
+    assert found["misses"]["count"] == 0 and found["passes"]["count"] == sum(
+        t is not None for ts in targets for t in ts
+    )
+    assert found["passes"]["median_pixels_on_target"] > 0.9
+    untouched = colors.miss_fields(
+        torch.full_like(painted, 0.5), maps, targets
+    )  # gray: far from every target
+    assert untouched["misses"]["count"] > 0 and untouched["misses"]["median_pixels_on_target"] < 0.1
