@@ -133,6 +133,11 @@ def write_mtcolor_card(
             "- `image`: a gray photo, any size (a colour input contributes its luminance)\n"
             "- `masks` + `texts`: one binary mask (aligned with the image) and one text per instance, "
             'e.g. "a red car"\n- `prompt`: optional global description\n'
+            '- `colors`: optional exact colour per instance (`"#d0302a"`, an (r, g, b) triple, a colour name '
+            'such as "navy blue", or None); `colors_from_texts=True` reads one from a text that names one colour; '
+            "`color_steering` pulls each targeted instance toward its colour during sampling (the latent colour "
+            "probe, no extra UNet passes) and `exact_colors` aligns it after decoding, keeping L and the "
+            "object's other colours (the package's docs/colors.md)\n"
             "The output has the input's size and exact luminance (Lab L); the model predicts the colour."
         ),
     }

@@ -11,12 +11,20 @@ A one-pass (non-diffusion) ``DiffusionPipeline`` with three components:
 The model runs at its working size (``model.config.image_size``, square); the predicted ab is
 resized to each input's own size and recombined with the input's own L channel
 (:func:`mtcolor.color.recombine_luminance`), so the output keeps the input's resolution and detail.
+
+Exact colour targets (``masks=`` + ``colors=``): L-CoIns takes one caption per image, not one text
+per instance, so a caption's colour words cannot be assigned to masks and targets come only from
+``colors`` (the same forms as ``MTColorPipeline``'s). The exact mode
+(:mod:`mtcolor.chroma_alignment`) aligns each targeted instance's dominant chroma mode to its target
+after the prediction, at full resolution, keeping the input's L; every pixel outside the targeted
+masks keeps the value of the call without targets.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +35,14 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from mtcolor.chroma_alignment import plan_alignment
 from mtcolor.color import recombine_luminance, resize, rgb_luminance
+from mtcolor.color_targets import parse_colors
+from mtcolor.diagnostics import unreachable_targets
 from mtcolor.hub import write_model_card
 from mtcolor.image_io import to_tensor_image
 from mtcolor.lexicon import default_lexicon
+from mtcolor.masks import masks_to_label_map, resize_label_map
 from mtcolor.models.lcoins import LCoInsModel
 from mtcolor.text_encoders import text_max_length
 
@@ -52,8 +64,15 @@ EXAMPLE_DOC_STRING = """
         >>> image = pipe(gray, "a woman in a red coat next to a woman in a yellow dress").images[0]
         >>> image.size == gray.size
         True
+
+        >>> # an exact colour for one object: its mask (aligned with the image) and a colour
+        >>> coat = Image.open("coat_mask.png")
+        >>> image = pipe(gray, "a woman in a coat", masks=[coat], colors=["#d0302a"]).images[0]
         ```
 """
+
+#: the exact mode plans on the prediction resized to the input, shrunk to at most this many pixels
+PLAN_PIXELS = 1 << 20
 
 
 @dataclass
@@ -65,9 +84,14 @@ class LCoInsPipelineOutput(BaseOutput):
             (``output_type="pil"``); a float32 array (B, H, W, 3) in [0, 1] (``"np"``) or a tensor
             (B, 3, H, W) in [0, 1] (``"pt"``) when all inputs have the same size, else a list of
             per-image arrays / tensors.
+        diagnostics: JSON-ready findings about colour targets, one dict per finding (empty without
+            ``colors``): kind ``"color_target"`` (``{"kind", "image", "instance", "name", "target"``
+            (hex), ``"label"``, ``"source"``, ``"lab"``}``) for every targeted mask, and
+            ``"color_target_unreachable"`` (plus ``"reason"``) for one the exact mode could not plan.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | list
+    diagnostics: list[dict] = field(default_factory=list)
 
 
 def tokenize_captions(
@@ -173,6 +197,128 @@ class LCoInsPipeline(ModelCardMixin, DiffusionPipeline):
             )
         return images, captions
 
+    @staticmethod
+    def _per_image(value, name: str, batched: bool, count: int) -> list:
+        """``masks`` / ``colors`` -> one entry per image (a batch takes one list per image)."""
+        if not batched:
+            return [value]
+        if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 4:
+            value = list(value)
+        if not isinstance(value, (list, tuple)) or len(value) != count:
+            got = (
+                f"{len(value)} entries"
+                if isinstance(value, (list, tuple))
+                else f"type {type(value).__name__}"
+            )
+            raise ValueError(
+                f"{name} has {got} for a batch of {count} images; pass one list per image (None for an image "
+                f"without targets), e.g. {name}=[[mask_a], None]."
+                if name == "masks"
+                else f"{name} has {got} for a batch of {count} images; pass one list per image (None for an "
+                "image without targets), e.g. colors=[['#d0302a'], None]."
+            )
+        return list(value)
+
+    def check_color_targets(self, gray, masks, colors, lightness: list[torch.Tensor]) -> list[tuple]:
+        """Validate ``masks`` and ``colors`` against the images before any model work.
+
+        Returns:
+            per image ``(label_map, targets)``: the masks' int64 label map (H, W) (0 = background, k =
+            mask k, overlaps to the smallest mask; None without masks) and one
+            :class:`~mtcolor.color_targets.ColorTarget` or None per mask.
+        """
+        count = len(lightness)
+        if masks is None:
+            if colors is not None:
+                raise ValueError(
+                    f"colors={colors!r} needs masks: pass masks= with one (H, W) mask per colour, aligned with "
+                    "the image, e.g. masks=[coat_mask], colors=['#d0302a']."
+                )
+            return [(None, [])] * count
+        batched = isinstance(gray, (list, tuple)) or getattr(gray, "ndim", 0) == 4
+        per_masks = self._per_image(masks, "masks", batched, count)
+        per_colors = [None] * count if colors is None else self._per_image(colors, "colors", batched, count)
+        out = []
+        for b, (light, image_masks, image_colors) in enumerate(zip(lightness, per_masks, per_colors)):
+            tag = f"[{b}]" if batched else ""
+            if image_masks is None:
+                if image_colors is not None:
+                    raise ValueError(
+                        f"colors{tag}={image_colors!r} needs masks{tag}; pass its masks or None."
+                    )
+                out.append((None, []))
+                continue
+            if isinstance(image_masks, (torch.Tensor, np.ndarray)) and image_masks.ndim == 3:
+                image_masks = list(image_masks)  # (n, H, W)
+            elif not isinstance(image_masks, (list, tuple)):
+                image_masks = [image_masks]  # one (H, W) mask
+            try:
+                label_map = masks_to_label_map(list(image_masks))
+            except (ValueError, TypeError) as error:
+                raise type(error)(f"masks{tag}: {error}" if batched else str(error)) from None
+            if tuple(label_map.shape) != tuple(light.shape[-2:]):
+                raise ValueError(
+                    f"masks{tag} have size {tuple(label_map.shape)} (H, W) but gray{tag} is "
+                    f"{tuple(light.shape[-2:])}; masks must be aligned with the image (resize them with "
+                    "nearest-neighbour interpolation)."
+                )
+            count_masks = len(image_masks)
+            targets = parse_colors(image_colors, count_masks, f"colors{tag}")
+            areas = torch.bincount(label_map.view(-1), minlength=count_masks + 1)
+            lost = [k for k, t in enumerate(targets) if t is not None and areas[k + 1] == 0]
+            if lost:
+                raise ValueError(
+                    f"masks{tag}{lost} own no pixel after overlaps were resolved (each overlapping pixel goes to "
+                    f"the smallest mask), so colors{tag}{lost} cannot be applied; make those masks smaller than "
+                    "the masks that cover them, or set their colours to None."
+                )
+            out.append((label_map, targets))
+        return out
+
+    @staticmethod
+    def color_findings(targeted: list[tuple], batched: bool) -> list[dict]:
+        """The ``"color_target"`` diagnostics: one per targeted mask."""
+        found = []
+        for b, (_, targets) in enumerate(targeted):
+            for k, target in enumerate(targets):
+                if target is not None:
+                    found.append(
+                        {
+                            "kind": "color_target",
+                            "image": b,
+                            "instance": k,
+                            "name": f"colors[{b}][{k}]" if batched else f"colors[{k}]",
+                            "target": target.hex,
+                            "label": target.label,
+                            "source": target.source,
+                            "lab": [round(v, 2) for v in target.lab],
+                        }
+                    )
+        return found
+
+    @staticmethod
+    def plan_exact_colors(lightness: torch.Tensor, ab: torch.Tensor, label_map, targets: list):
+        """The exact mode's plan for one image (None when it has no target).
+
+        Args:
+            lightness: (1, H, W) the input's L in [0, 100]; ab: (2, S, S) the predicted chroma at the
+                working size; label_map: (H, W) int64 or None; targets: per mask a
+                :class:`~mtcolor.color_targets.ColorTarget` or None.
+
+        The dominant chroma modes are estimated on the prediction resized to the input as the
+        recombination resizes it (shrunk to at most :data:`PLAN_PIXELS` pixels for large inputs), so
+        a mask smaller than one working-size pixel still has pixels.
+        """
+        if label_map is None or all(t is None for t in targets):
+            return None
+        height, width = lightness.shape[-2:]
+        scale = min(1.0, math.sqrt(PLAN_PIXELS / (height * width)))
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        plan_ab = resize(ab[None].float(), size)[0]
+        plan_lightness = resize(lightness[None].float(), size)[0]
+        labels = resize_label_map(label_map, size).to(ab.device)
+        return plan_alignment(plan_lightness, plan_ab, labels, targets)
+
     def _report_captions(self, captions: list[str], lengths: list[int], max_length: int) -> None:
         lexicon = default_lexicon("extended")
         for i, (text, length) in enumerate(zip(captions, lengths)):
@@ -229,6 +375,8 @@ class LCoInsPipeline(ModelCardMixin, DiffusionPipeline):
         return_dict: bool = True,
         max_caption_length: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        masks=None,
+        colors=None,
     ) -> LCoInsPipelineOutput | tuple:
         r"""Colorize ``gray`` following ``caption``.
 
@@ -244,9 +392,25 @@ class LCoInsPipeline(ModelCardMixin, DiffusionPipeline):
             max_caption_length: optional lower token limit for captions (special tokens included).
             generator: accepted so that generic callers (which pass one to every diffusers pipeline)
                 work, and ignored: L-CoIns is one deterministic forward pass, with no noise to draw.
+            masks: optional instance masks aligned with ``gray`` (a list of (H, W) masks or an (n, H, W)
+                array; bool, 0/255 integers or floats in [0, 1]; overlaps go to the smallest mask); for a
+                batch, one such list (or None) per image. They serve ``colors``: without colours they
+                change nothing.
+            colors: exact colour targets aligned with ``masks`` (for a batch, one list or None per
+                image): each entry None (the model's colour), ``"#rrggbb"``, ``"rgb(r, g, b)"``, an
+                (r, g, b) triple in 0..255 or a colour name (:func:`mtcolor.color_targets.parse_color`).
+                The caption is one text for the whole image, so no target is read from it. Each
+                targeted instance's dominant chroma mode is aligned to its target after the prediction
+                (the exact mode, :mod:`mtcolor.chroma_alignment`) at full resolution: L stays the
+                input's, the instance keeps its shading and its parts of other colours, and every pixel
+                outside the targeted masks keeps the value of the call without ``colors``. Bad targets,
+                a length that differs from the masks, masks of another size than the image, or colours
+                without masks raise ``ValueError`` / ``TypeError`` naming the argument before the model
+                runs.
 
         Returns:
-            :class:`LCoInsPipelineOutput` with one image per input at the input's own size.
+            :class:`LCoInsPipelineOutput` with one image per input at the input's own size and the
+            colour-target ``diagnostics``.
 
         Examples:
         """
@@ -259,6 +423,7 @@ class LCoInsPipeline(ModelCardMixin, DiffusionPipeline):
         lightness = [
             rgb_luminance(to_tensor_image(img, f"gray[{i}]")).to(device) for i, img in enumerate(images)
         ]
+        targeted = self.check_color_targets(gray, masks, colors, lightness)  # before any model work
 
         # 3. Encode the captions
         hidden, mask = self.encode_caption(captions, device, max_caption_length)
@@ -267,17 +432,30 @@ class LCoInsPipeline(ModelCardMixin, DiffusionPipeline):
         working = torch.cat([resize(light[None], (size, size)) for light in lightness])  # (B, 1, S, S)
         ab = self.model(working.to(self.model.dtype), hidden, mask).ab.float()  # (B, 2, S, S)
 
-        # 5. Predicted ab at each input's size + the input's own L
-        rgb = [
-            recombine_luminance(light[None].float(), ab[i : i + 1])[0] for i, light in enumerate(lightness)
-        ]
+        # 5. Predicted ab at each input's size + the input's own L; the exact mode for targeted masks
+        rgb, skipped = [], {}
+        for i, light in enumerate(lightness):
+            label_map, targets = targeted[i]
+            plan = self.plan_exact_colors(light, ab[i], label_map, targets)
+            if plan is None:
+                rgb.append(recombine_luminance(light[None].float(), ab[i : i + 1])[0])
+                continue
+            skipped.update({(i, label - 1): reason for label, reason in plan.skipped})
+            labels = label_map[None].to(light.device)
+            rgb.append(
+                recombine_luminance(light[None].float(), ab[i : i + 1], label_map=labels, adjust=[plan])[0]
+            )
+        findings = self.color_findings(
+            targeted, isinstance(gray, (list, tuple)) or getattr(gray, "ndim", 0) == 4
+        )
+        diagnostics = findings + unreachable_targets(findings, skipped)
 
         # 6. Post-process
         result = self._postprocess(rgb, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (result,)
-        return LCoInsPipelineOutput(images=result)
+        return LCoInsPipelineOutput(images=result, diagnostics=diagnostics)
 
     @staticmethod
     def _postprocess(rgb: list[torch.Tensor], output_type: str):

@@ -224,3 +224,138 @@ def test_out_that_is_a_file_is_refused_before_scoring(folder, tmp_path, capsys, 
     )
     err = capsys.readouterr().err
     assert code == 2 and f"--out {str(tmp_path / 'taken')!r} is a file" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------- colour error
+def _color_report(folder, tmp_path=None, **options):
+    from mtcolor.metrics.evaluation import EvaluationSettings, evaluate
+
+    settings = EvaluationSettings(metrics=("color_error",), progress=False, **options)
+    return evaluate(
+        {"good": folder / "good", "bad": folder / "bad"}, folder / "gt", folder / "records", settings=settings
+    )
+
+
+def test_color_error_per_instance_from_the_texts(folder):
+    """Targets from the texts ("a red box" -> the survey's red): the faithful images pass every
+    instance; repainting the box green fails exactly the boxes, with a large hue error."""
+    report = _color_report(folder)
+    good, bad = report["methods"]
+    assert good["counts"]["color_error"] == bad["counts"]["color_error"] == 6
+    assert good["metrics"]["color_error_within"] == 1.0 and good["metrics"]["color_error_delta_e00"] < 2
+    assert bad["metrics"]["color_error_within"] == 0.5
+    records = report["instances"]["bad"]["color_error"]
+    assert len(records) == 6
+    for item in records:
+        first, second = SCENES[int(item["id"][-1])]
+        word = first if item["instance"] == 1 else second
+        assert item["text"].split()[1] == word and item["target_label"] == word
+        assert set(item) >= {
+            "delta_e00",
+            "chroma_diff",
+            "hue_error",
+            "passes",
+            "target",
+            "measured",
+            "target_at_l",
+        }
+        if item["instance"] == 1 and word != "green":  # the box, repainted green
+            assert item["delta_e00"] > 15 and not item["passes"] and item["hue_error"] > 30
+        else:
+            assert item["delta_e00"] < 2 and item["passes"]
+    assert report["instances"]["good"]["color_error_untargeted"] == []
+
+
+def test_color_error_equals_the_metric_on_the_aligned_images(folder):
+    """The report's numbers are instance_color_errors of the prediction and the record's label map
+    resized to it (the wiring, against a direct call)."""
+    from mtcolor.color_targets import color_from_text
+    from mtcolor.masks import resize_label_map
+    from mtcolor.metrics import instance_color_errors
+    from mtcolor.metrics.evaluation import read_image
+    from mtcolor.records import decode_record, load_records
+
+    report = _color_report(folder)
+    dataset = load_records(folder / "records")
+    for row in dataset:
+        record = decode_record(row)
+        pred = read_image(folder / "good" / f"{record.id}.png")
+        labels = resize_label_map(record.label_map, tuple(pred.shape[-2:]))
+        targets = [color_from_text(t).target for t in record.instance_texts]
+        expected = instance_color_errors(pred[None], labels[None], [targets])
+        got = [i for i in report["instances"]["good"]["color_error"] if i["id"] == record.id]
+        assert [round(i["delta_e00"], 9) for i in got] == [round(e.delta_e00, 9) for e in expected]
+        assert [round(i["hue_error"], 9) for i in got] == [round(e.hue_error, 9) for e in expected]
+
+
+def test_color_error_from_the_records_words_and_from_a_file(folder, tmp_path):
+    """'colors' reads the records' instance_colors (here the same words as the texts); a JSON file
+    gives explicit targets: blue asked for the red box fails, null and missing records are listed
+    with the reason."""
+    by_texts = _color_report(folder)["instances"]["good"]["color_error"]
+    by_words = _color_report(folder, color_targets="colors")["instances"]["good"]["color_error"]
+    assert [i["delta_e00"] for i in by_words] == [i["delta_e00"] for i in by_texts]
+    path = tmp_path / "targets.json"
+    path.write_text(
+        json.dumps({"scene0": ["#0000ff", None], "scene1": [[255, 255, 20], "green"], "other": []})
+    )
+    logged = []
+    from mtcolor.metrics.evaluation import EvaluationSettings, evaluate
+
+    settings = EvaluationSettings(metrics=("color_error",), progress=False, color_targets=str(path))
+    report = evaluate(
+        {"good": folder / "good"}, folder / "gt", folder / "records", settings=settings, log=logged.append
+    )
+    items = report["instances"]["good"]["color_error"]
+    assert [(i["id"], i["instance"]) for i in items] == [("scene0", 1), ("scene1", 1), ("scene1", 2)]
+    assert items[0]["target"] == "#0000ff" and items[0]["delta_e00"] > 30 and not items[0]["passes"]
+    assert all(i["passes"] for i in items[1:]), items  # yellow box and green ball asked for what they are
+    untargeted = {
+        (u["id"], u["instance"]): u["reason"] for u in report["instances"]["good"]["color_error_untargeted"]
+    }
+    assert untargeted == {
+        ("scene0", 2): "null in targets.json",
+        ("scene2", 1): "no entry in targets.json",
+        ("scene2", 2): "no entry in targets.json",
+    }
+    assert any("1 ids have no record" in m for m in logged)
+
+
+def test_color_error_in_the_table_and_bad_targets_on_the_command_line(folder, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = run_evaluate(
+        ("--pred", f"good={folder / 'good'}"), ("--records", str(folder / "records")),
+        ("--metrics", "color_error,adherence"), ("--out", str(out)),
+    )  # fmt: skip
+    assert code == 0
+    table = (out / "metrics.md").read_text()
+    assert "ΔE00 median↓" in table.splitlines()[0] and "ΔE00 pass↑" in table.splitlines()[0]
+    assert "pass = ΔE00 ≤ 5" in table
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["methods"][0]["metrics"]["color_error_within"] == 1.0
+    assert len(report["instances"]["good"]["color_error"]) == 6
+    bad = tmp_path / "bad.json"
+    for content, message in [
+        (json.dumps({"scene0": ["crimsn", None]}), "bad.json['scene0'][0]='crimsn' is not a colour"),
+        (json.dumps({"scene0": ["red"]}), "bad.json['scene0'] has 1 entries but there are 2 masks"),
+        (json.dumps({"scene0": "red"}), "bad.json['scene0'] has type str"),
+        (json.dumps(["red"]), "holds a JSON list"),
+        ("{not json", "cannot read it as JSON"),
+    ]:
+        bad.write_text(content)
+        code = run_evaluate(
+            ("--pred", str(folder / "good")), ("--records", str(folder / "records")),
+            ("--metrics", "color_error"), ("--color-targets", str(bad)), ("--out", str(tmp_path / "e2")),
+        )  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err, err
+    for flag, value, message in [
+        ("--color-targets", "nowhere.json", "--color-targets 'nowhere.json' is neither"),
+        ("--color-threshold", "nan", "--color-threshold is nan"),
+        ("--color-threshold", "0", "--color-threshold is 0.0"),
+    ]:
+        code = run_evaluate(
+            ("--pred", str(folder / "good")), ("--records", str(folder / "records")),
+            ("--metrics", "color_error"), (f"{flag}={value}",), ("--out", str(tmp_path / "e3")),
+        )  # fmt: skip
+        assert code == 2 and message in capsys.readouterr().err

@@ -196,6 +196,7 @@ def test_save_load_round_trip_and_model_card(pipe, tmp_path):
         and "library_name: diffusers" in card
         and "pipeline_tag: image-to-image" in card
     )
+    assert "`colors`" in card and "`color_steering`" in card and "`exact_colors`" in card  # colour options
     loaded = MTColorPipeline.from_pretrained(tmp_path / "model")
     loaded.set_progress_bar_config(disable=True)
     gray, masks, texts = _scene()

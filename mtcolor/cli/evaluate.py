@@ -35,14 +35,15 @@ def _prediction(value: str) -> tuple[str, str]:
 #: parser does not import torch; a test keeps the two equal).
 METRICS = (
     "colorfulness", "psnr", "ssim", "fid", "niqe", "musiq", "maniqa", "topiq_nr", "lpips",
-    "clip_score", "instance_clip_score", "adherence", "bleeding",
+    "clip_score", "instance_clip_score", "adherence", "bleeding", "color_error",
 )  # fmt: skip
 
 
 def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "evaluate",
-        help="score folders of colorizations (MT-Color Table I metrics, CLIP-scores, adherence, bleeding)",
+        help="score folders of colorizations (MT-Color Table I metrics, CLIP-scores, adherence, bleeding, "
+        "deltaE00 to colour targets)",
         description=(
             "Score predicted colorizations against ground truths. Predictions and ground truths are matched by "
             "file stem, records (masks + instance texts) by record id == file stem. Metrics whose weights are "
@@ -82,6 +83,15 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--tolerance", type=float, default=20.0, help="colour-adherence tolerance in Lab units"
     )
     parser.add_argument("--band", type=int, help="colour-bleeding band in pixels (default: short side / 64)")
+    parser.add_argument(
+        "--color-targets", default="texts", metavar="texts|colors|FILE",
+        help="targets of the colour error (CIEDE2000 per instance): 'texts' = the colour each instance text "
+        "names (default), 'colors' = the records' instance_colors, or a JSON file {record id: [colour or null "
+        "per instance]} ('#d0302a', 'rgb(208, 48, 42)', [208, 48, 42] or a colour name)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--color-threshold", type=float, default=5.0, help="deltaE00 pass threshold of the colour error"
+    )
     parser.add_argument(
         "--device", help="device for the learned metrics (default: cuda if available, else cpu)"
     )
@@ -139,6 +149,7 @@ def _check_out(out: str) -> str | None:
 def _check_inputs(args, predictions: dict[str, str]) -> str | None:
     """The first user error of the arguments (non-finite numbers, unreadable image files), or None."""
     import math
+    import os
 
     if not math.isfinite(args.tolerance) or args.tolerance <= 0:
         return (
@@ -146,6 +157,13 @@ def _check_inputs(args, predictions: dict[str, str]) -> str | None:
         )
     if args.band is not None and args.band < 1:
         return f"--band is {args.band}; pass a band width >= 1 pixel, or leave it unset (short side / 64)."
+    if not math.isfinite(args.color_threshold) or args.color_threshold <= 0:
+        return f"--color-threshold is {args.color_threshold}; pass a finite deltaE00 > 0 (default 5)."
+    if args.color_targets not in ("texts", "colors") and not os.path.isfile(args.color_targets):
+        return (
+            f"--color-targets {args.color_targets!r} is neither 'texts', 'colors' nor a file; pass one of those "
+            'or a JSON file such as {"scene0": ["#d0302a", null]}.'
+        )
     out_problem = _check_out(args.out)
     if out_problem is not None:
         return out_problem
@@ -201,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
         band=args.band,
         device=args.device,
         progress=not args.no_progress,
+        color_targets=args.color_targets,
+        color_threshold=args.color_threshold,
     )
     try:
         report = evaluate(

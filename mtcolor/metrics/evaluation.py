@@ -2,7 +2,8 @@
 
 Layout: one row per method, the columns of MT-Color Table I (Colorfulness, PSNR, SSIM, FID, NIQE,
 MUSIQ, MANIQA, TOPIQ-NR) followed by L-CoIns' LPIPS, the CLIP-scores of MT-Color Tables IV/VII and
-the reference-free colour adherence and bleeding, then the prediction resolution. Metrics that
+the reference-free colour adherence and bleeding, the colour error against per-instance targets
+(CIEDE2000 at the same L), then the prediction resolution. Metrics that
 cannot run (missing weights, no ground truth, no records) are listed as skipped with the reason.
 
 Matching and resolution:
@@ -18,7 +19,14 @@ Matching and resolution:
   (the Inception resizes to 299 x 299).
 
 Per-image metrics are averaged over images; the instance CLIP-score over instances; adherence is
-the share of agreeing instances (and their mean distance); bleeding is weighted by band pixels.
+the share of agreeing instances (and their mean distance); bleeding is weighted by band pixels; the
+colour error is the median deltaE00 over targeted instances and the share within the threshold.
+
+Colour targets (``color_error``, :func:`mtcolor.metrics.instance_color_errors`) come from
+``EvaluationSettings.color_targets``: ``"texts"`` (default: the colour each instance text names,
+:func:`mtcolor.color_targets.color_from_text`, as ``MTColorPipeline``'s ``colors_from_texts``),
+``"colors"`` (the records' ``instance_colors`` words) or a JSON file ``{record id: [colour or null
+per instance]}`` with any form :func:`mtcolor.color_targets.parse_color` accepts.
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ COLUMNS = (
     ("adherence_distance", "Adherence dist.↓"),
     ("bleeding_leak", "Bleeding leak↓"),
     ("bleeding_share", "Bleeding share↓"),
+    ("color_error_delta_e00", "ΔE00 median↓"),
+    ("color_error_within", "ΔE00 pass↑"),
 )
 #: Metric names accepted by ``metrics=`` (``adherence`` and ``bleeding`` give two columns each).
 METRICS = (
@@ -66,13 +76,17 @@ METRICS = (
     "instance_clip_score",
     "adherence",
     "bleeding",
+    "color_error",
 )
 _COLUMNS_OF = {
     "adherence": ("adherence_accuracy", "adherence_distance"),
     "bleeding": ("bleeding_leak", "bleeding_share"),
+    "color_error": ("color_error_delta_e00", "color_error_within"),
 }
 _NEEDS_GT = {"psnr", "ssim", "lpips", "fid"}
-_NEEDS_RECORDS = {"clip_score", "instance_clip_score", "adherence", "bleeding"}
+_NEEDS_RECORDS = {"clip_score", "instance_clip_score", "adherence", "bleeding", "color_error"}
+#: where ``color_error`` takes its targets from, besides a JSON file
+COLOR_TARGET_SOURCES = ("texts", "colors")
 
 
 @dataclass
@@ -91,6 +105,10 @@ class EvaluationSettings:
         band: colour-bleeding band in pixels (None: 1/64 of the short side).
         device: where the learned metrics run (None: CUDA if available, else CPU).
         progress: show a progress bar.
+        color_targets: the colour error's targets: ``"texts"`` (the colour each instance text names),
+            ``"colors"`` (the records' ``instance_colors``) or the path of a JSON file
+            ``{record id: [colour or null per instance]}`` (module docstring).
+        color_threshold: the colour error's deltaE00 pass threshold (GenColorBench: 5).
     """
 
     metrics: tuple[str, ...] = METRICS
@@ -103,6 +121,8 @@ class EvaluationSettings:
     band: int | None = None
     device: str | None = None
     progress: bool = True
+    color_targets: str = "texts"
+    color_threshold: float = 5.0
 
 
 def list_images(folder: str | os.PathLike) -> dict[str, Path]:
@@ -183,6 +203,11 @@ def _build_metrics(settings: EvaluationSettings, have_gt: bool, have_records: bo
                 built[name] = InceptionFeatures.from_weights(
                     settings.weights.get("fid"), settings.weights_dir, device=device
                 )
+            elif name == "color_error":
+                from .color_error import _deltae_ciede2000
+
+                _deltae_ciede2000()  # ImportError naming the extra when scikit-image is missing
+                built[name] = {}  # record id -> (targets, reasons), filled by _color_targets
             elif name in ("clip_score", "instance_clip_score"):
                 if "clip" not in built:
                     from .clip import ClipScorer
@@ -197,6 +222,83 @@ def _build_metrics(settings: EvaluationSettings, have_gt: bool, have_records: bo
             skipped[name] = str(error)
     built.pop("clip", None)
     return built, skipped
+
+
+def _color_targets(settings: EvaluationSettings, records, log) -> dict:
+    """Per record id, ``(targets, reasons)``: one :class:`~mtcolor.color_targets.ColorTarget` or None
+    per instance and, for None, why (from ``settings.color_targets``; module docstring). Bad entries
+    raise ``ValueError`` naming the record, the instance and the value, before any image is scored."""
+    from ..color_targets import color_from_text, parse_color
+
+    ids = [str(i) for i in records.dataset["id"]]
+    texts = records.dataset["instance_texts"]
+    source = settings.color_targets
+    out = {}
+    if source == "texts":
+        for record_id, items in zip(ids, texts):
+            read = [color_from_text(text) for text in items]
+            out[record_id] = ([r.target for r in read], [r.reason for r in read])
+    elif source == "colors":
+        for record_id, words in zip(ids, records.dataset["instance_colors"]):
+            targets = [
+                parse_color(w, f"record {record_id!r} instance_colors[{k}]") if w.strip() else None
+                for k, w in enumerate(words)
+            ]
+            out[record_id] = (targets, ["" if t else "no instance_colors word" for t in targets])
+    else:
+        out = _color_targets_file(source, dict(zip(ids, (len(t) for t in texts))), log)
+    return out
+
+
+def _color_targets_file(path: str, counts: dict[str, int], log) -> dict:
+    """``(targets, reasons)`` per record id from a JSON file ``{record id: [colour or null, ...]}``."""
+    import json
+
+    from ..color_targets import parse_colors
+
+    example = '{"scene0": ["#d0302a", null]}'
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"color_targets={path!r}: cannot read it as JSON ({error}); pass 'texts', 'colors' or a JSON file "
+            f"mapping record ids to one colour (or null) per instance, e.g. {example}."
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"color_targets={path!r} holds a JSON {type(data).__name__}; expected an object mapping record ids "
+            f"to per-instance colours, e.g. {example}."
+        )
+    unknown = sorted(k for k in data if k not in counts)
+    if unknown:
+        log(f"{path}: {len(unknown)} ids have no record (e.g. {unknown[:3]}); ignored.")
+    name = Path(path).name
+    out = {}
+    for record_id, count in counts.items():
+        if record_id not in data:
+            out[record_id] = ([None] * count, [f"no entry in {name}"] * count)
+            continue
+        try:
+            targets = parse_colors(data[record_id], count, f"{name}[{record_id!r}]")
+        except TypeError as error:  # one error type for the command line: a bad input file
+            raise ValueError(str(error)) from None
+        out[record_id] = (targets, ["" if t else f"null in {name}" for t in targets])
+    return out
+
+
+def _check_color_settings(settings: EvaluationSettings) -> None:
+    source, threshold = settings.color_targets, settings.color_threshold
+    if not isinstance(source, (str, os.PathLike)) or not (
+        source in COLOR_TARGET_SOURCES or Path(source).is_file()
+    ):
+        raise ValueError(
+            f"color_targets={source!r}; pass 'texts' (the colour each instance text names), 'colors' (the "
+            "records' instance_colors) or an existing JSON file such as targets.json."
+        )
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < math.inf:
+        raise ValueError(
+            f"color_threshold={threshold!r}; pass a finite deltaE00 > 0 (GenColorBench's pass threshold is 5)."
+        )
 
 
 def _align(pred: torch.Tensor, target: torch.Tensor | None, label_map, resize: str):
@@ -223,6 +325,7 @@ def _score_image(
     from .adherence import color_adherence
     from .bleeding import color_bleeding
     from .clip import clip_score, instance_clip_score
+    from .color_error import instance_color_errors, summarize_color_errors
     from .pixel import colorfulness, psnr, ssim
 
     batch = pred[None]  # (1, 3, H, W)
@@ -250,6 +353,9 @@ def _score_image(
             results["adherence"] = color_adherence(batch, maps, texts, tolerance=settings.tolerance)
         if "bleeding" in built:
             results["bleeding"] = color_bleeding(batch, maps, band=settings.band)
+        targets = built.get("color_error", {}).get(record.id, ([], []))[0]
+        if any(t is not None for t in targets):
+            results["color_error"] = instance_color_errors(batch, maps, [targets], settings.color_threshold)
     scores, errors = {}, {}
     for name, function, arguments in jobs:
         try:
@@ -262,6 +368,9 @@ def _score_image(
         scores["adherence_accuracy"] = results["adherence"].accuracy
     if "bleeding" in results and results["bleeding"].instances:
         scores["bleeding_leak"] = results["bleeding"].leak
+    if "color_error" in results:
+        summary = summarize_color_errors(results["color_error"], settings.color_threshold)
+        scores["color_error_delta_e00"] = summary.median_delta_e00
     return scores, errors, results
 
 
@@ -276,6 +385,8 @@ class _MethodScores:
     instance_scores: list[float] = field(default_factory=list)
     adherence_items: list = field(default_factory=list)  # (stem, AdherenceInstance)
     bleeding_items: list = field(default_factory=list)  # (stem, BleedingInstance)
+    color_error_items: list = field(default_factory=list)  # (stem, InstanceColorError, text, ColorTarget)
+    untargeted: list = field(default_factory=list)  # (stem, instance, text, reason) without a colour target
     errors: dict[str, str] = field(default_factory=dict)  # first error message per metric
 
 
@@ -301,6 +412,8 @@ def _check_request(predictions: dict, settings: EvaluationSettings) -> None:
         raise ValueError(f"resize={settings.resize!r}; choose 'pred' (GT -> prediction size) or 'gt'.")
     if not predictions:
         raise ValueError("predictions is empty; pass at least one folder of predicted images.")
+    if "color_error" in settings.metrics:
+        _check_color_settings(settings)
 
 
 def _matched_stems(method, pred_dir, pred_files, gt_dir, gt_files, record_store, log) -> list[str]:
@@ -360,11 +473,28 @@ def _score_method(
             scores.adherence_items += [(stem, item) for item in results["adherence"].instances]
         if "bleeding" in results:
             scores.bleeding_items += [(stem, item) for item in results["bleeding"].instances]
+        if record is not None and "color_error" in built:
+            _collect_color_errors(scores, stem, record, built["color_error"], results.get("color_error", []))
         scores.rows.append({"id": stem, **row})
     return scores
 
 
-def _aggregate(built: dict, scores: _MethodScores, skipped_global: dict) -> tuple[dict, dict, dict]:
+def _collect_color_errors(scores: _MethodScores, stem: str, record, table: dict, errors: list) -> None:
+    """Add one image's colour errors and its instances without a target to ``scores``."""
+    targets, reasons = table.get(
+        record.id, ([None] * record.num_instances, ["no record"] * record.num_instances)
+    )
+    for error in errors:
+        k = error.instance - 1
+        scores.color_error_items.append((stem, error, record.instance_texts[k], targets[k]))
+    for k, (target, reason) in enumerate(zip(targets, reasons)):
+        if target is None:
+            scores.untargeted.append((stem, k + 1, record.instance_texts[k], reason))
+
+
+def _aggregate(
+    built: dict, scores: _MethodScores, skipped_global: dict, threshold: float = 5.0
+) -> tuple[dict, dict, dict]:
     """One method's table values, skip reasons and counts (number of images or instances scored)."""
     from .fid import frechet_distance
 
@@ -408,7 +538,25 @@ def _aggregate(built: dict, scores: _MethodScores, skipped_global: dict) -> tupl
             values["bleeding_share"] = sum(i.share * i.counted for _, i in bleeding) / total
         else:
             skipped["bleeding"] = "no instance boundary with a distinct neighbour colour"
+    if "color_error" in built:
+        _aggregate_color_errors(scores, threshold, values, skipped, counts)
     return values, skipped, counts
+
+
+def _aggregate_color_errors(scores: _MethodScores, threshold: float, values, skipped, counts) -> None:
+    """The colour error's summary: median deltaE00, share within ``threshold``, median chroma
+    difference and hue error (the last two in the JSON only)."""
+    from .color_error import summarize_color_errors
+
+    counts["color_error"] = len(scores.color_error_items)
+    if not scores.color_error_items:
+        skipped["color_error"] = "no instance has a colour target (see the report's color_error_untargeted)"
+        return
+    summary = summarize_color_errors([e for _, e, _, _ in scores.color_error_items], threshold)
+    values["color_error_delta_e00"] = summary.median_delta_e00
+    values["color_error_within"] = summary.share_within
+    values["color_error_chroma_diff"] = summary.median_chroma_diff
+    values["color_error_hue_error"] = summary.median_hue_error
 
 
 def _resolution(sizes: set) -> str:
@@ -435,6 +583,28 @@ def _instance_report(scores: _MethodScores) -> dict:
         "bleeding": [
             {"id": stem, "instance": i.instance, "leak": i.leak, "share": i.share, "counted": i.counted}
             for stem, i in scores.bleeding_items
+        ],
+        "color_error": [
+            {
+                "id": stem,
+                "instance": e.instance,
+                "text": text,
+                "target": target.hex,
+                "target_label": target.label,
+                "target_lab": list(e.target),
+                "target_at_l": list(e.target_at_l),
+                "measured": list(e.measured),
+                "delta_e00": e.delta_e00,
+                "chroma_diff": e.chroma_diff,
+                "hue_error": e.hue_error,
+                "passes": e.passes,
+                "pixels": e.pixels,
+            }
+            for stem, e, text, target in scores.color_error_items
+        ],
+        "color_error_untargeted": [
+            {"id": stem, "instance": k, "text": text, "reason": reason}
+            for stem, k, text, reason in scores.untargeted
         ],
     }
 
@@ -468,6 +638,8 @@ def evaluate(
     record_store = _Records(records, split) if records is not None else None
     have_gt = bool(gt_files) or record_store is not None
     built, skipped_global = _build_metrics(settings, have_gt, record_store is not None)
+    if "color_error" in built:
+        built["color_error"] = _color_targets(settings, record_store, log)
     report = {
         "settings": {
             "gt_dir": None if gt_dir is None else str(gt_dir),
@@ -478,6 +650,8 @@ def evaluate(
             "band": settings.band,
             "clip_fill": settings.clip_fill,
             "metrics": list(settings.metrics),
+            "color_targets": str(settings.color_targets),
+            "color_threshold": settings.color_threshold,
         },
         "methods": [],
         "per_image": {},
@@ -490,7 +664,7 @@ def evaluate(
         scores = _score_method(
             stems, pred_files, gt_files, record_store, built, settings, gt_features, f"evaluating {method}"
         )
-        values, skipped, counts = _aggregate(built, scores, skipped_global)
+        values, skipped, counts = _aggregate(built, scores, skipped_global, settings.color_threshold)
         report["methods"].append(
             {
                 "name": method,
@@ -558,6 +732,14 @@ def format_markdown(report: dict) -> str:
         + ", ".join(f"{m['name']} {m['images']}" for m in report["methods"])
         + ".",
     ]
+    if "color_error" in settings["metrics"] and "color_targets" in settings:
+        source = {"texts": "the colour each instance text names", "colors": "the records' instance_colors"}
+        lines += [
+            "",
+            f"Colour error: targets from {source.get(settings['color_targets'], settings['color_targets'])}; "
+            "CIEDE2000 between each targeted instance's measured colour and its target at the same L, median "
+            f"over instances; pass = ΔE00 ≤ {settings['color_threshold']:g}.",
+        ]
     if notes:
         lines += ["", "Skipped metrics:", *notes]
     return "\n".join(lines) + "\n"
