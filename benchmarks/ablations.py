@@ -280,10 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         f"Ground truth colorfulness: {ground_truth_colorfulness(scenes):.1f}.\n"
     )
     print(
-        "| row | adherence | adherence (held-out pairs) | adherence (language split) | bleeding (leak) | PSNR | "
-        "SSIM | colorfulness | time |"
+        "| row | adherence | adherence (held-out pairs) | adherence (3-object scenes) | adherence (language split) | "
+        "bleeding (leak) | PSNR | SSIM | colorfulness | time |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     table = []
     for name, result in results:
         m = score_scenes(result["outputs"], scenes, holdout)
@@ -295,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         lang_cell = "—" if lang is None else format_share(lang["adherence"], lang["instances"])
         print(
             f"| {name} | {format_share(m['adherence'], m['instances'])} | "
-            f"{format_share(m['adherence_holdout'], m['holdout_instances'])} | {lang_cell} | "
+            f"{format_share(m['adherence_holdout'], m['holdout_instances'])} | "
+            f"{format_share(m['adherence_crowded'], m['crowded_instances'])} | {lang_cell} | "
             f"{m['bleeding']:.3f} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['colorfulness']:.1f} | {result['seconds']:.0f} s |"
         )
     if lcoins is None:

@@ -25,7 +25,6 @@ their texts and the remaining ones renumbered 1..n in their original order.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -245,11 +244,6 @@ def load_training_records(path_or_hub_id: str, split: str | None = None, cache_d
             f"train_data={path_or_hub_id!r} (split {split!r}) was not found: pass a folder written by "
             "dataset_builder (data/<split>-*.parquet) or a datasets hub id."
         ) from error
-
-
-def steps_per_epoch(num_batches: int, gradient_accumulation_steps: int) -> int:
-    """Optimizer updates per epoch when every epoch ends with a (possibly shorter) update."""
-    return math.ceil(num_batches / gradient_accumulation_steps)
 
 
 def training_dataset(args, instances: bool = True):
