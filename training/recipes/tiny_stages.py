@@ -123,6 +123,14 @@ def scaled_steps(name: str, scale: float) -> int:
 #: scene seeds): the "train" and "test" splits, so every test and validation scene, stay unchanged
 CROWDED_SPLIT = "train_crowded"
 CROWDED = {"num_objects": (3, 3), "size_range": (0.2, 0.4)}
+#: crowded scenes the recipe adds to MT-Color stages 1-2's training data (0: none; the base model
+#: and L-CoIns always train on "train" alone)
+CROWDED_SCENES = 0
+
+
+def mtcolor_train_split() -> tuple[str, ...]:
+    """The ``--train_split`` flag of the recipe's MT-Color stages (none without crowded scenes)."""
+    return ("--train_split", f"train+{CROWDED_SPLIT}") if CROWDED_SCENES else ()
 
 
 def crowded_config() -> SyntheticConfig:
@@ -131,9 +139,10 @@ def crowded_config() -> SyntheticConfig:
     return SyntheticConfig(**{**asdict(config), **CROWDED})
 
 
-def build_data(data: Path, seed: int, data_scale: float = 1.0, crowded: int = 0) -> None:
+def build_data(data: Path, seed: int, data_scale: float = 1.0, crowded: int | None = None) -> None:
     """The recipe's synthetic train and test splits in ``data`` (resumes; skips finished shards),
-    and with ``crowded > 0`` that many :data:`CROWDED_SPLIT` scenes (times ``data_scale``)."""
+    and ``crowded`` (default :data:`CROWDED_SCENES`) :data:`CROWDED_SPLIT` scenes (times ``data_scale``)."""
+    crowded = CROWDED_SCENES if crowded is None else crowded
     config = synthetic_config()
     n_train, n_test = (max(8, int(n * data_scale)) for n in DATA)
     build_synthetic(data, n_train, config, seed=seed, split="train", progress=True)
@@ -177,7 +186,7 @@ def stage1_command(
         "--validation_data", str(data), "--validation_split", "test", "--output_dir", str(output_dir),
         "--max_train_steps", str(steps), "--train_batch_size", "16",
         "--resolution", str(SYNTHETIC["image_size"]), "--seed", str(seed), "--report_to", "none",
-        "--resume_from_checkpoint", "latest", *extra,
+        "--resume_from_checkpoint", "latest", *mtcolor_train_split(), *extra,
     ]  # fmt: skip
 
 
@@ -193,7 +202,7 @@ def stage2_command(
         "--validation_data", str(data), "--validation_split", "test", "--output_dir", str(output_dir),
         "--max_train_steps", str(steps), "--controlnet_conditioning_channels", *CONTROLNET_CHANNELS,
         "--train_batch_size", "16", "--resolution", str(SYNTHETIC["image_size"]), "--seed", str(seed),
-        "--report_to", "none", "--resume_from_checkpoint", "latest", *extra,
+        "--report_to", "none", "--resume_from_checkpoint", "latest", *mtcolor_train_split(), *extra,
     ]  # fmt: skip
 
 
