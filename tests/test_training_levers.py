@@ -185,6 +185,51 @@ def test_instance_color_gradient_moves_the_instance_ab_toward_the_target():
     assert instance_color_loss(stepped, target, label_map).sum() < loss
 
 
+def test_ring_term_is_the_per_pixel_error_in_the_band_outside_each_mask():
+    from training.instance_color import ring_pixels
+
+    label_map = _label_map()
+    rings = ring_pixels(label_map, 2, 1)
+    inside = label_map[0] == 1
+    grown = torch.zeros(16, 16, dtype=torch.bool)
+    grown[1:9, 1:9] = True  # instance 1 (rows/cols 2-7) grown by one pixel
+    assert torch.equal(rings[0, 0].bool(), grown & ~inside)
+    target, predicted = _images(0), _images(1)
+    torch.testing.assert_close(instance_color_loss(target, target, label_map, ring=1), torch.zeros(2))
+    ab_p, ab_t = rgb_to_lab(predicted)[:, 1:], rgb_to_lab(target)[:, 1:]
+    pixel_error = (((ab_p - ab_t) / 110) ** 2).mean(1)[0]
+    terms = []
+    for k in (1, 2):
+        mask = label_map[0] == k
+        mean_term = (((ab_p[0][:, mask].mean(-1) - ab_t[0][:, mask].mean(-1)) / 110) ** 2).mean()
+        terms.append(mean_term + pixel_error[rings[0, k - 1].bool()].mean())
+    expected = torch.stack([torch.stack(terms).mean(), torch.tensor(0.0)])
+    torch.testing.assert_close(instance_color_loss(predicted, target, label_map, ring=1), expected)
+
+
+def test_ring_gradient_pulls_a_bleeding_band_back_to_the_neighbours_colour():
+    """A red instance whose red has bled one pixel into the gray background: the ring term's gradient
+    lowers a* in that band (toward the background's own colour)."""
+    label_map = _label_map()
+    target = torch.full((2, 3, 16, 16), 0.5)
+    target[0, :, label_map[0] == 1] = torch.tensor([0.8, 0.1, 0.1]).view(3, 1)
+    bled = target.clone()
+    bled[0, :, 1:9, 1:9] = torch.tensor([0.8, 0.1, 0.1]).view(3, 1, 1)  # red one pixel beyond the mask
+    predicted = bled.clone().requires_grad_(True)
+    instance_color_loss(predicted, target, label_map, ring=1).sum().backward()
+    band = (label_map[0] == 0) & (
+        torch.zeros(16, 16, dtype=torch.bool).index_fill_(0, torch.arange(1, 9), True)
+    )
+    band &= torch.zeros(16, 16, dtype=torch.bool).index_fill_(1, torch.arange(1, 9), True)
+    stepped = (predicted - 0.05 * predicted.grad / predicted.grad.abs().max()).detach()
+    before = rgb_to_lab(bled)[0, 1][band].mean()
+    after = rgb_to_lab(stepped)[0, 1][band].mean()
+    assert after < before - 1  # the band's a* falls back toward the gray background's 0
+    assert torch.equal(
+        instance_color_loss(bled, target, label_map).detach(), torch.zeros(2)
+    )  # masks alone: blind
+
+
 def test_instance_color_loss_without_instances_is_zero_with_a_graph():
     predicted = _images(0).requires_grad_(True)
     loss = instance_color_loss(predicted, _images(1), torch.zeros(2, 16, 16, dtype=torch.long))
@@ -271,10 +316,15 @@ def test_lever_flags_are_validated_and_recorded_for_resume(tmp_path):
 
     base = ["--pretrained_model_name_or_path", str(tmp_path), "--train_data", str(tmp_path)]
     args = stage1.parse_args([*base, "--snr_gamma", "5", "--instance_color_weight", "0.5"])
-    assert mtcolor_train.run_info(args, 1) == {"stage": 1, "snr_gamma": 5.0, "instance_color_weight": 0.5}
+    expected = {"stage": 1, "snr_gamma": 5.0, "instance_color_weight": 0.5, "instance_color_ring": None}
+    assert mtcolor_train.run_info(args, 1) == expected
     args = stage1.parse_args(base)
-    assert mtcolor_train.run_info(args, 1) == {"stage": 1, "snr_gamma": None, "instance_color_weight": None}
-    for flag, value in (("--snr_gamma", "0"), ("--instance_color_weight", "-1")):
+    assert set(mtcolor_train.run_info(args, 1).values()) == {1, None}  # levers off: as older checkpoints
+    for flag, value in (
+        ("--snr_gamma", "0"),
+        ("--instance_color_weight", "-1"),
+        ("--instance_color_ring", "-1"),
+    ):
         with pytest.raises(SystemExit):
             stage1.parse_args([*base, flag, value])
 

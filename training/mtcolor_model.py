@@ -280,6 +280,7 @@ def compute_loss(
     prediction_type: str = "epsilon",
     snr_gamma: float | None = None,
     instance_color_weight: float = 0.0,
+    instance_color_ring: int = 0,
 ) -> torch.Tensor:
     """MT eq. 10: ``|| eps - eps_theta(z_t, t, tau_g, c, M_n, T_n) ||^2`` (mean over elements), through
     the shared :func:`training.diffusion.diffusion_loss`.
@@ -294,6 +295,8 @@ def compute_loss(
             None: unweighted.
         instance_color_weight: weight of the instance colour term
             (:mod:`training.instance_color`; 0: not computed).
+        instance_color_ring: width in pixels of the band outside each mask the colour term also
+            compares (0: the masks only).
     """
     check_prediction_type(prediction_type)
     vae, scheduler = components.vae, components.noise_scheduler
@@ -324,6 +327,7 @@ def compute_loss(
             pixels,
             batch["label_map"],
             weight_dtype,
+            ring=instance_color_ring,
         )
     return loss
 
@@ -338,7 +342,16 @@ def _text_cache(components: Components):
 
 
 def instance_color_term(
-    vae, prediction, noisy, timesteps, scheduler, prediction_type: str, pixels, label_map, weight_dtype
+    vae,
+    prediction,
+    noisy,
+    timesteps,
+    scheduler,
+    prediction_type: str,
+    pixels,
+    label_map,
+    weight_dtype,
+    ring=0,
 ) -> torch.Tensor:
     """The batch's instance colour term (:mod:`training.instance_color`): the predicted clean latents
     decoded by the frozen VAE, compared with ``pixels`` inside each instance of ``label_map``, each
@@ -348,7 +361,7 @@ def instance_color_term(
 
     original = predicted_original(prediction, noisy, timesteps, scheduler, prediction_type)
     decoded = decode_latents(vae, original.to(weight_dtype))
-    per_sample = instance_color_loss(decoded, pixels.float(), label_map)
+    per_sample = instance_color_loss(decoded, pixels.float(), label_map, ring)
     abar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
     return (abar * per_sample).mean()
 

@@ -81,6 +81,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "decoded by the VAE, their mean Lab a*b* inside each instance mask against the training image's "
         "(0: off, MT eq. 10 alone).",
     )
+    group.add_argument(
+        "--instance_color_ring",
+        type=int,
+        default=0,
+        help="With --instance_color_weight: also compare the a*b* of the band of this many pixels just outside "
+        "each mask with the training image's (the neighbour's own colour), against colour bleeding (0: off).",
+    )
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,6 +97,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
     if not args.pretrained_model_name_or_path:
         parser.error("--pretrained_model_name_or_path is required (an SD-1.5-layout folder or hub id).")
     arguments.parse_mapping_arguments(parser, args, "adapter_config")
+    if args.instance_color_ring < 0:
+        parser.error(
+            f"--instance_color_ring={args.instance_color_ring}; pass a width in pixels >= 0 (e.g. 2)."
+        )
     if not args.instance_color_weight >= 0:
         parser.error(
             f"--instance_color_weight={args.instance_color_weight}; pass a weight >= 0 (0 turns the term off)."
@@ -184,6 +195,7 @@ def run_info(args, stage: int) -> dict:
         "stage": stage,
         "snr_gamma": args.snr_gamma,
         "instance_color_weight": args.instance_color_weight or None,
+        "instance_color_ring": args.instance_color_ring or None,
     }
 
 
@@ -202,7 +214,7 @@ def _loss_function(args, model, components, stage: int, weight_dtype, accelerato
         return compute_loss(
             model, components, batch, draws, stage=stage, weight_dtype=weight_dtype,
             prediction_type=prediction_type, snr_gamma=args.snr_gamma,
-            instance_color_weight=args.instance_color_weight,
+            instance_color_weight=args.instance_color_weight, instance_color_ring=args.instance_color_ring,
         )  # fmt: skip
 
     return loss_fn
