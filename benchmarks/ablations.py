@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,13 +41,13 @@ from training.recipes.tiny_stages import STEPS, build_data, lcoins_command, mtco
 
 MT_ROWS = [
     ("MT-Color (full)", {}),
-    ("w/o PMAM (switch)", {"use_pmam": False}),
-    ("w/o instance masks (switch)", {"use_instance_masks": False}),
-    ("w/o instance branch (switch)", {"use_instance_branch": False}),
+    ("w/o PMAM (switch)", {"switches": {"use_pmam": False}}),
+    ("w/o instance masks (switch)", {"switches": {"use_instance_masks": False}}),
+    ("w/o instance branch (switch)", {"switches": {"use_instance_branch": False}}),
     ("plain sampling (alpha = 0)", {"alpha": 0.0}),
     ("fusion w/o crop", {"fusion": "no_crop"}),
     ("normalized fusion", {"fusion": "normalized"}),
-    ("mask mode: paper (switch)", {"attention_mode": "paper"}),
+    ("mask mode: paper (switch)", {"switches": {"attention_mode": "paper"}}),
 ]
 
 #: retrained module ablations: (row name, ``training.recipes.tiny_stages.MT_ABLATIONS`` key)
@@ -140,7 +141,7 @@ def lcoins_ablation_models(
         return list(tqdm(pool.map(train, rows), total=len(rows), desc="L-CoIns ablations"))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mtcolor.bench ablations", description=__doc__.splitlines()[0]
     )
@@ -188,51 +189,56 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each ablation training run")
     parser.add_argument("--jobs", type=int, default=1, help="ablation models trained at the same time")
-    args = parser.parse_args(argv)
-    if args.lcoins_ablation_steps is not None and args.lcoins_ablation_steps < 1:
-        parser.error(
-            f"--lcoins_ablation_steps={args.lcoins_ablation_steps}; pass a positive number of training steps "
-            f"(the recipe trains {STEPS['lcoins']})."
+    return parser
+
+
+@dataclass
+class SceneBench:
+    """The held-out scenes of one run and how each row is colorized and scored on them.
+
+    Attributes:
+        args: the parsed command line.
+        image_size: the scenes' size, the MT-Color pipelines' ``working_resolution``.
+        holdout: the held-out (colour, shape) pairs.
+        scenes: the held-out test scenes.
+        language_scenes: the same scenes asked with colour words and phrasings never used in training.
+        guidance: the MT-Color guidance scale.
+        language: row name -> its scores on ``language_scenes`` (rows that ran the language split).
+    """
+
+    args: argparse.Namespace
+    image_size: int
+    holdout: set
+    scenes: list[dict]
+    language_scenes: list[dict]
+    guidance: float
+    language: dict[str, dict] = field(default_factory=dict)
+
+    def colorize(self, pipe, rows, scene_list=None) -> list[tuple[str, dict]]:
+        """MT-Color ``rows`` (``[(name, pipeline options)]``) on ``scene_list`` (default: the scenes)."""
+        args = self.args
+        scene_list = self.scenes if scene_list is None else scene_list
+        return colorize_scenes(
+            pipe, scene_list, rows, args.steps, args.seed, args.batch, self.image_size, self.guidance
         )
 
-    from pipelines.pipeline_lcoins import LCoInsPipeline  # (heavy: after the arguments are checked)
+    def score_language(self, name: str, pipe) -> None:
+        """Score one MT-Color model (with its own defaults) on the language split, unless disabled."""
+        if not self.args.no_language:
+            ((_, result),) = self.colorize(pipe, [(name, {})], self.language_scenes)
+            self.language[name] = score_scenes(result["outputs"], self.language_scenes, self.holdout)
+
+
+def _mtcolor_results(bench: SceneBench, pipe, model) -> list[tuple[str, dict]]:
+    """The MT-Color rows: the full model and its inference-time ablations, then (with
+    ``--mtcolor_ablations``) the retrained module ablations."""
     from pipelines.pipeline_mtcolor import MTColorPipeline
 
-    model = args.model or embedded_model("mtcolor-tiny")
-    pipe = MTColorPipeline.from_pretrained(model)
-    pipe.set_progress_bar_config(disable=True)
-    config = synthetic_config(model)
-    holdout = {tuple(p) for p in config.holdout_pairs}
-    scenes = held_out_scenes(config, args.scenes, args.seed)
+    args = bench.args
     rows = [r for r in MT_ROWS if args.rows is None or r[0] in args.rows]
-    guidance = recommended_guidance_scale(model) if args.guidance_scale is None else args.guidance_scale
-    results = colorize_scenes(
-        pipe, scenes, rows, args.steps, args.seed, args.batch, config.image_size, guidance
-    )
-    # the held-out language split: the same scenes asked with unseen colour words and phrasings
-    language_scenes = held_out_scenes(config, args.scenes, args.seed, "language")
-    language: dict[str, dict] = {}
-
-    def run_row(name: str, model_pipe, scene_list) -> list[tuple[str, dict]]:
-        """One row (a model with its own defaults) on ``scene_list``."""
-        return colorize_scenes(
-            model_pipe,
-            scene_list,
-            [(name, {})],
-            args.steps,
-            args.seed,
-            args.batch,
-            config.image_size,
-            guidance,
-        )
-
-    def run_language(name: str, model_pipe) -> None:
-        if not args.no_language:
-            ((_, result),) = run_row(name, model_pipe, language_scenes)
-            language[name] = score_scenes(result["outputs"], language_scenes, holdout)
-
+    results = bench.colorize(pipe, rows)
     if any(name == "MT-Color (full)" for name, _ in rows):
-        run_language("MT-Color (full)", pipe)
+        bench.score_language("MT-Color (full)", pipe)
     if args.mtcolor_ablations:
         for name, folder in mtcolor_ablation_models(
             args.mtcolor_ablations, model, threads=args.threads, jobs=args.jobs
@@ -240,9 +246,25 @@ def main(argv: list[str] | None = None) -> int:
             if args.rows is None or name in args.rows:
                 variant = MTColorPipeline.from_pretrained(folder)
                 variant.set_progress_bar_config(disable=True)
-                results += run_row(name, variant, scenes)
-                run_language(name, variant)
+                results += bench.colorize(variant, [(name, {})])
+                bench.score_language(name, variant)
+    return results
 
+
+def _lcoins_colorize(lcoins_pipe, scenes: list[dict]) -> torch.Tensor:
+    """(N, 3, H, W) outputs of an L-CoIns pipeline captioned with the scenes' global texts."""
+    out = lcoins_pipe(
+        [scene_gray(s) for s in scenes], [s["global_text"] for s in scenes], output_type="pt"
+    ).images
+    return torch.stack(list(out)) if isinstance(out, list) else out
+
+
+def _lcoins_results(bench: SceneBench) -> tuple[list[tuple[str, dict]], str | None]:
+    """The L-CoIns rows (the given or embedded model, then its Table 1 ablations with
+    ``--lcoins_ablations``) and the L-CoIns model folder (None when there is none)."""
+    from pipelines.pipeline_lcoins import LCoInsPipeline
+
+    args = bench.args
     lcoins = args.lcoins
     if lcoins is None:
         try:
@@ -254,20 +276,23 @@ def main(argv: list[str] | None = None) -> int:
         lcoins_models += lcoins_ablation_models(
             args.lcoins_ablations, args.seed, args.lcoins_ablation_steps, threads=args.threads, jobs=args.jobs
         )
+    results = []
     for name, folder in lcoins_models:
-        lc = LCoInsPipeline.from_pretrained(folder)
+        lcoins_pipe = LCoInsPipeline.from_pretrained(folder)
         start = time.perf_counter()
-        out = lc([scene_gray(s) for s in scenes], [s["global_text"] for s in scenes], output_type="pt").images
-        out = torch.stack(list(out)) if isinstance(out, list) else out
+        out = _lcoins_colorize(lcoins_pipe, bench.scenes)
         results.append((name, {"outputs": out, "seconds": time.perf_counter() - start}))
         if not args.no_language:
-            captions = [s["global_text"] for s in language_scenes]
-            out = lc([scene_gray(s) for s in language_scenes], captions, output_type="pt").images
-            out = torch.stack(list(out)) if isinstance(out, list) else out
-            language[name] = score_scenes(out, language_scenes, holdout)
+            out = _lcoins_colorize(lcoins_pipe, bench.language_scenes)
+            bench.language[name] = score_scenes(out, bench.language_scenes, bench.holdout)
+    return results, lcoins
 
+
+def _print_table(bench: SceneBench, results: list[tuple[str, dict]], model) -> list[dict]:
+    """Print the Markdown table of every row; return the rows as JSON-ready dicts."""
+    args, scenes, holdout = bench.args, bench.scenes, bench.holdout
     print(
-        f"# Ablations on {len(scenes)} held-out synthetic scenes ({args.steps} steps, guidance {guidance}, "
+        f"# Ablations on {len(scenes)} held-out synthetic scenes ({args.steps} steps, guidance {bench.guidance}, "
         f"seed {args.seed})\n\n"
         f"MT-Color model: `{model}`; held-out colour-shape pairs: {sorted(holdout)}. Rows marked (switch) turn a "
         "module off at inference on the full model's weights; (retrained) rows are models trained without it "
@@ -286,19 +311,25 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|")
     table = []
     for name, result in results:
-        m = score_scenes(result["outputs"], scenes, holdout)
-        lang = language.get(name)
-        row = {"row": name, **m, "seconds": result["seconds"]}
+        scores = score_scenes(result["outputs"], scenes, holdout)
+        lang = bench.language.get(name)
+        row = {"row": name, **scores, "seconds": result["seconds"]}
         if lang is not None:
             row.update(adherence_language=lang["adherence"], language_instances=lang["instances"])
         table.append(row)
         lang_cell = "—" if lang is None else format_share(lang["adherence"], lang["instances"])
         print(
-            f"| {name} | {format_share(m['adherence'], m['instances'])} | "
-            f"{format_share(m['adherence_holdout'], m['holdout_instances'])} | "
-            f"{format_share(m['adherence_crowded'], m['crowded_instances'])} | {lang_cell} | "
-            f"{m['bleeding']:.3f} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['colorfulness']:.1f} | {result['seconds']:.0f} s |"
+            f"| {name} | {format_share(scores['adherence'], scores['instances'])} | "
+            f"{format_share(scores['adherence_holdout'], scores['holdout_instances'])} | "
+            f"{format_share(scores['adherence_crowded'], scores['crowded_instances'])} | {lang_cell} | "
+            f"{scores['bleeding']:.3f} | {scores['psnr']:.2f} | {scores['ssim']:.3f} | "
+            f"{scores['colorfulness']:.1f} | {result['seconds']:.0f} s |"
         )
+    return table
+
+
+def _print_notes(args, lcoins) -> None:
+    """What the table left out and the options that add it."""
     if lcoins is None:
         print("\nL-CoIns: no model given and none embedded; row skipped.")
     if not args.mtcolor_ablations:
@@ -313,6 +344,35 @@ def main(argv: list[str] | None = None) -> int:
             "recipe's data, steps and seed (about 55 CPU-minutes each; `--lcoins_ablation_steps 2500` trains them "
             "shorter, with a full model at the same steps) and report their rows."
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.lcoins_ablation_steps is not None and args.lcoins_ablation_steps < 1:
+        parser.error(
+            f"--lcoins_ablation_steps={args.lcoins_ablation_steps}; pass a positive number of training steps "
+            f"(the recipe trains {STEPS['lcoins']})."
+        )
+
+    from pipelines.pipeline_mtcolor import MTColorPipeline  # (heavy: after the arguments are checked)
+
+    model = args.model or embedded_model("mtcolor-tiny")
+    pipe = MTColorPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    config = synthetic_config(model)
+    bench = SceneBench(
+        args=args,
+        image_size=config.image_size,
+        holdout={tuple(p) for p in config.holdout_pairs},
+        scenes=held_out_scenes(config, args.scenes, args.seed),
+        language_scenes=held_out_scenes(config, args.scenes, args.seed, "language"),
+        guidance=recommended_guidance_scale(model) if args.guidance_scale is None else args.guidance_scale,
+    )
+    results = _mtcolor_results(bench, pipe, model)
+    lcoins_results, lcoins = _lcoins_results(bench)
+    table = _print_table(bench, results + lcoins_results, model)
+    _print_notes(args, lcoins)
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2))
     return 0

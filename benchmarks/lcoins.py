@@ -125,10 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         measure(name, args.tiny_batch if name == "tiny" else args.paper_batch, args.iterations)
         for name in args.configs
     ]
-    print(f"L-CoIns on {torch.get_num_threads()} CPU thread(s), fp32, torch {torch.__version__}; medians of "
-          f"{args.iterations} after 1 warm-up\n")  # fmt: skip
-    print("| config | model / text encoder params | working size | train batch | train step (s) | "
-          "train samples/s | pipeline latency, 1 image 512x384 (s) | model forward, 1 image (s) |")  # fmt: skip
+    print(
+        f"L-CoIns on {torch.get_num_threads()} CPU thread(s), fp32, torch {torch.__version__}; medians of "
+        f"{args.iterations} after 1 warm-up\n"
+    )
+    print(
+        "| config | model / text encoder params | working size | train batch | train step (s) | "
+        "train samples/s | pipeline latency, 1 image 512x384 (s) | model forward, 1 image (s) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(

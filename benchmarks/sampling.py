@@ -24,9 +24,9 @@ def _masks(size: int, instances: int) -> list[np.ndarray]:
     masks, cols = [], max(1, int(np.ceil(np.sqrt(instances))))
     cell = size // (cols + 1)
     for k in range(instances):
-        r, c = divmod(k, cols)
+        row, col = divmod(k, cols)
         m = np.zeros((size, size), bool)
-        top, left = cell // 2 + r * cell, cell // 2 + c * cell
+        top, left = cell // 2 + row * cell, cell // 2 + col * cell
         m[top : top + cell * 3 // 4, left : left + cell * 3 // 4] = True
         masks.append(m)
     return masks
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 alpha=args.alpha,
                 working_resolution=size,
                 max_batch=max_batch,
+                colors_from_texts=False,
                 output_type="latent",
                 generator=torch.Generator().manual_seed(0),
             )

@@ -68,20 +68,36 @@ def _rss_bytes() -> int:
         return 0
 
 
+def _options_argv(options: dict) -> list[str]:
+    """``{"name": value}`` -> ``["--name", "value"]``; a list value gives several arguments."""
+    argv = []
+    for name, value in options.items():
+        argv += [f"--{name}", *(str(v) for v in (value if isinstance(value, list) else [value]))]
+    return argv
+
+
 def _stage_argv(args, root: Path, stage: int) -> list[str]:
-    argv = [
-        "--train_data", root / "data", "--output_dir", root / f"stage{stage}", "--cache_dir", root / "hf_cache",
-        "--resolution", args.resolution, "--train_batch_size", args.batch_size, "--max_train_steps", args.steps,
-        "--learning_rate", 1e-4, "--lr_warmup_steps", 0, "--report_to", "none", "--num_validation_samples", 0,
-        "--checkpointing_steps", 10**9, "--seed", 0,
-    ]  # fmt: skip
+    options = {
+        "train_data": root / "data",
+        "output_dir": root / f"stage{stage}",
+        "cache_dir": root / "hf_cache",
+        "resolution": args.resolution,
+        "train_batch_size": args.batch_size,
+        "max_train_steps": args.steps,
+        "learning_rate": 1e-4,
+        "lr_warmup_steps": 0,
+        "report_to": "none",
+        "num_validation_samples": 0,
+        "checkpointing_steps": 10**9,
+        "seed": 0,
+    }
     if stage == 1:
-        argv += ["--pretrained_model_name_or_path", root / "base",
-                 "--adapter_config", '{"mask_size": 16, "mask_channels": [4, 8, 8], "encoder_hidden_dim": 32}']  # fmt: skip
+        options["pretrained_model_name_or_path"] = root / "base"
+        options["adapter_config"] = '{"mask_size": 16, "mask_channels": [4, 8, 8], "encoder_hidden_dim": 32}'
     else:
-        argv += ["--pretrained_model_name_or_path", root / "stage1" / "pipeline",
-                 "--controlnet_conditioning_channels", 8, 8, 16, 16]  # fmt: skip
-    return [str(a) for a in argv]
+        options["pretrained_model_name_or_path"] = root / "stage1" / "pipeline"
+        options["controlnet_conditioning_channels"] = [8, 8, 16, 16]
+    return _options_argv(options)
 
 
 def _worker(args) -> int:
@@ -123,15 +139,27 @@ def _prepare(args, root: Path) -> None:
 
     parts = untrained_tiny_components(0, with_controlnet=False)
     StableDiffusionPipeline(
-        vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], unet=parts["unet"],
-        scheduler=parts["scheduler"], safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    ).save_pretrained(root / "base")  # fmt: skip
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        unet=parts["unet"],
+        scheduler=parts["scheduler"],
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(root / "base")
     build_synthetic(root / "data", args.images, SyntheticConfig(image_size=args.resolution), seed=0)
 
 
 def _run_stage(args, root: Path, stage: int) -> dict:
-    command = [sys.executable, "-m", "mtcolor.bench", "training", "--worker", str(stage), "--root", str(root),
-               "--steps", str(args.steps), "--batch_size", str(args.batch_size), "--resolution", str(args.resolution)]  # fmt: skip
+    options = {
+        "worker": stage,
+        "root": root,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "resolution": args.resolution,
+    }
+    command = [sys.executable, "-m", "mtcolor.bench", "training", *_options_argv(options)]
     env = dict(os.environ)
     if args.threads:
         command += ["--threads", str(args.threads)]

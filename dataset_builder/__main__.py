@@ -73,9 +73,17 @@ def _synthetic(args) -> int:
     for split, count in (("train", args.num_train), ("test", args.num_test)):
         if count:
             report = build_synthetic(
-                args.output_dir, count, config, seed=args.seed, split=split, shard_size=args.shard_size,
-                num_proc=args.num_proc, shard=args.shard, progress=not args.no_progress, overwrite=args.overwrite,
-            )  # fmt: skip
+                args.output_dir,
+                count,
+                config,
+                seed=args.seed,
+                split=split,
+                shard_size=args.shard_size,
+                num_proc=args.num_proc,
+                shard=args.shard,
+                progress=not args.no_progress,
+                overwrite=args.overwrite,
+            )
             print(
                 f"{split}: {report.images} images written, {report.units_skipped_done} shards already done, {report.seconds:.1f} s"
             )
@@ -86,9 +94,14 @@ def _stats(args) -> int:
     from .stats import dataset_statistics, format_statistics
 
     stats = dataset_statistics(
-        args.path, args.split, clip_model=args.clip_model, clip_weights=args.clip_weights, clip_config=args.clip_config,
-        device=args.device, max_images=args.max_images,
-    )  # fmt: skip
+        args.path,
+        args.split,
+        clip_model=args.clip_model,
+        clip_weights=args.clip_weights,
+        clip_config=args.clip_config,
+        device=args.device,
+        max_images=args.max_images,
+    )
     print(format_statistics(stats))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

@@ -62,18 +62,15 @@ def _table(title: str, counter: dict, total_label: str = "count") -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_card(out_dir: str | Path, pretty_name: str = "mtcolor instance colorization dataset") -> str:
-    """The card text for a dataset folder (see :func:`write_card`)."""
-    import yaml
+_EMPTY_SPLIT = {"units_done": 0, "items": 0, "images": 0, "instances": 0, "skipped": Counter()}
 
+
+def _metadata(pretty_name: str, splits: list[str], stats: dict) -> dict:
+    """The card's YAML metadata (Hugging Face dataset card fields)."""
     from mtcolor.records import FEATURES
 
-    writer = DatasetWriter(out_dir)
-    configs = writer.read_configs()
-    stats = writer.collect_stats()
-    splits = sorted(set(configs) | set(stats), key=lambda split: (split != "train", split))
     total_images = sum(s["images"] for s in stats.values())
-    metadata = {
+    return {
         "pretty_name": pretty_name,
         "tags": ["image-colorization", "instance-segmentation", "text-guided-colorization", "mtcolor"],
         "task_categories": ["image-to-image"],
@@ -86,25 +83,19 @@ def render_card(out_dir: str | Path, pretty_name: str = "mtcolor instance colori
             "splits": [{"name": s, "num_examples": stats.get(s, {}).get("images", 0)} for s in splits],
         },
     }
-    lines = ["---", yaml.safe_dump(metadata, sort_keys=False).rstrip(), "---", "", f"# {pretty_name}", ""]
-    lines += [
-        "Instance-level, text-guided colorization data in the `mtcolor` record format (GPT-Color style, "
-        'MT-Color section III.D): per image, instance masks (COCO RLE), one "colour + object" text per '
-        "instance, the object labels, a global text that opens with the overall colour scheme and "
-        "enumerates the objects with their colours, and provenance (source, captioner of each text, "
-        "verification of each text's colour against the measured pixels).",
-        "",
+
+
+def _build_status(splits: list[str], configs: dict, stats: dict) -> list[str]:
+    """The "Build status" section: one table row per split, then whether every shard is done."""
+    lines = [
         "## Build status",
         "",
         "| split | shards done | inputs | images | skipped | instances | instances / image | verification agree rate |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     complete = True
-    skipped_all: Counter = Counter()
-    counters_all: dict[str, Counter] = {k: Counter() for k in COUNTER_KEYS}
-    examples = []
     for split in splits:
-        s = stats.get(split, {"units_done": 0, "items": 0, "images": 0, "instances": 0, "skipped": Counter()})
+        s = stats.get(split, _EMPTY_SPLIT)
         units = configs.get(split, {}).get("units", s["units_done"])
         complete &= s["units_done"] >= units
         verification = s.get("verification", Counter())
@@ -115,10 +106,6 @@ def render_card(out_dir: str | Path, pretty_name: str = "mtcolor instance colori
             f"| {split} | {s['units_done']} / {units} | {s['items']} | {s['images']} | {sum(s['skipped'].values())} "
             f"| {s['instances']} | {per_image} | {rate} |"
         )
-        skipped_all.update(s["skipped"])
-        examples += s.get("skip_examples", [])
-        for key in COUNTER_KEYS:
-            counters_all[key].update(s.get(key, {}))
     lines += [
         "",
         "Complete."
@@ -126,6 +113,21 @@ def render_card(out_dir: str | Path, pretty_name: str = "mtcolor instance colori
         else "**In progress**: some shards are not finished yet (re-run the build to resume).",
         "",
     ]
+    return lines
+
+
+def _count_sections(splits: list[str], stats: dict) -> list[str]:
+    """The count tables summed over the splits (skipped inputs, dropped instances, verification,
+    captioners, rejected answers) and up to 10 examples of skipped inputs."""
+    skipped_all: Counter = Counter()
+    counters_all: dict[str, Counter] = {k: Counter() for k in COUNTER_KEYS}
+    examples = []
+    for split in splits:
+        s = stats.get(split, _EMPTY_SPLIT)
+        skipped_all.update(s["skipped"])
+        examples += s.get("skip_examples", [])
+        for key in COUNTER_KEYS:
+            counters_all[key].update(s.get(key, {}))
     sections = [
         ("Skipped inputs", _table("reason", skipped_all)),
         ("Dropped instances", _table("reason", counters_all["dropped_instances"])),
@@ -134,6 +136,7 @@ def render_card(out_dir: str | Path, pretty_name: str = "mtcolor instance colori
         ("Global captioners", _table("captioner", counters_all["global_captioners"], "texts")),
         ("Rejected captioner answers", _table("captioner:problem", counters_all["caption_problems"])),
     ]
+    lines = []
     for title, body in sections:
         if body:
             lines += [f"## {title}", "", body]
@@ -143,7 +146,12 @@ def render_card(out_dir: str | Path, pretty_name: str = "mtcolor instance colori
             + [f"- `{e[0]}`: {e[1]} ({e[2]})" for e in examples[:10]]
             + [""]
         )
-    lines += [
+    return lines
+
+
+def _reference_sections(splits: list[str], configs: dict) -> list[str]:
+    """Format, loading, the (secret-free) builder configuration, licence and provenance."""
+    return [
         "## Format",
         "",
         FORMAT_TABLE,
@@ -174,6 +182,29 @@ def render_card(out_dir: str | Path, pretty_name: str = "mtcolor instance colori
         "the captioners named in each row.",
         "",
     ]
+
+
+def render_card(out_dir: str | Path, pretty_name: str = "mtcolor instance colorization dataset") -> str:
+    """The card text for a dataset folder (see :func:`write_card`)."""
+    import yaml
+
+    writer = DatasetWriter(out_dir)
+    configs = writer.read_configs()
+    stats = writer.collect_stats()
+    splits = sorted(set(configs) | set(stats), key=lambda split: (split != "train", split))
+    metadata = _metadata(pretty_name, splits, stats)
+    lines = ["---", yaml.safe_dump(metadata, sort_keys=False).rstrip(), "---", "", f"# {pretty_name}", ""]
+    lines += [
+        "Instance-level, text-guided colorization data in the `mtcolor` record format (GPT-Color style, "
+        'MT-Color section III.D): per image, instance masks (COCO RLE), one "colour + object" text per '
+        "instance, the object labels, a global text that opens with the overall colour scheme and "
+        "enumerates the objects with their colours, and provenance (source, captioner of each text, "
+        "verification of each text's colour against the measured pixels).",
+        "",
+    ]
+    lines += _build_status(splits, configs, stats)
+    lines += _count_sections(splits, stats)
+    lines += _reference_sections(splits, configs)
     return "\n".join(lines)
 
 

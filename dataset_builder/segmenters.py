@@ -134,10 +134,25 @@ class SAMSegmenter(Segmenter):
         except ImportError as error:  # pragma: no cover - depends on the environment
             raise ImportError("segmenter 'sam' needs segment-anything: pip install 'mtcolor[sam]'") from error
         presets = {
-            "vit_b": dict(encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, encoder_global_attn_indexes=[2, 5, 8, 11]),
-            "vit_l": dict(encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=[5, 11, 17, 23]),
-            "vit_h": dict(encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=[7, 15, 23, 31]),
-        }  # fmt: skip
+            "vit_b": dict(
+                encoder_embed_dim=768,
+                encoder_depth=12,
+                encoder_num_heads=12,
+                encoder_global_attn_indexes=[2, 5, 8, 11],
+            ),
+            "vit_l": dict(
+                encoder_embed_dim=1024,
+                encoder_depth=24,
+                encoder_num_heads=16,
+                encoder_global_attn_indexes=[5, 11, 17, 23],
+            ),
+            "vit_h": dict(
+                encoder_embed_dim=1280,
+                encoder_depth=32,
+                encoder_num_heads=16,
+                encoder_global_attn_indexes=[7, 15, 23, 31],
+            ),
+        }
         if isinstance(model_type, dict):
             arguments = dict(model_type)
         elif model_type in presets:

@@ -94,7 +94,7 @@ def decode_image(data: bytes, item_id: str, max_pixels: int = 89_478_485) -> tup
     if opened.mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "L", "LA", "1"):
         array = np.asarray(opened.convert("RGB"), dtype=np.uint8)
     else:
-        floats = to_float_image(opened, name=item_id)  # (H, W, 1|3) in [0, 1]
+        floats = to_float_image(opened, name=item_id, orient=False)  # (H, W, 1|3) in [0, 1]
         array = np.repeat(floats, 3 // floats.shape[-1], axis=-1)
         array = np.clip(np.round(array * 255.0), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(array), (data if keep else None)
@@ -386,7 +386,7 @@ class HFDatasetSource(Source):
         else:  # an array column or an already decoded PIL image
             from mtcolor.image_io import to_float_image
 
-            floats = to_float_image(value, name=item.id)
+            floats = to_float_image(value, name=item.id, orient=False)  # annotations: the stored grid
             image = np.clip(np.round(np.repeat(floats, 3 // floats.shape[-1], axis=-1) * 255), 0, 255).astype(
                 np.uint8
             )

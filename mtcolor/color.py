@@ -137,7 +137,12 @@ def _fit_chroma(lightness: torch.Tensor, ab: torch.Tensor, iterations: int) -> t
 
 
 def recombine_luminance(
-    lightness: torch.Tensor, ab: torch.Tensor, *, tile_pixels: int = TILE_PIXELS
+    lightness: torch.Tensor,
+    ab: torch.Tensor,
+    *,
+    tile_pixels: int = TILE_PIXELS,
+    label_map: torch.Tensor | None = None,
+    adjust=None,
 ) -> torch.Tensor:
     """The input's own L + predicted ab resized to it -> sRGB.
 
@@ -145,6 +150,13 @@ def recombine_luminance(
         lightness: (B, 1, H, W) in [0, 100] at the output (input) resolution.
         ab: (B, 2, h, w) predicted chroma at the working resolution.
         tile_pixels: pixels per row tile of the per-pixel maths (the result does not depend on it).
+        label_map: (B, H, W) int instance labels at the output resolution; needed with ``adjust``.
+        adjust: an optional per-pixel chroma function, one for every image or a list with one per
+            image (None = unchanged), called on each row tile as
+            ``adjust(lightness (1, h_t, W), ab (2, h_t, W), labels (h_t, W)) -> ab (2, h_t, W)``
+            after resizing and before the gamut fit (e.g. a
+            :class:`mtcolor.chroma_alignment.ChromaAlignment`). It must act per pixel, so that the
+            tiling does not change the result.
 
     Returns:
         (B, 3, H, W) sRGB in [0, 1] (``lightness``'s dtype) whose Lab L equals ``lightness``: (a, b)
@@ -153,12 +165,59 @@ def recombine_luminance(
         and the output, plus one tile of temporaries.
     """
     height, width = lightness.shape[-2:]
+    adjusters = _adjusters(adjust, lightness, label_map)
     ab = resize(ab.to(lightness.dtype), (height, width))  # (B, 2, H, W)
     tiles = _row_tiles(height, width, tile_pixels)
     out = lightness.new_empty(*lightness.shape[:-3], 3, height, width)
     for start, stop in tiles:
         rows = slice(start, stop)
         tile_l = lightness[..., rows, :].clamp(0, 100)
-        tile_ab = _fit_chroma(tile_l, ab[..., rows, :], 12)
+        tile_ab = ab[..., rows, :]
+        if adjusters is not None:
+            tile_ab = torch.stack(
+                [
+                    tile_ab[b] if fn is None else _adjusted(fn, tile_l[b], tile_ab[b], label_map[b, rows])
+                    for b, fn in enumerate(adjusters)
+                ]
+            )
+        tile_ab = _fit_chroma(tile_l, tile_ab, 12)
         out[..., rows, :] = lab_to_rgb(torch.cat([tile_l, tile_ab], dim=-3))
     return out
+
+
+def _adjusters(adjust, lightness: torch.Tensor, label_map) -> list | None:
+    """``adjust`` as one callable-or-None per image (None when nothing is adjusted); checks inputs."""
+    if adjust is None:
+        return None
+    if lightness.ndim != 4:
+        raise ValueError(f"lightness has shape {tuple(lightness.shape)}; adjust needs a batch (B, 1, H, W).")
+    batch, _, height, width = lightness.shape
+    adjusters = list(adjust) if isinstance(adjust, (list, tuple)) else [adjust] * batch
+    if len(adjusters) != batch:
+        raise ValueError(
+            f"adjust has {len(adjusters)} entries but there are {batch} images; pass one per image."
+        )
+    bad = [i for i, fn in enumerate(adjusters) if fn is not None and not callable(fn)]
+    if bad:
+        raise TypeError(f"adjust entries {bad} are not callable; pass functions (or None) per image.")
+    if all(fn is None for fn in adjusters):
+        return None
+    if label_map is None or tuple(label_map.shape) != (batch, height, width):
+        got = None if label_map is None else tuple(label_map.shape)
+        raise ValueError(
+            f"label_map has shape {got}; adjust needs the instance labels at the output resolution, "
+            f"({batch}, {height}, {width}) (mtcolor.masks.masks_to_label_map of the full-size masks)."
+        )
+    if label_map.is_floating_point() or label_map.dtype == torch.bool:
+        raise TypeError(f"label_map has dtype {label_map.dtype}; expected an integer tensor (B, H, W).")
+    return adjusters
+
+
+def _adjusted(fn, lightness: torch.Tensor, ab: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    out = fn(lightness, ab, labels)
+    if not isinstance(out, torch.Tensor) or out.shape != ab.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"adjust returned {got} for a tile of ab {tuple(ab.shape)}; it must return that shape."
+        )
+    return out.to(ab.dtype)

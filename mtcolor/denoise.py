@@ -33,6 +33,7 @@ def predict_noise(
     control_image: torch.Tensor | None = None,
     conditioning_scale: float = 1.0,
     use_control_residuals: bool = True,
+    cross_attention_kwargs: dict | None = None,
 ) -> torch.Tensor:
     """The noise prediction eps_theta(z_t, t, tau_g, c, M_n, T_n) of MT eq. 10.
 
@@ -48,6 +49,9 @@ def predict_noise(
         conditioning_scale: ControlNet output scale.
         use_control_residuals: add the ControlNet residuals to the UNet (standard ControlNet); when
             False the ControlNet reaches the UNet only through PMAM (ablation).
+        cross_attention_kwargs: the caller's keywords for the UNet's attention (diffusers' convention:
+            ``"scale"`` scales LoRA layers; other keys reach the processors that declare them, the
+            wrapped processors included); the MT-Color context is added as ``"mtcolor"``.
 
     Returns:
         (B, 4, h, w) predicted noise.
@@ -66,10 +70,10 @@ def predict_noise(
             conditioning_scale=conditioning_scale,
             return_dict=False,
         )
-    kwargs = None
+    kwargs = dict(cross_attention_kwargs) if cross_attention_kwargs else None
     if context is not None:
         features = control_features([*down, mid]) if down is not None else {}
-        kwargs = {"mtcolor": context.with_control(features)}
+        kwargs = {**(kwargs or {}), "mtcolor": context.with_control(features)}
     return unet(
         latents,
         timestep,

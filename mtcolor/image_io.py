@@ -3,7 +3,10 @@
 One place decides what every pipeline, metric and dataset tool accepts:
 
 * PIL modes ``1``, ``L``, ``LA``, ``P``, ``RGB``, ``RGBA``, ``CMYK``, ``I;16``, ``I``, ``F``;
-  alpha channels are dropped (the colour under a transparent pixel is kept as it is).
+  alpha channels are dropped (the colour under a transparent pixel is kept as it is). A PIL image
+  with an EXIF orientation (a phone photo: tag 274 = 2..8) is read **upright**, as viewers show it
+  (:func:`upright`, ``PIL.ImageOps.exif_transpose``): a photo stored 64x48 with orientation 6 is a
+  48x64 image, and its masks are drawn on that view (:mod:`mtcolor.masks` applies the same rule).
 * numpy arrays (H, W), (H, W, 1|3|4): ``uint8`` / 255, ``uint16`` / 65535, ``bool``, floats in [0, 1].
 * torch tensors (H, W), (1|3|4, H, W): floats in [0, 1] or ``uint8``.
 
@@ -14,7 +17,31 @@ from __future__ import annotations
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
+
+#: the EXIF tag holding how the camera was held (1 = as stored; 2..8 = mirror and/or rotate to view)
+EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(image: PIL.Image.Image) -> int:
+    """The EXIF orientation of a PIL image (1..8), 1 when it has none or its EXIF is unreadable."""
+    try:
+        value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError, TypeError, KeyError):  # damaged EXIF: read as stored
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright(image: PIL.Image.Image) -> PIL.Image.Image:
+    """``image`` as viewers show it: its EXIF orientation applied (``PIL.ImageOps.exif_transpose``:
+    a new image, same mode, without the tag), or ``image`` itself when it has no orientation to apply.
+
+    Applying it twice is the same as once (the result carries no orientation).
+    """
+    if exif_orientation(image) == 1:
+        return image
+    return PIL.ImageOps.exif_transpose(image)
 
 
 def _scaled(array: np.ndarray, peak: float) -> np.ndarray:
@@ -57,15 +84,17 @@ def _from_numpy(array: np.ndarray, name: str) -> np.ndarray:
     return array
 
 
-def to_float_image(image, name: str = "image") -> np.ndarray:
+def to_float_image(image, name: str = "image", *, orient: bool = True) -> np.ndarray:
     """Any supported image -> float32 numpy array (H, W, C) in [0, 1] with C in {1, 3}.
 
     Args:
         image: PIL image, numpy array (H, W[, C]) or torch tensor ([C,] H, W).
         name: the argument name used in error messages.
+        orient: read a PIL image upright (its EXIF orientation applied, :func:`upright`);
+            False keeps the stored pixel grid (for annotations that refer to it).
     """
     if isinstance(image, PIL.Image.Image):
-        array = _from_pil(image, name)
+        array = _from_pil(upright(image) if orient else image, name)
     elif isinstance(image, np.ndarray):
         array = _from_numpy(image, name)
     elif isinstance(image, torch.Tensor):
@@ -113,10 +142,10 @@ def to_float_image(image, name: str = "image") -> np.ndarray:
     return np.clip(array, 0.0, 1.0, out=array) if lo < 0 or hi > 1 else array
 
 
-def to_tensor_image(image, name: str = "image") -> torch.Tensor:
+def to_tensor_image(image, name: str = "image", *, orient: bool = True) -> torch.Tensor:
     """Like :func:`to_float_image` but returns a float32 tensor (C, H, W) in [0, 1] (a view of the
     (H, W, C) array: no copy)."""
-    return torch.from_numpy(to_float_image(image, name)).permute(2, 0, 1)
+    return torch.from_numpy(to_float_image(image, name, orient=orient)).permute(2, 0, 1)
 
 
 def to_uint8_image(array: np.ndarray, *, tile_pixels: int = 1 << 18) -> np.ndarray:

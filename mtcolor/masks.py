@@ -4,7 +4,7 @@ Every masked component (PMAM, the instance branch, multi-instance fusion, the me
 **label map**: an int64 tensor (H, W) where 0 is the background (the global region
 ``m_g = not(union m_i)`` of MT eq. 8) and ``k`` (1-based, in input order) is instance ``k``.
 
-Rules (DESIGN.md section 3):
+Rules (docs/design.md, "Label maps"):
 
 * Reading a mask (:func:`masks_to_label_map`): bool masks are used as they are; float masks must lie
   in [0, 1] and are thresholded at 0.5. **Integer masks** (numpy / torch integer dtypes, PIL modes
@@ -19,6 +19,8 @@ Rules (DESIGN.md section 3):
   So 0/1, 0/255 and 0/65535 masks work in any integer dtype that holds them, except that an 8-bit
   or 16-bit container means its own full range (a uint16 0/255 mask reads as empty). An empty mask's
   error message says which convention was applied.
+* A PIL mask with an EXIF orientation is read upright, like images
+  (:func:`mtcolor.image_io.upright`): masks and images are aligned as viewers show them.
 * Overlapping masks: the pixel goes to the **smallest** overlapping mask (the more specific object);
   equal areas go to the lower index. One ``UserWarning`` per call reports the overlapping pairs.
 * Resizing to a coarser token grid uses a **majority vote** per cell; ties go to an instance over
@@ -40,6 +42,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .image_io import upright
+
 
 def _integer_scale(array: np.ndarray, maximum: int) -> tuple[int, str]:
     """The full-scale value of an integer mask (the rule in the module docstring) and its name."""
@@ -57,21 +61,21 @@ def _integer_scale(array: np.ndarray, maximum: int) -> tuple[int, str]:
     return 0, ""
 
 
-def _mask_to_bool(mask, index: int) -> tuple[torch.Tensor, str]:
-    """One mask (PIL / numpy / tensor, shape (H, W)) -> (bool tensor (H, W), how it was read).
+def _pil_mask(mask: PIL.Image.Image, name: str) -> np.ndarray:
+    """A single-channel PIL mask as an array, upright (its EXIF orientation applied)."""
+    mask = upright(mask)
+    if mask.mode not in ("1", "L", "I;16", "I;16B", "I;16L", "I", "F"):
+        raise ValueError(
+            f"{name} is a PIL image in mode {mask.mode!r}; masks must be single-channel "
+            "(mode '1', 'L', 'I;16', 'I' or 'F'). Convert it with `.convert('L')`."
+        )
+    return np.asarray(mask)
 
-    The second value names the convention applied (e.g. ``"uint8 0/255 (8-bit), in the mask where
-    value > 127.5"``) for error messages. No float copy of the mask is made.
-    """
-    name = f"masks[{index}]"
+
+def _mask_array(mask, name: str) -> np.ndarray:
+    """One mask (PIL / numpy / tensor) -> its 2-D (H, W) numpy array (a view where possible)."""
     if isinstance(mask, PIL.Image.Image):
-        if mask.mode in ("1", "L", "I;16", "I;16B", "I;16L", "I", "F"):
-            mask = np.asarray(mask)
-        else:
-            raise ValueError(
-                f"{name} is a PIL image in mode {mask.mode!r}; masks must be single-channel "
-                "(mode '1', 'L', 'I;16', 'I' or 'F'). Convert it with `.convert('L')`."
-            )
+        mask = _pil_mask(mask, name)
     if isinstance(mask, torch.Tensor):
         tensor = mask.detach().cpu()
         if tensor.dtype in (torch.bfloat16, torch.float16):
@@ -98,34 +102,33 @@ def _mask_to_bool(mask, index: int) -> tuple[torch.Tensor, str]:
             f"{name} has shape {tuple(array.shape)}; each mask must be 2-D (H, W). Pass n masks as a "
             "list of (H, W) arrays or one (n, H, W) tensor."
         )
-    kind = array.dtype.kind
-    if kind == "b":
-        return torch.from_numpy(np.ascontiguousarray(array)), "bool"
-    if array.size == 0:
-        return torch.zeros(array.shape, dtype=torch.bool), f"{array.dtype}"
-    if kind in "iu":
-        lo, hi = int(array.min()), int(array.max())
-        if lo < 0:
-            raise ValueError(
-                f"{name} is an {array.dtype} mask with values in [{lo}, {hi}]; integer masks must be >= 0 "
-                "(0/1, or 0/255 for 8-bit, 0/65535 for 16-bit). Binarize it, e.g. `mask > 0`."
-            )
-        scale, convention = _integer_scale(array, hi)
-        if not scale:
-            raise ValueError(
-                f"{name} is an {array.dtype} mask with values up to {hi}; integer masks are read as 0/1, "
-                "0/255 or 0/65535, and no convention fits. Binarize it, e.g. `mask > 0`, or pass a float "
-                "mask in [0, 1]."
-            )
-        threshold = scale / 2  # in the mask: value > scale / 2 (== 1 for 0/1 masks)
-        return (
-            torch.from_numpy(array > threshold),
-            f"{array.dtype} {convention}, in the mask where value > {threshold:g}",
-        )
-    if kind != "f":
+    return array
+
+
+def _integer_mask_to_bool(array: np.ndarray, name: str) -> tuple[torch.Tensor, str]:
+    """A non-empty integer mask, thresholded at half its full scale (module docstring)."""
+    lo, hi = int(array.min()), int(array.max())
+    if lo < 0:
         raise ValueError(
-            f"{name} has dtype {array.dtype}; pass a bool, integer or float mask (float in [0, 1])."
+            f"{name} is an {array.dtype} mask with values in [{lo}, {hi}]; integer masks must be >= 0 "
+            "(0/1, or 0/255 for 8-bit, 0/65535 for 16-bit). Binarize it, e.g. `mask > 0`."
         )
+    scale, convention = _integer_scale(array, hi)
+    if not scale:
+        raise ValueError(
+            f"{name} is an {array.dtype} mask with values up to {hi}; integer masks are read as 0/1, "
+            "0/255 or 0/65535, and no convention fits. Binarize it, e.g. `mask > 0`, or pass a float "
+            "mask in [0, 1]."
+        )
+    threshold = scale / 2  # in the mask: value > scale / 2 (== 1 for 0/1 masks)
+    return (
+        torch.from_numpy(array > threshold),
+        f"{array.dtype} {convention}, in the mask where value > {threshold:g}",
+    )
+
+
+def _float_mask_to_bool(array: np.ndarray, name: str) -> tuple[torch.Tensor, str]:
+    """A non-empty float mask in [0, 1], thresholded at 0.5."""
     lo, hi = float(array.min()), float(array.max())  # NaN propagates through min / max
     if math.isnan(lo) or math.isnan(hi):
         raise ValueError(f"{name} contains NaN values; masks must be finite values in [0, 1].")
@@ -137,6 +140,28 @@ def _mask_to_bool(mask, index: int) -> tuple[torch.Tensor, str]:
     return torch.from_numpy(
         np.asarray(array > 0.5)
     ), f"{array.dtype} in [0, 1], in the mask where value > 0.5"
+
+
+def _mask_to_bool(mask, index: int) -> tuple[torch.Tensor, str]:
+    """One mask (PIL / numpy / tensor, shape (H, W)) -> (bool tensor (H, W), how it was read).
+
+    The second value names the convention applied (e.g. ``"uint8 0/255 (8-bit), in the mask where
+    value > 127.5"``) for error messages. No float copy of the mask is made.
+    """
+    name = f"masks[{index}]"
+    array = _mask_array(mask, name)
+    kind = array.dtype.kind
+    if kind == "b":
+        return torch.from_numpy(np.ascontiguousarray(array)), "bool"
+    if array.size == 0:
+        return torch.zeros(array.shape, dtype=torch.bool), f"{array.dtype}"
+    if kind in "iu":
+        return _integer_mask_to_bool(array, name)
+    if kind != "f":
+        raise ValueError(
+            f"{name} has dtype {array.dtype}; pass a bool, integer or float mask (float in [0, 1])."
+        )
+    return _float_mask_to_bool(array, name)
 
 
 def _split_masks(masks) -> list:

@@ -6,10 +6,10 @@ A thin wrapper around the optional ``segment-anything`` package (``pip install '
   ``sam_model_registry`` and loads a **local** official checkpoint with
   ``torch.load(..., weights_only=True)`` (the package's own loader unpickles arbitrary objects).
 * :class:`SamMasker` runs ``SamPredictor``: one ``set_image`` (image embedding) per image, then one
-  ``predict`` per instance.
-* :func:`masks_from_sam` is what :class:`~pipelines.pipeline_mtcolor.MTColorPipeline` and the
-  ``mtcolor colorize`` command call; it keeps the last built models in memory, keyed by
-  (checkpoint, model type, device), so repeated calls do not reload the weights.
+  ``predict`` per instance. It is preprocessing the caller owns: build one
+  (``SamMasker("sam_vit_b_01ec64.pth")``), keep it as long as masks are needed (the web UI keeps one
+  per server, the CLI one per command) and pass its masks to the pipeline; nothing is cached at
+  module level.
 
 Prompts are in the pixel coordinates of the input image, ``x`` to the right and ``y`` down,
 ``(0, 0)`` being the top-left corner of the top-left pixel:
@@ -31,7 +31,6 @@ from __future__ import annotations
 import os
 import pickle
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,9 +43,7 @@ __all__ = [
     "SAM_MODEL_TYPES",
     "SamMasker",
     "check_prompts",
-    "clear_sam_cache",
     "load_sam",
-    "masks_from_sam",
 ]
 
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
@@ -57,8 +54,6 @@ _OFFICIAL_FILES = {
     "vit_h": "sam_vit_h_4b8939.pth",
 }
 _INSTALL_HINT = "install it with `pip install 'mtcolor[sam]'` (segment-anything + torchvision)"
-_CACHE_SIZE = 2  # built SAM models kept by masks_from_sam (a ViT-H is 2.5 GB)
-_CACHE: OrderedDict[tuple, SamMasker] = OrderedDict()
 
 
 def _segment_anything():
@@ -282,43 +277,44 @@ class SamMasker:
     """Instance masks from SAM point / box prompts.
 
     Args:
-        model: a built ``segment_anything.modeling.Sam``. It runs where its weights are (CUDA or
-            CPU); build one from a checkpoint with :meth:`from_checkpoint`.
+        model: a local SAM checkpoint path (built with :func:`load_sam`) or a built
+            ``segment_anything.modeling.Sam``. It runs where its weights are (CUDA or CPU).
+        model_type: ``"vit_b"``, ``"vit_l"`` or ``"vit_h"``, matching the checkpoint (ignored for a
+            built model).
+        device: device for a model built from a checkpoint; ``None`` = CUDA when available, else CPU.
 
     Example::
 
-        masker = SamMasker.from_checkpoint("sam_vit_b_01ec64.pth", "vit_b")
-        car, person = masker.masks_from_prompts(gray, boxes=[(10, 40, 200, 160), None],
-                                                points=[None, [(320, 90), (322, 140)]])
+        masker = SamMasker("sam_vit_b_01ec64.pth")
+        car, person = masker.masks(gray, boxes=[(10, 40, 200, 160), None],
+                                   points=[None, [(320, 90), (322, 140)]])
+        image = pipe(gray, [car, person], ["a red car", "a man in a blue coat"]).images[0]
     """
 
-    def __init__(self, model):
+    def __init__(self, model, model_type: str = "vit_b", device=None):
         segment_anything = _segment_anything()
+        if isinstance(model, (str, os.PathLike)):
+            model = load_sam(model, model_type, device=device)
         if not isinstance(model, segment_anything.modeling.Sam):
             raise TypeError(
-                f"model has type {type(model).__name__}; expected a segment_anything.modeling.Sam "
-                "(or use SamMasker.from_checkpoint(path, model_type))."
+                f"model has type {type(model).__name__}; expected a local SAM checkpoint path or a "
+                "segment_anything.modeling.Sam."
             )
         self.model = model.eval()
         self.predictor = segment_anything.SamPredictor(self.model)
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint, model_type: str = "vit_b", device=None) -> SamMasker:
-        """Build from a local checkpoint (see :func:`load_sam`)."""
-        return cls(load_sam(checkpoint, model_type, device=device))
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
-    def masks_from_prompts(self, image, points=None, boxes=None) -> list[np.ndarray]:
+    def masks(self, image, boxes=None, points=None) -> list[np.ndarray]:
         """One SAM mask per instance prompt.
 
         Args:
             image: gray or RGB image in any form :func:`mtcolor.image_io.to_float_image` accepts
                 (PIL, numpy (H, W[, C]), tensor ([C,] H, W)); gray is repeated to RGB.
-            points: per instance a list of ``(x, y)`` foreground points (or ``None``), in pixels.
             boxes: per instance one ``(x0, y0, x1, y1)`` box (or ``None``), in pixels.
+            points: per instance a list of ``(x, y)`` foreground points (or ``None``), in pixels.
 
         Returns:
             A list with one bool numpy array (H, W) per instance, at the image's size, in prompt order.
@@ -348,49 +344,3 @@ class SamMasker:
         finally:
             self.predictor.reset_image()  # free the image embedding
         return masks
-
-
-def clear_sam_cache() -> None:
-    """Forget the SAM models kept by :func:`masks_from_sam` (frees their memory)."""
-    _CACHE.clear()
-
-
-def masks_from_sam(
-    image, *, points=None, boxes=None, checkpoint=None, model_type: str = "vit_b", model=None, device=None
-) -> list[np.ndarray]:
-    """SAM masks for ``image`` from point / box prompts; the pipeline's and the CLI's entry point.
-
-    Args:
-        image: gray or RGB image (PIL / numpy / tensor, see :func:`mtcolor.image_io.to_float_image`).
-        points: per instance a list of ``(x, y)`` foreground points (or ``None``), in pixels.
-        boxes: per instance one ``(x0, y0, x1, y1)`` box (or ``None``), in pixels.
-        checkpoint: path of a local SAM checkpoint (used when ``model`` is ``None``). Built models
-            are cached per (real path, file size, mtime, ``model_type``, ``device``); the
-            :data:`_CACHE_SIZE` most recent are kept.
-        model_type: ``"vit_b"``, ``"vit_l"`` or ``"vit_h"``, matching the checkpoint.
-        model: an already-built ``segment_anything.modeling.Sam`` (then ``checkpoint`` is ignored).
-        device: device for a model built from ``checkpoint``; ``None`` = CUDA when available, else CPU.
-
-    Returns:
-        One bool numpy array (H, W) per instance, at the image's size.
-    """
-    if model is not None:
-        return SamMasker(model).masks_from_prompts(image, points=points, boxes=boxes)
-    if checkpoint is None:
-        raise ValueError(
-            "checkpoint is None; SAM prompts need a local SAM checkpoint (sam_checkpoint= in MTColorPipeline, "
-            f"--sam-checkpoint in the CLI) downloaded from {SAM_CHECKPOINTS_URL}, or a built model=."
-        )
-    path = _check_checkpoint_path(checkpoint)
-    model_type = _check_model_type(model_type)
-    device = torch.device(device) if device is not None else _default_device()
-    stat = os.stat(path)
-    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, model_type, str(device))
-    masker = _CACHE.get(key)
-    if masker is None:
-        masker = SamMasker.from_checkpoint(path, model_type, device=device)
-        _CACHE[key] = masker
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    _CACHE.move_to_end(key)
-    return masker.masks_from_prompts(image, points=points, boxes=boxes)

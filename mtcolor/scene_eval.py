@@ -131,7 +131,8 @@ def colorize_scenes(
 
     Args:
         pipe: an ``MTColorPipeline`` (any callable with its signature).
-        rows: ``[(name, options)]``; ``options`` are extra pipeline arguments (e.g. ``{"alpha": 0.0}``).
+        rows: ``[(name, options)]``; ``options`` are extra pipeline arguments (e.g. ``{"alpha": 0.0}``);
+            without ``colors_from_texts`` a row scores the learned model alone (no colour targets).
         steps: denoising steps; seed: scene ``i`` of a batch starting at ``b`` uses ``seed + b + i``;
         batch: scenes per pipeline call; working: the pipeline's ``working_resolution``.
 
@@ -140,7 +141,8 @@ def colorize_scenes(
     """
     results = []
     for name, options in rows:
-        options = {"guidance_scale": guidance_scale, **options}
+        # the learned model alone unless a row asks for colour targets
+        options = {"guidance_scale": guidance_scale, "colors_from_texts": False, **options}
         start = time.perf_counter()
         outs = []
         for i in range(0, len(scenes), batch):

@@ -4,7 +4,8 @@ and load errors that name the component that failed.
 diffusers' own loader fills a missing ``tokenizer/`` folder with a default tokenizer without a word
 (a model trained with another one then produces garbage), and its errors do not say which component
 they come from ("Cannot load  because ..."). :func:`load_pipeline` checks a local folder against its
-``model_index.json`` first and re-raises a component's load error naming the component and its folder.
+``model_index.json`` first and re-raises a component's load error naming the component, the class
+``model_index.json`` lists for it and its folder.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from mtcolor.text_encoders import packaged_components
 
-__all__ = ["check_component_folders", "load_pipeline"]
+__all__ = ["check_component_folders", "listed_class", "load_pipeline"]
 
 # load errors re-raised as the first of these types they are an instance of (so callers that catch
 # OSError / ValueError still do); anything else becomes a RuntimeError
@@ -47,11 +48,13 @@ def check_component_folders(folder: Path, kwargs: dict) -> None:
         )
 
 
-def _failed_component(error: BaseException) -> tuple[str, str, str] | None:
-    """(name, class name, folder) of the component whose loading raised ``error``, or None.
+def _failed_component(error: BaseException) -> tuple[str, str] | None:
+    """(name, folder) of the component whose loading raised ``error``, or None.
 
-    Read from the traceback frame of diffusers' ``load_sub_model(name=..., cached_folder=...)``,
-    the function that loads each component (None if diffusers renames it: the error then stays as is).
+    Read from the arguments ``name`` and ``cached_folder`` of diffusers' ``load_sub_model``, the
+    function that loads each component (None if diffusers renames it: the error then stays as is).
+    Its other locals are not read: it rebinds ``class_name`` to a loop variable over every loadable
+    class (the component's class is :func:`listed_class`).
     """
     found = None
     traceback = error.__traceback__
@@ -59,13 +62,23 @@ def _failed_component(error: BaseException) -> tuple[str, str, str] | None:
         frame = traceback.tb_frame
         if frame.f_code.co_name == "load_sub_model" and "name" in frame.f_locals:
             local = frame.f_locals
-            found = (
-                str(local["name"]),
-                str(local.get("class_name", "?")),
-                str(local.get("cached_folder", "")),
-            )
+            found = (str(local["name"]), str(local.get("cached_folder", "")))
         traceback = traceback.tb_next
     return found
+
+
+def listed_class(folder: str | Path, name: str) -> str:
+    """The class name ``folder/model_index.json`` lists for component ``name`` (``"unet":
+    ["diffusers", "UNet2DConditionModel"]`` -> ``"UNet2DConditionModel"``); ``"?"`` when the file
+    is unreadable or lists no class for it."""
+    try:
+        index = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "?"
+    entry = index.get(name) if isinstance(index, dict) else None
+    if isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[1], str):
+        return entry[1]
+    return "?"
 
 
 def load_pipeline(load, pipeline_name: str, pretrained_model_name_or_path, kwargs: dict):
@@ -82,7 +95,8 @@ def load_pipeline(load, pipeline_name: str, pretrained_model_name_or_path, kwarg
         failed = _failed_component(error)
         if failed is None:
             raise
-        name, class_name, cached = failed
+        name, cached = failed
+        class_name = listed_class(cached or folder, name)
         where = Path(cached) / name if cached else name
         message = (
             f"{pipeline_name}.from_pretrained could not load its {name!r} component ({class_name}) from "

@@ -15,7 +15,6 @@ resized to each input's own size and recombined with the input's own L channel
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from mtcolor.models.lcoins import LCoInsModel
 from mtcolor.text_encoders import text_max_length
 
 from .loading import load_pipeline
+from .model_card import ModelCardMixin
 
 logger = logging.get_logger(__name__)
 
@@ -88,7 +88,7 @@ def tokenize_captions(
     ]
 
 
-class LCoInsPipeline(DiffusionPipeline):
+class LCoInsPipeline(ModelCardMixin, DiffusionPipeline):
     r"""Colorize gray images from a caption with L-CoIns.
 
     Args:
@@ -318,65 +318,39 @@ class LCoInsPipeline(DiffusionPipeline):
             parts.append(f"* ablation: {', '.join(ablations)}")
         return "\n".join(parts)
 
-    def save_pretrained(
+    def write_model_card(
         self,
-        save_directory: str | os.PathLike,
-        safe_serialization: bool = True,
-        variant: str | None = None,
-        max_shard_size: int | str | None = None,
-        push_to_hub: bool = False,
-        model_card: bool = True,
-        model_card_kwargs: dict | None = None,
-        **kwargs,
-    ):
-        """``DiffusionPipeline.save_pretrained`` + a Hub model card (README.md) in the folder.
+        folder,
+        base_model: str | list[str] | None = None,
+        tags=(),
+        sections: dict | None = None,
+        load_from: str | None = None,
+        **card_kwargs,
+    ) -> Path:
+        """Write ``folder/README.md`` describing this pipeline (:func:`mtcolor.hub.write_model_card`);
+        ``save_pretrained`` calls it with its ``model_card_kwargs``.
 
         Args:
-            model_card: write ``README.md`` (default True).
-            model_card_kwargs: extra arguments for :func:`mtcolor.hub.write_model_card`
-                (``sections``, ``base_model``, ``tags``, ``datasets``, ``license``).
-            push_to_hub: upload the folder (card included) to the Hub repository ``repo_id``
-                (default: the folder's name) with the token from the environment or ``token``.
-            Other arguments: as in ``DiffusionPipeline.save_pretrained``.
+            base_model: the base model's hub id(s) or path (card metadata).
+            tags: extra card tags.
+            sections: extra ``{title: markdown}`` sections (training data, metrics...).
+            load_from: the Python expression shown in the usage example (default: the folder's name).
+            card_kwargs: other :func:`mtcolor.hub.write_model_card` arguments (``datasets``, ``license``).
         """
-        super().save_pretrained(
-            save_directory,
-            safe_serialization=safe_serialization,
-            variant=variant,
-            max_shard_size=max_shard_size,
-            push_to_hub=False,
+        return write_model_card(
+            folder,
+            pipeline_class=type(self).__name__,
+            pipeline_tag="image-to-image",
+            base_model=base_model,
+            tags=["l-coins", "text-guided-colorization", *tags],
+            description=self.model_card_description(),
+            usage=(
+                ("import mtcolor\n" if load_from else "") + "from PIL import Image\n"
+                "from mtcolor import LCoInsPipeline\n\n"
+                f"pipe = LCoInsPipeline.from_pretrained({load_from or repr(Path(folder).name)})\n"
+                'gray = Image.open("photo.jpg").convert("L")\n'
+                'image = pipe(gray, "a red car on a gray street").images[0]'
+            ),
+            sections=sections,
+            **card_kwargs,
         )
-        if model_card:
-            options = {"base_model": None, "tags": ["l-coins", "text-guided-colorization"]}
-            options.update(model_card_kwargs or {})
-            write_model_card(
-                save_directory,
-                pipeline_class=type(self).__name__,
-                pipeline_tag="image-to-image",
-                description=self.model_card_description(),
-                usage=(
-                    "from PIL import Image\n"
-                    "from mtcolor import LCoInsPipeline\n\n"
-                    f'pipe = LCoInsPipeline.from_pretrained("{Path(save_directory).name}")\n'
-                    'gray = Image.open("photo.jpg").convert("L")\n'
-                    'image = pipe(gray, "a red car on a gray street").images[0]'
-                ),
-                **options,
-            )
-        if push_to_hub:
-            from huggingface_hub import create_repo, upload_folder
-
-            token = kwargs.pop("token", None)
-            repo_id = create_repo(
-                kwargs.pop("repo_id", Path(save_directory).name),
-                exist_ok=True,
-                private=kwargs.pop("private", None),
-                token=token,
-            ).repo_id
-            upload_folder(
-                repo_id=repo_id,
-                folder_path=save_directory,
-                commit_message=kwargs.pop("commit_message", None) or "Upload LCoInsPipeline",
-                create_pr=kwargs.pop("create_pr", False),
-                token=token,
-            )

@@ -9,12 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtcolor.attention import (
-    LabelPartition,
-    instance_key_labels,
-    instance_masked_attention,
-    masked_attention,
-)
+from mtcolor.attention import LabelPartition, masked_attention
 
 FAST_IMPLS = ("segments", "sdpa_mask", "auto")
 MODES = ("renormalized", "paper")
@@ -230,7 +225,7 @@ def instance_dense(q_lat, k_lat, v_lat, masks, q_inst, k_inst, v_inst, mode):
 
     ``masks``: (B, n, lx) binary instance masks, non-overlapping; instance token j (j = 0..n-1)
     belongs to mask j. Background pixels (in no mask) form one more region paired with a null token,
-    which the caller passes as instance 0 with mask = not(union) (DESIGN.md section 3)."""
+    which the caller passes as instance 0 with mask = not(union) (docs/design.md, "Label maps")."""
     lx = q_lat.shape[2]
     n = q_inst.shape[2]
     q_p = torch.cat([q_lat, q_inst], dim=2)
@@ -249,9 +244,18 @@ def instance_dense(q_lat, k_lat, v_lat, masks, q_inst, k_inst, v_inst, mode):
     return (weights @ v_p)[:, :, :lx]  # eq. 7: latent rows only
 
 
+def instance_branch_attention(q_lat, k_lat, v_lat, lat_labels, k_inst, v_inst, inst_labels, **kwargs):
+    """The instance branch's kernel call (``InstanceBranch.forward``): latent queries, keys and values
+    ``[latent; instance tokens]``, key labels ``[latent labels; instance labels]``."""
+    inst_labels = inst_labels.expand(lat_labels.shape[0], -1)
+    k_labels = torch.cat([lat_labels, inst_labels], dim=1)
+    k, v = torch.cat([k_lat, k_inst], dim=2), torch.cat([v_lat, v_inst], dim=2)
+    return masked_attention(q_lat, k, v, lat_labels, k_labels, **kwargs), k_labels
+
+
 @pytest.mark.parametrize("impl", FAST_IMPLS + ("reference",))
 @pytest.mark.parametrize("mode", MODES)
-def test_instance_attention_matches_eq_4_to_7(mode, impl):
+def test_instance_branch_keys_match_eq_4_to_7(mode, impl):
     batch, heads, lx, n_inst, dim = 2, 2, 36, 3, 8
     lat_labels = random_labels(batch, lx, n_inst + 1, 31)  # 0 = background, 1..3 = instances
     lat_labels[:, 0] = 0  # every region non-empty in both items
@@ -261,23 +265,11 @@ def test_instance_attention_matches_eq_4_to_7(mode, impl):
     q_inst, k_inst, v_inst = qkv(batch, heads, n_inst + 1, n_inst + 1, dim, seed=2)
     masks = torch.stack([lat_labels == j for j in range(n_inst + 1)], dim=1)  # (B, n + 1, lx)
     expected = instance_dense(q_lat, k_lat, v_lat, masks, q_inst, k_inst, v_inst, mode)
-    out = instance_masked_attention(
-        q_lat, k_lat, v_lat, lat_labels, k_inst, v_inst, inst_labels, mode=mode, impl=impl
-    )
+    args = (q_lat, k_lat, v_lat, lat_labels, k_inst, v_inst, inst_labels)
+    out, k_labels = instance_branch_attention(*args, mode=mode, impl=impl)
     torch.testing.assert_close(out, expected, **TOL)
-    partition = LabelPartition.build(lat_labels, instance_key_labels(lat_labels, inst_labels))
-    out = instance_masked_attention(
-        q_lat,
-        k_lat,
-        v_lat,
-        lat_labels,
-        k_inst,
-        v_inst,
-        inst_labels,
-        mode=mode,
-        impl=impl,
-        partition=partition,
-    )
+    partition = LabelPartition.build(lat_labels, k_labels)
+    out, _ = instance_branch_attention(*args, mode=mode, impl=impl, partition=partition)
     torch.testing.assert_close(out, expected, **TOL)
 
 
@@ -310,10 +302,12 @@ def test_padding_keys_change_nothing(mode, impl):
     inst = torch.tensor([0, 1, 2])
     inst_padded = torch.tensor([[0, 1, 2, -1, -1], [0, 1, 2, -1, -1]])
     k_inst, v_inst = (torch.randn(2, 3, 5, 8, dtype=torch.float64) for _ in range(2))
-    short = instance_masked_attention(
+    short, _ = instance_branch_attention(
         q, k, v, lat_labels, k_inst[:, :, :3], v_inst[:, :, :3], inst, mode=mode, impl=impl
     )
-    padded = instance_masked_attention(q, k, v, lat_labels, k_inst, v_inst, inst_padded, mode=mode, impl=impl)
+    padded, _ = instance_branch_attention(
+        q, k, v, lat_labels, k_inst, v_inst, inst_padded, mode=mode, impl=impl
+    )
     torch.testing.assert_close(padded, short, atol=1e-12, rtol=0.0)
 
 
@@ -340,14 +334,3 @@ def error_cases():
 def test_errors_name_the_argument(message, args, kwargs):
     with pytest.raises(ValueError, match=message):
         masked_attention(*args, **kwargs)
-
-
-def test_instance_errors():
-    q, k, v = qkv(num_q=6, num_k=6)
-    labels = random_labels(2, 6, 2, 0)
-    with pytest.raises(ValueError, match="k_inst and its latent counterpart must be 4-D"):
-        instance_masked_attention(q, k, v, labels, k[:, :, 0], v[:, :, :1], torch.tensor([0]))
-    with pytest.raises(ValueError, match="v_inst .* must match the latent tensor"):
-        instance_masked_attention(q, k, v, labels, k[:, :, :1], v[:1, :, :1], torch.tensor([0]))
-    with pytest.raises(ValueError, match="inst_labels must have shape"):
-        instance_key_labels(labels, torch.zeros(3, 2, dtype=torch.long))

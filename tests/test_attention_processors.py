@@ -134,7 +134,10 @@ def test_pipeline_runs_with_attention_slicing(tmp_path):
     gray = rng.rand(48, 64).astype(np.float32)
     mask = np.zeros((48, 64), bool)
     mask[:24, :32] = True
-    kw = dict(prompt="a street", num_inference_steps=2, working_resolution=64, output_type="latent")
+    # colour steering off: its finite-difference step turns float rounding into larger changes
+    kw = dict(
+        prompt="a street", num_inference_steps=2, working_resolution=64, output_type="latent", colors_from_texts=False
+    )
 
     def run():
         return pipe(gray, [mask], ["a red car"], generator=torch.Generator().manual_seed(0), **kw).images

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from mtcolor.cli import main
-from mtcolor.sam import clear_sam_cache, masks_from_sam
+from mtcolor.sam import SamMasker
 
 H, W = 48, 64
 RUN = ["--steps", "2", "--working-resolution", "64", "--seed", "0"]
@@ -199,7 +199,7 @@ def test_pipeline_failure_leaves_no_output(scene, model_dir, capsys):
     code, err = cli([s / "gray.png", "--mask", s / "empty.png", "--text", "a", "--model", model_dir, *RUN,
                      "--out", s / "o.png"], capsys)  # fmt: skip
     assert code == 2
-    assert "masks[0] is empty" in error_line(err)
+    assert f"--mask #1: mask '{s / 'empty.png'}' is empty" in error_line(err)  # the flag, not masks[0]
     assert (s / "o.png").read_bytes() == b"previous result"
     assert leftovers(s) == []
 
@@ -232,7 +232,7 @@ def test_sam_box_instance_reaches_pipeline_as_sam_mask(scene, model_dir, capsys,
     torch.save(tiny_sam(0).state_dict(), s / "sam_tiny.pth")
     monkeypatch.setitem(sam_model_registry, "vit_b", lambda checkpoint=None: tiny_sam(7))
     box = (4, 6, 40, 44)
-    (expected,) = masks_from_sam(PIL.Image.open(s / "gray.png"), boxes=[box], model=tiny_sam(0))
+    (expected,) = SamMasker(tiny_sam(0)).masks(PIL.Image.open(s / "gray.png"), boxes=[box])
     assert expected.any() and not expected.all()
 
     received = []
@@ -243,12 +243,10 @@ def test_sam_box_instance_reaches_pipeline_as_sam_mask(scene, model_dir, capsys,
         return real_call(self, image, masks, texts, *args, **kwargs)
 
     monkeypatch.setattr(MTColorPipeline, "__call__", spy)
-    clear_sam_cache()
     argv = [s / "gray.png", "--mask", s / "m2.png", "--text", "a blue sky", "--box", ",".join(map(str, box)),
             "--text", "a red car", "--sam-checkpoint", s / "sam_tiny.pth", "--device", "cpu", "--model", model_dir,
             *RUN, "--guidance-scale", "1", "--out", s / "sam.png"]  # fmt: skip
     code, err = cli(argv, capsys)
-    clear_sam_cache()
     assert code == 0, err
     ((masks, texts),) = received
     assert texts == ["a blue sky", "a red car"]
@@ -415,3 +413,84 @@ def test_temporary_of_a_killed_run_is_removed_by_the_next_run(scene, model_dir, 
     assert code == 0, err
     assert PIL.Image.open(s / "o.png").size == (W, H)
     assert leftovers(s) == [live]
+
+
+# --------------------------------------------------------------------------------------------------
+# Masks that overlap away, checked before the model loads; Ctrl-C
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_mask_left_with_no_pixel_is_refused_before_the_model_loads(scene, model_dir, capsys, no_model_load):
+    """The same all-ones mask twice: the second owns no pixel once overlaps are resolved. Refused with
+    the CLI's flag (not the library's 0-based masks[1]) before the model loads."""
+    s = scene
+    PIL.Image.new("L", (W, H), 255).save(s / "all.png")
+    code, err = cli([s / "gray.png", "--mask", s / "all.png", "--text", "a red car", "--mask", s / "all.png",
+                     "--text", "a blue car", "--model", model_dir, *RUN, "--out", s / "o.png"], capsys)  # fmt: skip
+    assert code == 2
+    line = error_line(err)
+    assert f"--mask #2: mask '{s / 'all.png'}' owns no pixel after overlaps were resolved" in line
+    assert "masks[" not in line and "remove it with its text" in line
+    # two of three lost, with a SAM box between them (masks are numbered among the --mask flags)
+    (s / "sam.pth").write_bytes(b"")
+    code, err = cli([s / "gray.png", "--mask", s / "all.png", "--text", "a", "--box", "0,0,8,8", "--text", "b",
+                     "--mask", s / "all.png", "--text", "c", "--mask", s / "all.png", "--text", "d",
+                     "--sam-checkpoint", s / "sam.pth", "--model", model_dir, *RUN, "--out", s / "o.png"],
+                    capsys)  # fmt: skip
+    assert code == 2
+    assert "--mask #2, --mask #3 own no pixel after overlaps" in error_line(err)
+    assert not (s / "o.png").exists() and leftovers(s) == []
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(scene, model_dir):
+    """SIGINT while the model loads (the child says so on its stdout, then blocks): one line on stderr,
+    exit status 130, no OUT and no temporary file left."""
+    import signal
+    import subprocess
+    import sys
+
+    s = scene
+    argv = [str(a) for a in [s / "gray.png", "--model", model_dir, *RUN, "--out", s / "o.png"]]
+    script = (
+        "import signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal\n"
+        "from mtcolor import MTColorPipeline\n"
+        "def from_pretrained(cls, *args, **kwargs):\n"
+        "    print('loading', flush=True)\n"
+        "    sys.stdin.read()  # blocks until the parent interrupts\n"
+        "MTColorPipeline.from_pretrained = classmethod(from_pretrained)\n"
+        "from mtcolor.cli import main\n"
+        "sys.exit(main(['colorize', *sys.argv[1:]]))\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, *argv],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline() == "loading\n"  # the known point: inside the model load
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130, err
+    ours = [line for line in err.splitlines() if line.startswith("mtcolor colorize:")]
+    assert ours == [f"mtcolor colorize: interrupted; {s / 'o.png'} was not written"], err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert not (s / "o.png").exists() and leftovers(s) == []
+
+
+def test_a_strip_beyond_the_working_size_limits_is_refused_before_the_model_loads(
+    scene, model_dir, capsys, no_model_load
+):
+    s = scene
+    PIL.Image.new("L", (4096, 1), 128).save(s / "strip.png")
+    code, err = cli([s / "strip.png", "--model", model_dir, *RUN, "--out", s / "o.png"], capsys)
+    assert code == 2
+    line = error_line(err)
+    assert "GRAY is 4096x1 (W x H), an aspect ratio of 4.1e+03:1" in line and "MAX_ASPECT_RATIO" in line

@@ -9,8 +9,10 @@ import torch
 from dataset_builder.captioners import Blip2Captioner, CaptionerChain, InstanceInput, RuleBasedCaptioner
 from dataset_builder.segmenters import Instance, SAMSegmenter, filter_instances
 
-WORDS = ["[PAD]", "</s>", "<unk>", "question", ":", "what", "color", "is", "the", "?", "answer", "red", "box", "a", "are",
-         "main", "colors", "of", "this", "picture", "and", "object", "it", "unable", "to", "tell"]  # fmt: skip
+WORDS = (
+    "[PAD] </s> <unk> question : what color is the ? answer red box a are main colors of this picture and "
+    "object it unable to tell"
+).split()
 
 
 def _tiny_blip2(folder, answer_word: str):
@@ -36,13 +38,38 @@ def _tiny_blip2(folder, answer_word: str):
     )
     vocab = len(processor.tokenizer)
     config = Blip2Config(
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8),
-        qformer_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, encoder_hidden_size=32, vocab_size=vocab),
-        text_config=dict(model_type="opt", vocab_size=vocab, hidden_size=32, num_hidden_layers=1, ffn_dim=37, num_attention_heads=2,
-                         word_embed_proj_dim=32, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=1),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        qformer_config=dict(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=37,
+            encoder_hidden_size=32,
+            vocab_size=vocab,
+        ),
+        text_config=dict(
+            model_type="opt",
+            vocab_size=vocab,
+            hidden_size=32,
+            num_hidden_layers=1,
+            ffn_dim=37,
+            num_attention_heads=2,
+            word_embed_proj_dim=32,
+            max_position_embeddings=128,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=1,
+        ),
         num_query_tokens=4,
         image_token_index=processor.tokenizer.convert_tokens_to_ids("<image>"),
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     model = Blip2ForConditionalGeneration(config).eval()
     with torch.no_grad():  # constant final hidden state -> the answer word always has the top logit
@@ -108,9 +135,16 @@ def test_sam_segmenter_tiny_random_model(tmp_path):
     torch.manual_seed(0)
     torch.save(_build_sam(checkpoint=None, **ARCH).state_dict(), tmp_path / "sam.pt")
     segmenter = SAMSegmenter(
-        str(tmp_path / "sam.pt"), model_type=ARCH, device="cpu", points_per_side=2, pred_iou_thresh=0.0,
-        stability_score_thresh=0.0, min_area_fraction=0.02, max_overlap=0.3, max_instances=3,
-    )  # fmt: skip
+        str(tmp_path / "sam.pt"),
+        model_type=ARCH,
+        device="cpu",
+        points_per_side=2,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        min_area_fraction=0.02,
+        max_overlap=0.3,
+        max_instances=3,
+    )
     rng = np.random.default_rng(0)
     image = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
     instances = segmenter.segment(image)

@@ -126,8 +126,11 @@ def _run_killed_build(config, config_path: Path, kill_at: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MTCOLOR_TEST_KILL_AT": kill_at}
     done = subprocess.run(
         [sys.executable, "-c", KILL_AT, "build", "--config", str(config_path), "--no_progress"],
-        cwd=ROOT, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
 
 
@@ -218,11 +221,14 @@ def test_builder_lock_and_workers_end_with_a_killed_main_process(tmp_path, capsy
         "OMP_NUM_THREADS": "1",
     }
     # the workers inherit stdout: its end of file says the builder and its workers are gone
+    build = [sys.executable, "-m", "dataset_builder", "build", "--num_proc", "2", "--no_progress"]
     main = subprocess.Popen(
-        [sys.executable, "-m", "dataset_builder", "build", "--config", str(tmp_path / "blocking.yaml"),
-         "--num_proc", "2", "--no_progress"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [*build, "--config", str(tmp_path / "blocking.yaml")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     workers = []
     try:
         workers = read_ready(main, 2, timeout=300)
@@ -284,14 +290,21 @@ def test_synthetic_build_refuses_a_held_shard_before_touching_the_folder(tmp_pat
     build_synthetic(out, 4, config, seed=0, progress=False)
     before = {p.name: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and "lock" not in p.name}
     holder = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import sys; from dataset_builder.writer import DatasetWriter\n"
-            f"with DatasetWriter({str(out)!r}).lock((0, 1)):\n"
-            "    print('held', flush=True); sys.stdin.read()"
-        )],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys; from dataset_builder.writer import DatasetWriter\n"
+                f"with DatasetWriter({str(out)!r}).lock((0, 1)):\n"
+                "    print('held', flush=True); sys.stdin.read()"
+            ),
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    )
     try:
         assert holder.stdout.readline().strip() == "held"  # blocks until the child holds the lock
         with pytest.raises(FolderLockedError, match=f"process {holder.pid}"):

@@ -97,7 +97,7 @@ def test_decorrelated_luminance():
         assert np.std(free[color]) > 5  # ... unless decorrelated
         lo, hi = stable_lightness(color)
         assert lo - 1 <= min(free[color]) and max(free[color]) <= hi + 1
-    # with decorrelation, L no longer identifies the colour: the L ranges of the colours overlap
+    # with decorrelation, L does not identify the colour: the L ranges of the colours overlap
     ranges = [(min(v), max(v)) for v in free.values()]
     assert max(r[0] for r in ranges) < min(r[1] for r in ranges)
 

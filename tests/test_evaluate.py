@@ -21,6 +21,12 @@ TINY_CLIP = {
 }
 
 
+def run_evaluate(*options: tuple[str, ...]) -> int:
+    """``mtcolor evaluate`` with the given options (a flag and its value, or a single argument) and
+    ``--no-progress``; returns the exit code."""
+    return main(["evaluate", *(item for option in options for item in option), "--no-progress"])
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """gt/ (128 px scenes), good/ (the scenes at 96 px), bad/ (instance 1 repainted green), records/, clip/."""
@@ -90,13 +96,14 @@ def _no_cached_weights(tmp_path, monkeypatch):
 
 def test_evaluate_writes_the_table(folder, capsys):
     out = folder / "out"
-    code = main(
-        [
-            "evaluate", "--pred", f"good={folder / 'good'}", "--pred", str(folder / "bad"), "--gt", str(folder / "gt"),
-            "--records", str(folder / "records"), "--clip-weights", str(folder / "clip"), "--out", str(out),
-            "--no-progress",
-        ]
-    )  # fmt: skip
+    code = run_evaluate(
+        ("--pred", f"good={folder / 'good'}"),
+        ("--pred", str(folder / "bad")),
+        ("--gt", str(folder / "gt")),
+        ("--records", str(folder / "records")),
+        ("--clip-weights", str(folder / "clip")),
+        ("--out", str(out)),
+    )
     assert code == 0
     printed = capsys.readouterr().out
     table = (out / "metrics.md").read_text()
@@ -171,8 +178,12 @@ def test_corrupt_prediction_file_is_one_line_naming_it(folder, tmp_path, capsys)
     data = (pred / "scene1.png").read_bytes()
     (pred / "scene1.png").write_bytes(data[: len(data) // 2])  # truncated mid-IDAT
     (pred / "scene2.png").write_bytes(b"not an image at all")
-    code = main(["evaluate", "--pred", f"ours={pred}", "--gt", str(folder / "gt"), "--metrics", "psnr",
-                 "--out", str(tmp_path / "eval"), "--no-progress"])  # fmt: skip
+    code = run_evaluate(
+        ("--pred", f"ours={pred}"),
+        ("--gt", str(folder / "gt")),
+        ("--metrics", "psnr"),
+        ("--out", str(tmp_path / "eval")),
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     (line,) = [line for line in err.splitlines() if line.startswith("error:")]
@@ -180,13 +191,23 @@ def test_corrupt_prediction_file_is_one_line_naming_it(folder, tmp_path, capsys)
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("flag, value, message", [("--tolerance", "nan", "--tolerance is nan"),
-                                                  ("--tolerance", "inf", "--tolerance is inf"),
-                                                  ("--band", "0", "--band is 0")])  # fmt: skip
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--tolerance", "nan", "--tolerance is nan"),
+        ("--tolerance", "inf", "--tolerance is inf"),
+        ("--band", "0", "--band is 0"),
+    ],
+)
 def test_non_finite_numbers_are_refused(folder, tmp_path, capsys, flag, value, message):
-    code = main(["evaluate", "--pred", str(folder / "good"), "--gt", str(folder / "gt"), "--metrics", "adherence",
-                 "--records", str(folder / "records"), f"{flag}={value}", "--out", str(tmp_path / "eval"),
-                 "--no-progress"])  # fmt: skip
+    code = run_evaluate(
+        ("--pred", str(folder / "good")),
+        ("--gt", str(folder / "gt")),
+        ("--metrics", "adherence"),
+        ("--records", str(folder / "records")),
+        (f"{flag}={value}",),
+        ("--out", str(tmp_path / "eval")),
+    )
     assert code == 2 and message in capsys.readouterr().err
 
 
@@ -195,7 +216,11 @@ def test_out_that_is_a_file_is_refused_before_scoring(folder, tmp_path, capsys, 
 
     monkeypatch.setattr(mtcolor.metrics.evaluation, "evaluate", lambda *a, **k: pytest.fail("scored first"))
     (tmp_path / "taken").write_text("a file")
-    code = main(["evaluate", "--pred", str(folder / "good"), "--gt", str(folder / "gt"), "--metrics", "psnr",
-                 "--out", str(tmp_path / "taken"), "--no-progress"])  # fmt: skip
+    code = run_evaluate(
+        ("--pred", str(folder / "good")),
+        ("--gt", str(folder / "gt")),
+        ("--metrics", "psnr"),
+        ("--out", str(tmp_path / "taken")),
+    )
     err = capsys.readouterr().err
     assert code == 2 and f"--out {str(tmp_path / 'taken')!r} is a file" in err and "Traceback" not in err

@@ -1,4 +1,4 @@
-"""The layering contract (DESIGN.md section 9c), checked on the source with ``ast``.
+"""The layering contract (docs/architecture.md, "Layers"), checked on the source with ``ast``.
 
 * ``mtcolor/`` is the library: none of its modules imports an application package (``pipelines``,
   ``training``, ``dataset_builder``, ``webui``, ``benchmarks``), at any level (inside functions

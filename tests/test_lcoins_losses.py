@@ -12,7 +12,7 @@ from mtcolor.models.lcoins_losses import (
     make_pseudo_captions,
     masked_mean,
     smooth_l1_loss,
-    token_similarity,
+    token_similarity_logit,
     total_loss,
 )
 
@@ -50,9 +50,11 @@ def _similarity_reference(x, y, mask=None):
 def test_similarity_eq_14_with_and_without_padding():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(3, 5, 4, generator=g), torch.randn(3, 2, 4, generator=g)
-    torch.testing.assert_close(token_similarity(x, y), _similarity_reference(x, y))
+    torch.testing.assert_close(torch.sigmoid(token_similarity_logit(x, y)), _similarity_reference(x, y))
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
-    torch.testing.assert_close(token_similarity(x, y, mask), _similarity_reference(x, y, mask))
+    torch.testing.assert_close(
+        torch.sigmoid(token_similarity_logit(x, y, mask)), _similarity_reference(x, y, mask)
+    )
 
 
 def test_counter_color_loss_hand_computed():

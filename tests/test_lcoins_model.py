@@ -136,7 +136,7 @@ def test_group_tokens_are_the_only_path_from_language_to_image(grouping):
     finally:
         for handle in handles:
             handle.remove()
-    if grouping:  # LC section 3.4: image outputs no longer depend on the language tokens
+    if grouping:  # LC section 3.4: image outputs do not depend on the language tokens
         torch.testing.assert_close(cut, cut_other)
     else:  # plain ViT blocks (w/o GA) mix image and language directly
         assert not torch.allclose(cut, cut_other)

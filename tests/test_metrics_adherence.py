@@ -169,10 +169,10 @@ def _verdicts(rgb: tuple[int, int, int], text: str) -> tuple[str, bool]:
 
 
 def test_dataset_verifier_and_metric_share_one_matcher():
-    """Regression: the dataset builder's verifier had its own rule (a word agreed when one of its basic
-    categories was a measured cluster), so "a crimson apple" painted xkcd red was verified "agree"
-    while the adherence metric scored the same instance as not adhering (d = 35: crimson is a darker
-    red). Both now call ``match_color_word``: the verdicts are the same on every instance."""
+    """The dataset builder's verifier and the adherence metric decide with one matcher
+    (``match_color_word``): "a crimson apple" painted xkcd red (d = 35: crimson is a darker red) is
+    rejected by both, although red is one of crimson's basic categories, and the verdicts are the
+    same on every instance."""
     assert _verdicts((229, 0, 0), "a crimson apple") == ("disagree", False)
     assert _verdicts((229, 0, 0), "a red apple") == ("agree", True)
     for word in ("red", "orange", "brown", "dark red", "maroon", "pink", "salmon", "white", "gray"):

@@ -239,3 +239,44 @@ def test_config_that_does_not_match_the_weights_names_the_component(
     message = str(info.value)
     assert f"could not load its {component!r} component" in message and str(folder / component) in message
     assert "expected shape" in message
+
+
+def _missing_shard(folder, component):
+    """Re-save ``component`` in 20 kB shards and delete the second shard."""
+    from diffusers import UNet2DConditionModel
+
+    sub = folder / component
+    UNet2DConditionModel.from_pretrained(sub).save_pretrained(sub, max_shard_size="20KB")
+    (sub / "diffusion_pytorch_model.safetensors").unlink()
+    (shard,) = sub.glob("diffusion_pytorch_model-00002-of-*.safetensors")
+    shard.unlink()
+
+
+def _symlink_loop(folder, component):
+    (weights,) = (folder / component).glob("*.safetensors")
+    weights.unlink()
+    weights.symlink_to(weights.name)  # points at itself: every open fails with ELOOP
+
+
+@pytest.mark.parametrize(
+    "kind, component, damage",
+    [
+        ("mtcolor", "unet", _missing_shard),
+        ("mtcolor", "unet", _symlink_loop),
+        ("mtcolor", "text_encoder", _symlink_loop),
+        ("lcoins", "model", _symlink_loop),
+    ],
+)
+def test_load_errors_name_the_class_model_index_lists(kind, component, damage, saved, tmp_path):
+    """The class in the message is the one model_index.json lists for the component, not a name read
+    from another library's frames (diffusers reuses its loop variable: it said 'ORTModule')."""
+    folder = _copy(saved, kind, tmp_path)
+    listed = json.loads((folder / "model_index.json").read_text())[component][1]
+    damage(folder, component)
+    cls = MTColorPipeline if kind == "mtcolor" else LCoInsPipeline
+    with pytest.raises(Exception) as info:
+        cls.from_pretrained(folder)
+    message = str(info.value)
+    assert f"could not load its {component!r} component ({listed}) from {folder / component}" in message
+    assert f"pass {component}=<a loaded {listed}>" in message
+    assert "ORTModule" not in message

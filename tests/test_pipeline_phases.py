@@ -15,8 +15,6 @@ from mtcolor.inputs import prepare_samples, working_size
 from mtcolor.masks import resize_label_map
 from mtcolor.sampling import fuse_latents
 from mtcolor.testing import randomize_adapter, tiny_components
-from pipelines.mtcolor_phases import GroupRun, TextEmbeds, global_sampling, global_units
-from pipelines.pipeline_mtcolor import CallOptions
 
 
 @pytest.fixture(scope="module")
@@ -64,46 +62,33 @@ def test_fusion_is_eq8_and_options():
 
 
 # ---------------------------------------------------------------------------------------------------
-# the phases: MT eq. 9 as written, and a fixed-seed call recorded before the pipeline was split
-
-
-def _options(**overrides) -> CallOptions:
-    """The options ``pipe(...)`` packs by default (working resolution 64)."""
-    values = dict(
-        num_inference_steps=50, guidance_scale=7.5, alpha=0.2, beta=0.2, fusion="paper", eta=0.0,
-        working_resolution=64, output_type="pt", preserve_luminance=True, num_images_per_prompt=1,
-        controlnet_conditioning_scale=1.0, attention_mode=None, attention_impl="auto", use_pmam=None,
-        use_instance_branch=None, use_instance_masks=None, use_control_residuals=True, max_batch=None,
-        callback_on_step_end=None, callback_tensors=("latents",),
-    )  # fmt: skip
-    return CallOptions(**{**values, **overrides})
+# the global phase: MT eq. 9 as written, and a fixed-seed call recorded before the pipeline was restructured
 
 
 def test_global_sampling_is_eq9(pipe):
-    """``global_sampling`` against a direct transcription of MT eq. 9: for t in {alpha T, ..., 1},
-    z_{t-1} = Diffusion(z_t, t, tau_g, T_n, M_n), where Diffusion is one DDIM step on the guided noise
-    of UNet + ControlNet + adapter given the global prompt, all instance texts and the label map (the
-    negative branch: negative prompt, null instance condition)."""
+    """A plain call (alpha = 0: every step global) against a direct transcription of MT eq. 9: for
+    t in {T, ..., 1}, z_{t-1} = Diffusion(z_t, t, tau_g, T_n, M_n), where Diffusion is one DDIM step on
+    the guided noise of UNet + ControlNet + adapter given the global prompt, all instance texts and the
+    label map (the negative branch: negative prompt, null instance condition)."""
     gray, masks, texts = _scene()
     (sample,) = prepare_samples(gray, masks, texts, "a street")
     size = working_size(sample.size, 64, pipe.vae_scale_factor)
     latent_size = (size[0] // pipe.vae_scale_factor, size[1] // pipe.vae_scale_factor)
+    z = torch.randn(1, 4, *latent_size, generator=torch.Generator().manual_seed(0))
+    phase = pipe(
+        gray, masks, texts, prompt="a street", latents=z, alpha=0.0, num_inference_steps=4,
+        working_resolution=64, output_type="latent",
+    ).images  # fmt: skip
+
     tau_g, negative = pipe.encode_prompt("a street", "cpu", 1, True)
     hidden, pooled = pipe.encode_instance_texts([texts], "cpu")  # T_n
     label_map, control = pipe.prepare_conditioning([sample], size, "cpu", torch.float32)  # M_n, gray
-    pipe.scheduler.set_timesteps(5)
-    timesteps = pipe.scheduler.timesteps[1:]  # after alpha T = 1 instance step
-    z = torch.randn(1, 4, *latent_size, generator=torch.Generator().manual_seed(0))
-    pipe._guidance_scale, pipe._interrupt = 7.5, False  # what __call__ sets
-    run = GroupRun(pipe, [sample], latent_size, None, _options(num_inference_steps=5))
-    units = global_units(z, TextEmbeds(tau_g, negative, hidden, pooled), label_map, control, 32)
+    pipe.scheduler.set_timesteps(4)
     with pipe.mtcolor_attention():
-        phase = global_sampling(run, units, timesteps, first_step=1).latents
-
         null = pipe.adapter.build_context(torch.zeros_like(label_map), torch.zeros_like(pooled[0])[None], torch.tensor([0]), latent_size)  # fmt: skip
         cond = pipe.adapter.build_context(label_map, pooled[0][None], torch.tensor([len(texts)]), latent_size)
-        expected = z
-        for t in timesteps:
+        expected = z * pipe.scheduler.init_noise_sigma
+        for t in pipe.scheduler.timesteps:
             eps = []
             for text, ctx in ((negative, null), (tau_g, cond)):
                 model_input = pipe.scheduler.scale_model_input(expected, t)

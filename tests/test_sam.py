@@ -14,7 +14,7 @@ from segment_anything.build_sam import sam_model_registry  # noqa: E402
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer  # noqa: E402
 
 from mtcolor import sam as sam_module  # noqa: E402
-from mtcolor.sam import SamMasker, check_prompts, clear_sam_cache, load_sam, masks_from_sam  # noqa: E402
+from mtcolor.sam import SamMasker, check_prompts, load_sam  # noqa: E402
 
 H, W = 40, 56  # non-square, smaller than the encoder's input (exercises SAM's resize + crop)
 
@@ -58,13 +58,6 @@ def tiny_sam(seed: int = 0, img_size: int = 64, embed_dim: int = 16, prompt_dim:
     return model.eval()
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    clear_sam_cache()
-    yield
-    clear_sam_cache()
-
-
 @pytest.fixture
 def gray():
     rng = np.random.default_rng(0)
@@ -88,7 +81,7 @@ def tiny_checkpoint(tmp_path, monkeypatch):
 
 
 def test_masks_shape_dtype_count(gray):
-    masks = SamMasker(tiny_sam()).masks_from_prompts(
+    masks = SamMasker(tiny_sam()).masks(
         gray, points=[[(5, 5)], [(10, 20), (30, 30)], None], boxes=[None, None, (0, 0, W, H)]
     )
     assert len(masks) == 3
@@ -100,7 +93,7 @@ def test_single_click_keeps_best_of_three_other_prompts_single_mask(gray):
     model = tiny_sam()
     points = [[(12, 9)], [(12, 9), (40, 30)], None]
     boxes = [None, None, (3, 4, 50, 36)]
-    masks = SamMasker(model).masks_from_prompts(gray, points=points, boxes=boxes)
+    masks = SamMasker(model).masks(gray, points=points, boxes=boxes)
 
     predictor = SamPredictor(model)
     predictor.set_image(np.repeat(gray[..., None], 3, axis=-1))
@@ -118,9 +111,9 @@ def test_single_click_keeps_best_of_three_other_prompts_single_mask(gray):
 def test_gray_is_repeated_to_rgb_any_input_form(gray):
     masker = SamMasker(tiny_sam())
     boxes = [(3, 4, 50, 36), (0, 0, 20, 20)]
-    reference = masker.masks_from_prompts(np.repeat(gray[..., None], 3, axis=-1), boxes=boxes)
+    reference = masker.masks(np.repeat(gray[..., None], 3, axis=-1), boxes=boxes)
     for image in (gray, PIL.Image.fromarray(gray), torch.from_numpy(gray.astype(np.float32) / 255.0)[None]):
-        for got, want in zip(masker.masks_from_prompts(image, boxes=boxes), reference):
+        for got, want in zip(masker.masks(image, boxes=boxes), reference):
             np.testing.assert_array_equal(got, want)
 
 
@@ -140,19 +133,30 @@ def test_checkpoint_round_trip_weights_only(gray, tiny_checkpoint, monkeypatch):
         assert torch.equal(got, want), name
     boxes = [(3, 4, 50, 36)]
     np.testing.assert_array_equal(
-        SamMasker(loaded).masks_from_prompts(gray, boxes=boxes)[0],
-        SamMasker(tiny_sam(0)).masks_from_prompts(gray, boxes=boxes)[0],
+        SamMasker(loaded).masks(gray, boxes=boxes)[0],
+        SamMasker(tiny_sam(0)).masks(gray, boxes=boxes)[0],
     )
 
 
-def test_masks_from_sam_caches_model(gray, tiny_checkpoint):
+def test_masker_from_a_checkpoint_is_owned_by_the_caller(gray, tiny_checkpoint):
+    """A masker built from a path loads the weights once and keeps them; the module keeps no model."""
     path, builds = tiny_checkpoint
-    first = masks_from_sam(gray, boxes=[(3, 4, 50, 36)], checkpoint=path, model_type="vit_b", device="cpu")
-    second = masks_from_sam(gray, points=[[(10, 10)]], checkpoint=str(path), model_type="vit_b", device="cpu")
+    masker = SamMasker(path, "vit_b", device="cpu")
+    first = masker.masks(gray, boxes=[(3, 4, 50, 36)])
+    second = masker.masks(gray, points=[[(10, 10)]])
     assert len(builds) == 1
     assert first[0].shape == second[0].shape == (H, W)
-    with_model = masks_from_sam(gray, boxes=[(3, 4, 50, 36)], model=tiny_sam(0))
-    np.testing.assert_array_equal(first[0], with_model[0])
+    np.testing.assert_array_equal(first[0], SamMasker(tiny_sam(0)).masks(gray, boxes=[(3, 4, 50, 36)])[0])
+
+    def holds_model(value) -> bool:
+        if isinstance(value, (torch.nn.Module, SamMasker)):
+            return True
+        items = (
+            value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+        )
+        return any(holds_model(item) for item in items)
+
+    assert [name for name, value in vars(sam_module).items() if holds_model(value)] == []
 
 
 def test_checkpoint_of_other_architecture(tmp_path, monkeypatch):
@@ -175,15 +179,15 @@ def test_missing_checkpoint_and_bad_model_type(tmp_path, gray):
     with pytest.raises(FileNotFoundError, match="segment-anything#model-checkpoints"):
         load_sam(tmp_path / "nope.pth")
     with pytest.raises(ValueError, match="never downloads"):
-        masks_from_sam(gray, boxes=[(0, 0, 5, 5)], checkpoint="https://x/sam_vit_b_01ec64.pth")
+        SamMasker("https://x/sam_vit_b_01ec64.pth")
     path = tmp_path / "sam.pth"
     path.write_bytes(b"")
     with pytest.raises(ValueError, match="model_type is 'vit_x'"):
         load_sam(path, "vit_x")
-    with pytest.raises(ValueError, match="checkpoint is None"):
-        masks_from_sam(gray, boxes=[(0, 0, 5, 5)])
-    with pytest.raises(TypeError, match="segment_anything.modeling.Sam"):
+    with pytest.raises(TypeError, match="checkpoint path or a segment_anything.modeling.Sam"):
         SamMasker(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="checkpoint path or a segment_anything.modeling.Sam"):
+        SamMasker(None)
 
 
 @pytest.mark.parametrize(
@@ -223,5 +227,5 @@ def test_real_registry_vit_b_checkpoint(tmp_path, gray):
     torch.manual_seed(0)
     path = tmp_path / "sam_vit_b_random.pth"
     torch.save(sam_model_registry["vit_b"]().state_dict(), path)
-    masks = masks_from_sam(gray, boxes=[(3, 4, 50, 36)], points=[[(20, 20)]], checkpoint=path, device="cpu")
+    masks = SamMasker(path, device="cpu").masks(gray, boxes=[(3, 4, 50, 36)], points=[[(20, 20)]])
     assert len(masks) == 1 and masks[0].shape == (H, W) and masks[0].dtype == np.bool_

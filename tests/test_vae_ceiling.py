@@ -36,7 +36,7 @@ def test_a_lossless_vae_reaches_the_ground_truth_and_the_shipped_vae_keeps_most_
 
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae").eval()
     shipped = vae_ceiling(vae, scenes, holdout)
-    # measured at export on 100 scenes: 90.8% with the input's L (the v2 decoder: 69.3%)
+    # measured at export on 100 scenes: 90.8% with the input's L (69.3% before the decoder fine-tuning)
     assert shipped["VAE round trip, input L"]["adherence"] >= 0.75, shipped
     gray = vae_round_trip(vae, torch.full((1, 3, 64, 64), 0.5))
     assert gray.shape == (1, 3, 64, 64) and gray.min() >= 0 and gray.max() <= 1

@@ -284,7 +284,7 @@ def test_one_pipeline_call_with_the_page_values(scene):
         ("guidance_scale", 3.5),
         ("alpha", 0.3),
         ("beta", 0.4),
-        ("attention_mode", "paper"),
+        ("switches", {"attention_mode": "paper"}),
         ("fusion", "normalized"),
         ("working_resolution", 48),
     ]:
@@ -329,13 +329,14 @@ def test_sam_rows_get_masks_from_segment_anything(scene, monkeypatch):
     gray, masks = scene
     seen = {}
 
-    def fake_sam(image, points=None, boxes=None, checkpoint=None, model_type="vit_b", **_):
-        seen.update(points=points, boxes=boxes, checkpoint=checkpoint, model_type=model_type)
-        box = np.zeros((H, W), bool)
-        box[2:12, 3:30] = True
-        return [box] * len(boxes)
+    class FakeMasker:
+        def masks(self, image, boxes=None, points=None):
+            seen.update(points=points, boxes=boxes)
+            box = np.zeros((H, W), bool)
+            box[2:12, 3:30] = True
+            return [box] * len(boxes)
 
-    monkeypatch.setattr("mtcolor.sam.masks_from_sam", fake_sam)
+    builds = []
     request = build_request(
         gray,
         _rows(["a red car", "a blue cat"], ""),
@@ -346,13 +347,8 @@ def test_sam_rows_get_masks_from_segment_anything(scene, monkeypatch):
         sam_enabled=True,
     )
     pipe = FakeMTColor()
-    result = run.colorize(pipe, "mtcolor", request, sam_checkpoint="sam.pth", sam_model_type="vit_l")
-    assert seen == {
-        "points": [None],
-        "boxes": [(3.0, 2.0, 30.0, 12.0)],
-        "checkpoint": "sam.pth",
-        "model_type": "vit_l",
-    }
+    result = run.colorize(pipe, "mtcolor", request, sam_masker=lambda: builds.append(1) or FakeMasker())
+    assert seen == {"points": [None], "boxes": [(3.0, 2.0, 30.0, 12.0)]} and builds == [1]
     assert pipe.calls[0]["masks"][1][2:12, 3:30].all() and result.masks[1].sum() == 10 * 27
 
 

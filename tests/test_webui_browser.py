@@ -195,3 +195,74 @@ def test_wrong_size_mask_shows_the_error_and_the_next_request_works(page, server
     page.screenshot(path=tmp_path / "after_error.png", full_page=True)
     errors = [e for e in page.console_errors if "12x10" not in e]  # the deliberate error may be logged
     assert errors == []
+
+
+def _scene_files(folder):
+    gray = folder / "gray.png"
+    PIL.Image.fromarray((np.random.default_rng(0).random((H, W)) * 200 + 30).astype(np.uint8)).save(gray)
+    good = np.zeros((H, W), np.uint8)
+    good[:, : W // 2] = 255
+    PIL.Image.fromarray(good).save(folder / "right.png")
+    PIL.Image.fromarray(np.full((10, 12), 255, np.uint8)).save(folder / "wrong.png")
+    return gray, folder / "right.png", folder / "wrong.png"
+
+
+def test_a_failed_run_clears_the_previous_result(page, tmp_path):
+    """After a valid run, a failing one leaves no result, table or download behind and says so."""
+    gray, right, wrong = _scene_files(tmp_path)
+    page.locator("#input-image input[type=file]").set_input_files(str(gray))
+    expect(page.locator("#input-note")).to_contain_text("56x40 px")
+    page.locator("#text-1 textarea").fill("a green tree")
+    page.locator("#mask-1 input[type=file]").set_input_files(str(right))
+    page.locator("#colorize-btn").click()
+    expect(page.locator("#status")).to_contain_text("Done")
+    expect(page.locator("#result-image img")).to_be_visible()
+    expect(page.locator("#instance-table")).to_contain_text("a green tree")
+    expect(page.locator("#download-btn")).to_be_enabled()
+
+    page.locator("#mask-1 button[aria-label='Remove Image']").click()
+    page.locator("#mask-1 input[type=file]").set_input_files(str(wrong))
+    expect(page.locator("#mask-check")).to_contain_text("12x10")
+    page.locator("#colorize-btn").click()
+    expect(page.locator("#status")).to_contain_text("Not colorized")
+    expect(page.locator("#status")).not_to_contain_text("Done")
+    expect(page.locator("#result-image img")).to_have_count(0)
+    expect(page.locator("#instance-table")).not_to_contain_text("a green tree")
+    expect(page.locator("#download-btn")).to_be_disabled()
+    page.screenshot(path=tmp_path / "failed_after_success.png", full_page=True)
+
+
+def _in_view(page, selector: str) -> bool:
+    return page.evaluate(
+        """(selector) => {
+            const r = document.querySelector(selector).getBoundingClientRect();
+            return r.height > 0 && r.top >= 0 && r.top < window.innerHeight;
+        }""",
+        selector,
+    )
+
+
+def test_twelve_instances_keep_the_result_in_view(page, tmp_path):
+    """With 12 instance rows Colorize is far down the page; when the run ends there, the status and the
+    before / after view are in the viewport. Each row's remove button has an accessible name."""
+    gray, right, _ = _scene_files(tmp_path)
+    page.locator("#input-image input[type=file]").set_input_files(str(gray))
+    expect(page.locator("#input-note")).to_contain_text("56x40 px")
+    for k in range(2, 13):
+        page.locator("#add-instance").click()
+        expect(page.locator(f"#text-{k} textarea")).to_be_visible()
+    left = tmp_path / "left.png"
+    PIL.Image.fromarray(255 - np.asarray(PIL.Image.open(right))).save(left)
+    for k, mask in ((1, right), (12, left)):
+        page.locator(f"#text-{k} textarea").fill(f"a green tree {k}")
+        page.locator(f"#mask-{k} input[type=file]").set_input_files(str(mask))
+    expect(page.locator("#mask-check")).to_contain_text("a green tree 12")
+    page.locator("#colorize-btn").click()
+    expect(page.locator("#status")).to_contain_text("Done")
+    assert page.evaluate("window.scrollY") > 1000  # the page is scrolled down to the button
+    assert _in_view(page, "#colorize-btn")
+    assert _in_view(page, "#status") and _in_view(page, "#compare")
+    page.screenshot(path=tmp_path / "twelve.png")
+    remove = page.get_by_role("button", name="Remove instance 12", exact=True)
+    expect(remove).to_be_visible()
+    assert remove.bounding_box()["width"] < 80  # the name is not shown: the button stays a small cross

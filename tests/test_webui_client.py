@@ -106,7 +106,9 @@ def test_progress_reports_every_denoising_step(server, files):
     the stream would make the outcome depend on timing)."""
     from webui.app import build_app
 
-    (colorize,) = [f.fn for f in build_app(server.session).fns.values() if f.api_name == "colorize"]
+    demo = build_app(server.session)
+    demo.upload_file_set.add(files["gray"])  # as if uploaded: the page reads only files it received
+    (colorize,) = [f.fn for f in demo.fns.values() if f.api_name == "colorize"]
     calls = []
 
     def progress(fraction, desc=None, **kwargs):

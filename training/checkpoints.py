@@ -15,6 +15,8 @@ Generic: no MT-Color or L-CoIns module is imported here.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -23,6 +25,11 @@ import re
 import shutil
 import sys
 from pathlib import Path
+
+try:
+    import resource  # POSIX: the file size limit (ulimit -f)
+except ImportError:  # pragma: no cover - Windows
+    resource = None
 
 from mtcolor.locks import FolderLockedError, fsync_directory, lock_folder, parent_gone, unlock_folder
 
@@ -115,6 +122,10 @@ def save_checkpoint(
     ``checkpoint-<step>`` or a complete one, and later damage is detected at resume. Older
     checkpoints beyond ``total_limit`` are deleted after the new one is complete. ``output_dir``
     must be on a file system shared by all processes of a multi-node run.
+
+    A write that fails for lack of storage (disk full, quota, the file size limit of ``ulimit -f``)
+    ends the run with one ``error:`` line naming the file and the reason (:func:`writing_checkpoint`);
+    the incomplete ``checkpoint-<step>.tmp`` is removed (a later save removes any left by a kill).
     """
     root = Path(output_dir)
     final = root / f"checkpoint-{step}"
@@ -124,15 +135,17 @@ def save_checkpoint(
         if temporary.exists():
             shutil.rmtree(temporary)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
+    with writing_checkpoint(temporary):
+        accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        marker = {**info, "step": int(step), "files": checkpoint_manifest(temporary, fsync=True)}
-        with open(temporary / CHECKPOINT_MARKER, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(marker, indent=1, default=str))
-            handle.flush()
-            os.fsync(handle.fileno())
-        fsync_directory(temporary)
+        with writing_checkpoint(temporary):
+            marker = {**info, "step": int(step), "files": checkpoint_manifest(temporary, fsync=True)}
+            with open(temporary / CHECKPOINT_MARKER, "w", encoding="utf-8") as handle:
+                handle.write(json.dumps(marker, indent=1, default=str))
+                handle.flush()
+                os.fsync(handle.fileno())
+            fsync_directory(temporary)
         if final.exists():
             shutil.rmtree(final)
         os.replace(temporary, final)
@@ -148,6 +161,85 @@ def save_checkpoint(
                 shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+# ================================================================================================
+# failed writes: one line naming the file and why, instead of torch's or safetensors' traceback
+#: errors of a write that ran out of storage: disk full, quota, file size limit (RLIMIT_FSIZE)
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+#: a file system with less free space than this after a failed write is taken to be full
+LOW_SPACE_BYTES = 1 << 20
+
+
+def _errno_of(error: BaseException) -> int | None:
+    """The storage errno behind ``error``: an ``OSError`` in its chain, or ``os error N`` / ``errno N``
+    in a message (safetensors' Rust I/O errors); None when there is none."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+            return error.errno
+        match = re.search(r"(?:os error|errno)\s*(\d+)", str(error), re.IGNORECASE)
+        if match and int(match.group(1)) in STORAGE_ERRNOS:
+            return int(match.group(1))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _files_newest_first(folder: Path) -> list[Path]:
+    try:
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        return sorted(files, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    except OSError:
+        return []
+
+
+def storage_problem(error: BaseException, folder: str | os.PathLike) -> tuple[Path, str] | None:
+    """(the file, the reason) when writing into ``folder`` failed for lack of storage, else None.
+
+    The reason comes from the error's errno where it has one; torch's zip writer drops it
+    (``unexpected pos ...``), so the folder is then examined: a file that reached the file size
+    limit (``ulimit -f``) or a file system with less than :data:`LOW_SPACE_BYTES` free.
+    """
+    folder = Path(folder)
+    files = _files_newest_first(folder)
+    newest = files[0] if files else folder
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource is not None else -1
+    limited = limit not in (-1, getattr(resource, "RLIM_INFINITY", -1))
+    code = _errno_of(error)
+    at_limit = [p for p in files if limited and p.stat().st_size >= limit]
+    if code == errno.EFBIG or (code is None and at_limit):
+        where = at_limit[0] if at_limit else newest
+        detail = f": the file size limit (ulimit -f) is {limit} bytes" if limited else ""
+        return where, f"{os.strerror(errno.EFBIG)}{detail}"
+    try:
+        free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
+    except OSError:
+        free = None
+    if code in (errno.ENOSPC, errno.EDQUOT) or (code is None and free is not None and free < LOW_SPACE_BYTES):
+        code = code or errno.ENOSPC
+        detail = f" ({free} bytes free)" if free is not None else ""
+        return newest, f"{os.strerror(code)}{detail}"
+    return None
+
+
+@contextlib.contextmanager
+def writing_checkpoint(folder: str | os.PathLike):
+    """Writes into the checkpoint folder ``folder``: one that fails for lack of storage removes
+    ``folder`` and ends the run with one ``error:`` line naming the file and the reason
+    (:func:`storage_problem`, :func:`fail`, exit status 2); any other error is raised as it is."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - torch and safetensors raise RuntimeError / their own types
+        problem = storage_problem(error, folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        if problem is None:
+            raise
+        path, reason = problem
+        fail(
+            f"writing {path} failed: {reason}. The incomplete checkpoint {str(folder)!r} was removed; free some "
+            "space (or raise the limit) and resume with --resume_from_checkpoint latest."
+        )
 
 
 # ================================================================================================

@@ -82,8 +82,8 @@ def log_validation(accelerator, model, components, records, args, step, weight_d
         "guidance_scale": args.validation_guidance_scale,
         "working_resolution": args.resolution,
         "output_type": "pt",
-        "attention_mode": args.attention_mode,
-        "attention_impl": args.masked_attention_impl,
+        "colors_from_texts": False,  # validation scores the learned model, without colour targets
+        "switches": {"attention_mode": args.attention_mode, "attention_impl": args.masked_attention_impl},
     }
     with torch.no_grad(), accelerator.autocast():
         generator = torch.Generator().manual_seed(args.seed)
@@ -176,7 +176,7 @@ def export_pipeline(
     folder = Path(args.output_dir) / "pipeline"
     pipe.save_pretrained(
         folder,
-        model_card={
+        model_card_kwargs={
             "base_model": args.pretrained_model_name_or_path,
             "tags": [f"mtcolor-stage{stages[-1]['stage']}"],
             "sections": card_sections(stages),

@@ -16,12 +16,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import PIL.Image
 
+from mtcolor.image_io import exif_orientation, upright
+
 #: instance rows in the page (the VOC example has 19 instances)
 MAX_INSTANCES = 20
 #: largest input the server accepts, in pixels (4096 x 4096)
 MAX_PIXELS = 4096 * 4096
 #: instance texts longer than this are refused (the text encoders truncate far earlier)
 MAX_TEXT_CHARS = 500
+#: the largest working size (pixels) a request may run at: the square of the largest working
+#: resolution the page offers, so no image shape costs more memory or time than that square
+MAX_WORKING_PIXELS = 1024 * 1024
 #: the working resolution the pipeline runs at is capped so that no request can exhaust the server
 LIMITS = {
     "num_inference_steps": (1, 200),
@@ -33,6 +38,8 @@ LIMITS = {
 }
 FUSIONS = ("paper", "normalized", "no_crop")
 ATTENTION_MODES = ("renormalized", "paper")
+#: key of ``PIL.Image.info`` where :func:`open_image` records the EXIF orientation it applied
+ORIENTATION_NOTE = "mtcolor.exif_orientation"
 _MASK_MODES = ("1", "L", "LA", "I;16", "I;16B", "I;16L", "I", "F", "P", "PA", "RGB", "RGBA")
 
 
@@ -108,7 +115,11 @@ def _path(value, name: str) -> str:
 
 
 def open_image(value, name: str = "the input image") -> PIL.Image.Image:
-    """Open an uploaded image fully (any PIL mode), refusing unreadable or oversized files."""
+    """Open an uploaded image fully (any PIL mode), refusing unreadable or oversized files.
+
+    An EXIF orientation (phone photos) is applied (:func:`mtcolor.image_io.upright`): the image, its
+    size and its masks are as viewers show them; ``info[ORIENTATION_NOTE]`` keeps the tag applied.
+    """
     path = _path(value, name)
     try:
         image = PIL.Image.open(path)
@@ -128,11 +139,15 @@ def open_image(value, name: str = "the input image") -> PIL.Image.Image:
         image.load()
     except (OSError, ValueError) as err:
         raise ValueError(f"{name} is truncated or corrupt ({err}); upload it again.") from err
+    orientation = exif_orientation(image)
+    if orientation != 1:  # a phone photo: used as viewers show it, masks are drawn on that view
+        image = upright(image)
+        image.info[ORIENTATION_NOTE] = orientation
     return image
 
 
 def describe_input(image: PIL.Image.Image) -> list[str]:
-    """Notes on an input: colour (its luminance is used), bit depth, transparency."""
+    """Notes on an input: colour (its luminance is used), bit depth, transparency, EXIF orientation."""
     notes = []
     bits = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}.get(image.mode, 8)
     if is_colour(image):
@@ -143,6 +158,11 @@ def describe_input(image: PIL.Image.Image) -> list[str]:
         notes.append(f"{bits}-bit input ({image.mode}): read at full precision.")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         notes.append("The alpha channel is ignored.")
+    if image.info.get(ORIENTATION_NOTE):
+        notes.append(
+            f"Turned upright by its EXIF orientation ({image.info[ORIENTATION_NOTE]}): used as viewers show it, "
+            f"{image.size[0]}x{image.size[1]}; masks must match that view."
+        )
     return notes
 
 
@@ -308,6 +328,29 @@ def check_settings(
         fusion=fusion,
         working_resolution=_number(working_resolution, "working_resolution", integer=True),
     )
+
+
+def check_working_size(size: tuple[int, int], resolution: int, multiple: int = 8) -> tuple[int, int]:
+    """The working size (h, w) an MT-Color run of an input of ``size`` (W, H) would take, checked.
+
+    The library's limits (:func:`mtcolor.inputs.working_size`: aspect ratio, longest side) and this
+    server's budget, :data:`MAX_WORKING_PIXELS`: a request beyond it is refused before the pipeline
+    runs, with the largest working resolution that fits.
+    """
+    from mtcolor.inputs import working_size
+
+    width, height = size
+    h, w = working_size((height, width), resolution, multiple, name="the input image")
+    if h * w > MAX_WORKING_PIXELS:
+        short, long = min(width, height), max(width, height)
+        fit = max(multiple, int(math.sqrt(MAX_WORKING_PIXELS * short / long)) // multiple * multiple)
+        side = math.isqrt(MAX_WORKING_PIXELS)
+        raise ValueError(
+            f"the input image is {width}x{height}: at working resolution {resolution} the model would run at "
+            f"{w}x{h} = {w * h / 1e6:.1f} MP, more than this server runs ({MAX_WORKING_PIXELS / 1e6:.1f} MP, "
+            f"{side}x{side}); lower the working resolution to {fit} or crop the image."
+        )
+    return h, w
 
 
 def check_text(value, name: str) -> str:

@@ -27,8 +27,19 @@ INTRO = (
 CSS = """
 #input-image img, #overlay img, #result-image img { width: 100%; height: 100%; object-fit: contain; }
 .instance-row { align-items: center; }
-.instance-chip { font-size: 1.4em; min-width: 2.2em !important; flex-grow: 0 !important; }
+.instance-chip { font-size: 1.4em; min-width: 3em !important; flex-grow: 0 !important; }
+.remove-row { font-size: 0 !important; }
+.remove-row::before { content: "✕" / ""; font-size: var(--button-small-text-size, 14px); }
+@media (min-width: 1024px) {
+  #outputs { position: sticky; top: 8px; align-self: flex-start; max-height: calc(100vh - 16px); overflow-y: auto; }
+}
 """
+#: added to the page's <head> as it is (gradio scopes CSS to elements inside its container): its
+#: container's overflow becomes clip, which unlike hidden is no scroll container, so the results
+#: column (#outputs) sticks to the window
+HEAD = """<style>
+@media (min-width: 1024px) { .gradio-container { overflow: clip !important; } }
+</style>"""
 #: parameter names of the colorize endpoint, per instance row
 ROW_FIELDS = ("text", "mask", "sam")
 
@@ -71,6 +82,7 @@ class Page:
 
     examples: gr.Gallery
     count: gr.State
+    accepted: gr.State
     image: gr.Image
     input_note: gr.Markdown
     prompt: gr.Textbox
@@ -144,6 +156,11 @@ class Page:
         ]
 
     @property
+    def result_outputs(self) -> list:
+        """What a run leaves behind (cleared when the next run starts, so a failed run shows none)."""
+        return [self.result, self.compare, self.download, self.table]
+
+    @property
     def preview_inputs(self) -> list:
         """What the instance overlay is drawn from."""
         return [self.image, self.model, self.working, *self.texts, *self.masks]
@@ -151,11 +168,9 @@ class Page:
 
 def build_layout(session: Session) -> Page:
     """Create the page's components for ``session`` (call inside a ``gr.Blocks`` context)."""
-
-    defaults = session.defaults()
-    choice_labels = [c.label for c in session.choices]
+    parts: dict = {}
     gr.Markdown(f"# {TITLE}\n{INTRO}")
-    examples = gr.Gallery(
+    parts["examples"] = gr.Gallery(
         value=[(ex.thumbnail, ex.name) for ex in session.examples],
         label="Examples: one click loads and runs one",
         columns=5,
@@ -165,209 +180,183 @@ def build_layout(session: Session) -> Page:
         interactive=False,
         elem_id="examples",
     )
-    count = gr.State(1)
+    parts["count"] = gr.State(1)
+    parts["accepted"] = gr.State(None)  # the input image's path once the server accepted it
     with gr.Row(equal_height=False):
-        # ---------------------------------------------------------------- inputs
         with gr.Column(scale=5):
-            image = gr.Image(
-                label="Input image (gray or colour, any size, 8/16-bit)",
+            parts.update(_input_image())
+            parts.update(_instance_rows(session))
+            parts.update(_paint_section())
+            parts.update(_settings_section(session))
+            parts["run"] = gr.Button("Colorize", variant="primary", elem_id="colorize-btn")
+        with gr.Column(scale=6, elem_id="outputs"):  # sticky on wide screens: in view beside long inputs
+            parts.update(_outputs())
+    return Page(**parts)
+
+
+def _input_image() -> dict:
+    return {
+        "image": gr.Image(
+            label="Input image (gray or colour, any size, 8/16-bit)",
+            type="filepath",
+            image_mode=None,
+            sources=["upload", "clipboard"],
+            height=320,
+            elem_id="input-image",
+        ),
+        "input_note": gr.Markdown(elem_id="input-note"),
+        "prompt": gr.Textbox(
+            label="Global prompt (optional)", placeholder="a sunny street", elem_id="prompt"
+        ),
+    }
+
+
+def _instance_row(session: Session, k: int) -> dict:
+    """Row ``k``'s components (shown for row 1 only at first)."""
+    with gr.Group(visible=k == 1, elem_id=f"instance-{k}") as group:
+        with gr.Row(equal_height=True, elem_classes="instance-row"):
+            gr.HTML(chip(k), elem_classes="instance-chip")
+            text = gr.Textbox(
+                label=f"Instance {k} text", placeholder="a red car", scale=4, elem_id=f"text-{k}"
+            )
+            mask = gr.Image(
+                label=f"Instance {k} mask",
                 type="filepath",
                 image_mode=None,
                 sources=["upload", "clipboard"],
-                height=320,
-                elem_id="input-image",
+                height=120,
+                scale=2,
+                elem_id=f"mask-{k}",
             )
-            input_note = gr.Markdown(elem_id="input-note")
-            prompt = gr.Textbox(
-                label="Global prompt (optional)", placeholder="a sunny street", elem_id="prompt"
+            sam = gr.Textbox(
+                label=f"Instance {k} SAM prompt",
+                placeholder="box 10,20,200,160",
+                visible=session.sam_enabled,
+                scale=3,
+                elem_id=f"sam-{k}",
             )
-            groups, texts, masks, sams, removes = [], [], [], [], []
-            with gr.Accordion("Instances: one mask and one text each", open=True):
-                for k in range(1, MAX_INSTANCES + 1):
-                    with gr.Group(visible=k == 1, elem_id=f"instance-{k}") as group:
-                        with gr.Row(equal_height=True, elem_classes="instance-row"):
-                            gr.HTML(chip(k), elem_classes="instance-chip")
-                            texts.append(
-                                gr.Textbox(
-                                    label=f"Instance {k} text",
-                                    placeholder="a red car",
-                                    scale=4,
-                                    elem_id=f"text-{k}",
-                                )
-                            )
-                            masks.append(
-                                gr.Image(
-                                    label=f"Instance {k} mask",
-                                    type="filepath",
-                                    image_mode=None,
-                                    sources=["upload", "clipboard"],
-                                    height=120,
-                                    scale=2,
-                                    elem_id=f"mask-{k}",
-                                )
-                            )
-                            sams.append(
-                                gr.Textbox(
-                                    label=f"Instance {k} SAM prompt",
-                                    placeholder="box 10,20,200,160",
-                                    visible=session.sam_enabled,
-                                    scale=3,
-                                    elem_id=f"sam-{k}",
-                                )
-                            )
-                            removes.append(
-                                gr.Button("✕", scale=0, min_width=44, size="sm", elem_id=f"remove-{k}")
-                            )
-                    groups.append(group)
-                add = gr.Button("+ Add an instance", size="sm", elem_id="add-instance")
-                gr.Markdown(sam_note(session), elem_id="sam-note")
-            with gr.Accordion("Paint a mask", open=False):
-                editor = gr.ImageEditor(
-                    label="Paint over one object (any brush colour), then use it as an instance's mask",
-                    type="numpy",
-                    image_mode="RGBA",
-                    sources=[],
-                    layers=False,
-                    transforms=[],
-                    brush=gr.Brush(colors=["#ff00ff", "#00e5ff", "#ffe600"], color_mode="fixed"),
-                    elem_id="paint-editor",
+            # the text is the button's accessible name; the CSS shows it as a cross
+            remove = gr.Button(
+                f"Remove instance {k}",
+                scale=0,
+                min_width=44,
+                size="sm",
+                elem_id=f"remove-{k}",
+                elem_classes="remove-row",
+            )
+    return {"groups": group, "texts": text, "masks": mask, "sams": sam, "removes": remove}
+
+
+def _instance_rows(session: Session) -> dict:
+    rows = {"groups": [], "texts": [], "masks": [], "sams": [], "removes": []}
+    with gr.Accordion("Instances: one mask and one text each", open=True):
+        for k in range(1, MAX_INSTANCES + 1):
+            for key, component in _instance_row(session, k).items():
+                rows[key].append(component)
+        rows["add"] = gr.Button("+ Add an instance", size="sm", elem_id="add-instance")
+        gr.Markdown(sam_note(session), elem_id="sam-note")
+    return rows
+
+
+def _paint_section() -> dict:
+    with gr.Accordion("Paint a mask", open=False):
+        editor = gr.ImageEditor(
+            label="Paint over one object (any brush colour), then use it as an instance's mask",
+            type="numpy",
+            image_mode="RGBA",
+            sources=[],
+            layers=False,
+            transforms=[],
+            brush=gr.Brush(colors=["#ff00ff", "#00e5ff", "#ffe600"], color_mode="fixed"),
+            elem_id="paint-editor",
+        )
+        with gr.Row():
+            target = gr.Dropdown(choices=[1], value=1, label="Instance", scale=1, elem_id="paint-target")
+            use_paint = gr.Button("Use the painting as this instance's mask", elem_id="paint-use")
+    return {"editor": editor, "target": target, "use_paint": use_paint}
+
+
+def _slider(name: str, defaults: dict, step: float, label: str, elem_id: str) -> gr.Slider:
+    return gr.Slider(*LIMITS[name], step=step, value=defaults[name], label=label, elem_id=elem_id)
+
+
+def _settings_section(session: Session) -> dict:
+    defaults = session.defaults()
+    labels = [c.label for c in session.choices]
+    parts: dict = {}
+    with gr.Accordion("Model and advanced settings", open=False):
+        parts["model"] = gr.Dropdown(choices=labels, value=labels[0], label="Model", elem_id="model")
+        parts["settings_note"] = gr.Markdown(describe_settings(session, labels[0]))
+        with gr.Column(visible=session.default_choice.kind == "mtcolor") as sampling:
+            parts["sampling"] = sampling
+            parts["steps"] = _slider("num_inference_steps", defaults, 1, "Denoising steps", "steps")
+            parts["guidance"] = _slider(
+                "guidance_scale",
+                defaults,
+                0.1,
+                "Guidance scale (<= 1 turns classifier-free guidance off)",
+                "guidance",
+            )
+            with gr.Row():
+                parts["alpha"] = _slider(
+                    "alpha", defaults, 0.05, "alpha: share of per-instance steps", "alpha"
                 )
-                with gr.Row():
-                    target = gr.Dropdown(
-                        choices=[1], value=1, label="Instance", scale=1, elem_id="paint-target"
-                    )
-                    use_paint = gr.Button("Use the painting as this instance's mask", elem_id="paint-use")
-            with gr.Accordion("Model and advanced settings", open=False):
-                model = gr.Dropdown(
-                    choices=choice_labels, value=choice_labels[0], label="Model", elem_id="model"
+                parts["beta"] = _slider("beta", defaults, 0.05, "beta: global latent weight", "beta")
+            with gr.Row():
+                parts["seed"] = gr.Number(
+                    value=defaults["seed"], precision=0, label="Seed (-1 = random)", elem_id="seed"
                 )
-                settings_note = gr.Markdown(describe_settings(session, choice_labels[0]))
-                with gr.Column(visible=session.default_choice.kind == "mtcolor") as sampling:
-                    steps = gr.Slider(
-                        *LIMITS["num_inference_steps"],
-                        step=1,
-                        value=defaults["num_inference_steps"],
-                        label="Denoising steps",
-                        elem_id="steps",
-                    )
-                    guidance = gr.Slider(
-                        *LIMITS["guidance_scale"],
-                        step=0.1,
-                        value=defaults["guidance_scale"],
-                        label="Guidance scale (<= 1 turns classifier-free guidance off)",
-                        elem_id="guidance",
-                    )
-                    with gr.Row():
-                        alpha = gr.Slider(
-                            *LIMITS["alpha"],
-                            step=0.05,
-                            value=defaults["alpha"],
-                            label="alpha: share of per-instance steps",
-                            elem_id="alpha",
-                        )
-                        beta = gr.Slider(
-                            *LIMITS["beta"],
-                            step=0.05,
-                            value=defaults["beta"],
-                            label="beta: global latent weight",
-                            elem_id="beta",
-                        )
-                    with gr.Row():
-                        seed = gr.Number(
-                            value=defaults["seed"],
-                            precision=0,
-                            label="Seed (-1 = random)",
-                            elem_id="seed",
-                        )
-                        working = gr.Slider(
-                            *LIMITS["working_resolution"],
-                            step=8,
-                            value=defaults["working_resolution"],
-                            label="Working resolution (short side the model runs at)",
-                            elem_id="working-resolution",
-                        )
-                    with gr.Row():
-                        attention = gr.Radio(
-                            list(ATTENTION_MODES),
-                            value=defaults["attention_mode"],
-                            label="Masked attention mode",
-                            elem_id="attention-mode",
-                        )
-                        fusion = gr.Radio(
-                            list(FUSIONS), value=defaults["fusion"], label="Fusion", elem_id="fusion"
-                        )
-            run = gr.Button("Colorize", variant="primary", elem_id="colorize-btn")
-        # ---------------------------------------------------------------- outputs
-        with gr.Column(scale=6):
-            status = gr.Markdown("Results appear here.", elem_id="status")
-            compare = gr.ImageSlider(
-                label="Before / after",
-                type="pil",
-                format="png",
-                interactive=False,
-                max_height=420,
-                elem_id="compare",
-            )
-            with gr.Row(equal_height=False):
-                overlay = gr.Image(
-                    label="Instances (the label map the masks resolve to)",
-                    type="numpy",
-                    format="png",
-                    interactive=False,
-                    height=260,
-                    elem_id="overlay",
+                parts["working"] = _slider(
+                    "working_resolution",
+                    defaults,
+                    8,
+                    "Working resolution (short side the model runs at)",
+                    "working-resolution",
                 )
-                mask_check = gr.Markdown(elem_id="mask-check")
-            download = gr.DownloadButton("Download PNG", interactive=False, elem_id="download-btn")
-            table = gr.Dataframe(
-                headers=TABLE_HEADERS,
-                datatype=["number", "str", "str", "str", "str", "number"],
-                column_widths=["7%", "33%", "17%", "17%", "11%", "15%"],
-                interactive=False,
-                wrap=True,
-                label="Per instance: requested vs measured colour (adherence metric)",
-                elem_id="instance-table",
-            )
-            result = gr.Image(
-                label="Result at the input's own size",
-                height=320,
-                type="pil",
-                format="png",
-                interactive=False,
-                elem_id="result-image",
-            )
-    return Page(
-        examples=examples,
-        count=count,
-        image=image,
-        input_note=input_note,
-        prompt=prompt,
-        groups=groups,
-        texts=texts,
-        masks=masks,
-        sams=sams,
-        removes=removes,
-        add=add,
-        editor=editor,
-        target=target,
-        use_paint=use_paint,
-        model=model,
-        settings_note=settings_note,
-        sampling=sampling,
-        steps=steps,
-        guidance=guidance,
-        alpha=alpha,
-        beta=beta,
-        seed=seed,
-        working=working,
-        attention=attention,
-        fusion=fusion,
-        run=run,
-        status=status,
-        compare=compare,
-        overlay=overlay,
-        mask_check=mask_check,
-        download=download,
-        table=table,
-        result=result,
+            with gr.Row():
+                parts["attention"] = gr.Radio(
+                    list(ATTENTION_MODES),
+                    value=defaults["attention_mode"],
+                    label="Masked attention mode",
+                    elem_id="attention-mode",
+                )
+                parts["fusion"] = gr.Radio(
+                    list(FUSIONS), value=defaults["fusion"], label="Fusion", elem_id="fusion"
+                )
+    return parts
+
+
+def _outputs() -> dict:
+    parts: dict = {"status": gr.Markdown("Results appear here.", elem_id="status")}
+    parts["compare"] = gr.ImageSlider(
+        label="Before / after", type="pil", format="png", interactive=False, max_height=420, elem_id="compare"
     )
+    with gr.Row(equal_height=False):
+        parts["overlay"] = gr.Image(
+            label="Instances (the label map the masks resolve to)",
+            type="numpy",
+            format="png",
+            interactive=False,
+            height=260,
+            elem_id="overlay",
+        )
+        parts["mask_check"] = gr.Markdown(elem_id="mask-check")
+    parts["download"] = gr.DownloadButton("Download PNG", interactive=False, elem_id="download-btn")
+    parts["table"] = gr.Dataframe(
+        headers=TABLE_HEADERS,
+        datatype=["number", "str", "str", "str", "str", "number"],
+        column_widths=["7%", "33%", "17%", "17%", "11%", "15%"],
+        interactive=False,
+        wrap=True,
+        label="Per instance: requested vs measured colour (adherence metric)",
+        elem_id="instance-table",
+    )
+    parts["result"] = gr.Image(
+        label="Result at the input's own size",
+        height=320,
+        type="pil",
+        format="png",
+        interactive=False,
+        elem_id="result-image",
+    )
+    return parts

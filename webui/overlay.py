@@ -10,6 +10,7 @@ level below it). After a run it shows the warnings the pipeline actually emitted
 from __future__ import annotations
 
 import html
+import re
 
 import numpy as np
 import PIL.Image
@@ -93,6 +94,31 @@ def vanishing_messages(
         if k not in gone
     ]
     return messages
+
+
+def page_numbers(message: str, rows: list[int]) -> str:
+    """A pipeline message with the page's instance numbers: the pipeline numbers the instances of its
+    call from zero (``texts[1]``, ``masks[0, 2]``, ``0-based pairs [(0, 1)]``), the page numbers its
+    rows from one, and empty rows are not sent, so call index ``i`` is page row ``rows[i]``.
+
+    ``"... (texts[1] 'a cat')"`` with rows ``[1, 3]`` -> ``"... (instance 3 'a cat')"``;
+    ``"(0-based pairs [(0, 1)])"`` -> ``"(instances 1+3)"``.
+    """
+
+    def row(index: str) -> str:
+        i = int(index)
+        return str(rows[i] if 0 <= i < len(rows) else i + 1)
+
+    def pairs(match: re.Match) -> str:
+        found = re.findall(r"\((\d+),\s*(\d+)\)", match.group(1))
+        return "instances " + ", ".join(f"{row(a)}+{row(b)}" for a, b in found)
+
+    def indices(match: re.Match) -> str:
+        numbers = [row(i) for i in match.group(1).split(",")]
+        return ("instance " if len(numbers) == 1 else "instances ") + ", ".join(numbers)
+
+    message = re.sub(r"0-based pairs \[([^\]]*)\]", pairs, message)
+    return re.sub(r"\b(?:texts|masks)\[(\d+(?:,\s*\d+)*)\]", indices, message)
 
 
 def legend(rows: list[int], texts: list[str], messages: list[str], title: str = "Mask check") -> str:

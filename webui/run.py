@@ -1,7 +1,7 @@
 """A checked request -> one pipeline call -> what the page shows.
 
 The colorization is the pipeline's: :func:`colorize` resolves SAM prompts to masks
-(:func:`mtcolor.sam.masks_from_sam`), makes **one** call to ``MTColorPipeline`` (masks + texts +
+(the session's :class:`mtcolor.sam.SamMasker`), makes **one** call to ``MTColorPipeline`` (masks + texts +
 prompt + settings) or ``LCoInsPipeline`` (one caption), records the warnings the pipeline emits
 (overlapping masks, instances too small for an attention grid) and measures each instance's colour
 with the project's adherence metric (:func:`mtcolor.metrics.color_adherence`).
@@ -52,23 +52,21 @@ def lcoins_caption(request: ColorizeRequest) -> str:
     return " and ".join(request.texts)
 
 
-def resolve_masks(request: ColorizeRequest, sam_checkpoint: str | None, sam_model_type: str = "vit_b"):
-    """Bool masks (H, W) for every instance; SAM prompts are run through Segment Anything."""
+def resolve_masks(request: ColorizeRequest, sam_masker=None):
+    """Bool masks (H, W) for every instance; SAM prompts are run through ``sam_masker`` (a
+    :class:`mtcolor.sam.SamMasker`, or a callable returning one, built when first needed)."""
     masks = [instance.mask for instance in request.instances]
     pending = [i for i, instance in enumerate(request.instances) if instance.mask is None]
     if pending:
-        from mtcolor.sam import masks_from_sam
-
-        if sam_checkpoint is None:
+        if sam_masker is None:
             raise ValueError(
                 "SAM prompts need a SAM checkpoint; start the server with --sam_checkpoint PATH."
             )
-        sam_masks = masks_from_sam(
+        masker = sam_masker() if callable(sam_masker) else sam_masker
+        sam_masks = masker.masks(
             request.image,
-            points=[request.instances[i].sam_points for i in pending],
             boxes=[request.instances[i].sam_box for i in pending],
-            checkpoint=sam_checkpoint,
-            model_type=sam_model_type,
+            points=[request.instances[i].sam_points for i in pending],
         )
         for i, mask in zip(pending, sam_masks):
             if not np.asarray(mask).any():
@@ -119,8 +117,7 @@ def colorize(
     kind: str,
     request: ColorizeRequest,
     *,
-    sam_checkpoint: str | None = None,
-    sam_model_type: str = "vit_b",
+    sam_masker=None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> ColorizeResult:
     """Colorize a checked request with one pipeline call.
@@ -128,14 +125,15 @@ def colorize(
     Args:
         pipe: a loaded ``MTColorPipeline`` (``kind="mtcolor"``) or ``LCoInsPipeline`` (``kind="lcoins"``).
         request: from :func:`webui.inputs.build_request`.
-        sam_checkpoint, sam_model_type: Segment Anything for instances given by prompts.
+        sam_masker: a :class:`mtcolor.sam.SamMasker` (or a callable building one when first needed)
+            for instances given by prompts; None refuses SAM prompts.
         on_step: ``f(done, total)`` after every denoising step (the page's progress bar).
     """
     import torch
 
     from .inputs import gray_preview
 
-    masks = resolve_masks(request, sam_checkpoint, sam_model_type)
+    masks = resolve_masks(request, sam_masker)
     texts = request.texts
     settings = request.settings
     caption = None
@@ -162,7 +160,7 @@ def colorize(
                 beta=settings.beta,
                 fusion=settings.fusion,
                 working_resolution=settings.working_resolution,
-                attention_mode=settings.attention_mode,
+                switches={"attention_mode": settings.attention_mode},
                 generator=generator,
                 callback_on_step_end=step_end,
                 output_type="pil",

@@ -2,8 +2,10 @@
 
 Limits that keep one server answering whatever it is sent: the pipeline runs one request at a
 time (``concurrency_limit=1``), at most ``queue_size`` requests wait (more are refused with "queue
-full"), uploads are capped at ``max_file_size`` and images at :data:`webui.inputs.MAX_PIXELS`, and
-every setting is range-checked (:data:`webui.inputs.LIMITS`).
+full"), uploads are capped at ``max_file_size`` and images at :data:`webui.inputs.MAX_PIXELS`, every
+setting is range-checked (:data:`webui.inputs.LIMITS`), the working size is capped on both sides and
+in area before the pipeline runs (:func:`webui.inputs.check_working_size`), and handlers read only
+files gradio received for this server (:mod:`webui.received`).
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def launch(
 
 
 def _launch(demo, session: Session, host: str, port: int | None, max_file_size, quiet: bool) -> None:
-    from .layout import CSS
+    from .layout import CSS, HEAD
 
     demo.launch(
         server_name=host,
@@ -122,5 +124,6 @@ def _launch(demo, session: Session, host: str, port: int | None, max_file_size, 
         ssr_mode=False,
         inbrowser=False,
         css=CSS,
+        head=HEAD,
         footer_links=[],
     )

@@ -24,14 +24,23 @@ from .inputs import (
     ColorizeRequest,
     build_request,
     check_settings,
+    check_working_size,
     describe_input,
+    file_path,
     gray_preview,
     open_image,
     painted_mask,
     read_mask,
 )
 from .models import ModelChoice, PipelineCache, model_choices, recommended_settings
-from .overlay import label_overlay, legend, overlap_messages, resolve_label_map, vanishing_messages
+from .overlay import (
+    label_overlay,
+    legend,
+    overlap_messages,
+    page_numbers,
+    resolve_label_map,
+    vanishing_messages,
+)
 from .run import TABLE_HEADERS, ColorizeResult, colorize
 
 #: the settings the page sends with every run, in the order of :func:`webui.inputs.check_settings`
@@ -135,6 +144,7 @@ class Session:
         self.config = config or ServerConfig()
         self.choices: list[ModelChoice] = model_choices(self.config.model)
         self.pipes = PipelineCache(device=self.config.device)
+        self._sam_masker = None  # built on the first SAM prompt (see sam_masker)
         root = self.config.workdir or tempfile.mkdtemp(prefix="mtcolor-ui-")
         self.workspace = Workspace(root)
         scene_model = next((c.path for c in self.choices if c.kind == "mtcolor"), None)
@@ -152,6 +162,15 @@ class Session:
     @property
     def sam_enabled(self) -> bool:
         return self.config.sam_checkpoint is not None
+
+    def sam_masker(self):
+        """The server's :class:`mtcolor.sam.SamMasker`, built from ``--sam_checkpoint`` when first
+        needed and kept by this session (one SAM model per server)."""
+        if self._sam_masker is None:
+            from mtcolor.sam import SamMasker
+
+            self._sam_masker = SamMasker(self.config.sam_checkpoint, self.config.sam_model_type)
+        return self._sam_masker
 
     @property
     def default_choice(self) -> ModelChoice:
@@ -180,7 +199,7 @@ class Session:
     def gray(self, image) -> tuple[PIL.Image.Image, str]:
         """The gray image the model sees and its PNG path (cached per uploaded file)."""
         picture = open_image(image)
-        key = f"{getattr(picture, 'filename', '')}:{picture.size}:{picture.mode}"
+        key = f"{file_path(image)}:{picture.size}:{picture.mode}"
         with self._gray_lock:
             if key in self._gray_cache:
                 return self._gray_cache[key]
@@ -222,11 +241,12 @@ class Session:
             names.append((text or "").strip() or "(no text yet)")
         label_map = resolve_label_map(bools)
         messages = problems + overlap_messages(bools, rows)
-        if label_map is not None:
-            messages += self._vanishing(label_map, names, rows, model, working_resolution)
+        messages += self._model_messages(picture.size, label_map, names, rows, model, working_resolution)
         return Preview(label_overlay(gray, label_map, rows), legend(rows, names, messages), note, gray_path)
 
-    def _vanishing(self, label_map, names, rows, model, working_resolution) -> list[str]:
+    def _model_messages(self, size, label_map, names, rows, model, working_resolution) -> list[str]:
+        """What the chosen MT-Color model would refuse or lose at the working resolution: a working size
+        beyond the limits (:func:`webui.inputs.check_working_size`), instances smaller than a token."""
         try:
             choice = self.choice(model)
             resolution = check_settings(
@@ -236,6 +256,12 @@ class Session:
             return []
         pipe = self.pipes.loaded(choice)
         if choice.kind != "mtcolor" or pipe is None:
+            return []
+        try:
+            check_working_size(size, resolution, pipe.vae_scale_factor)
+        except ValueError as err:
+            return [str(err)]
+        if label_map is None:
             return []
         return vanishing_messages(pipe, label_map, names, rows, resolution)
 
@@ -276,17 +302,21 @@ class Session:
         }
         request = self.request(image, texts, masks, sam_prompts, prompt, settings)
         pipe = self.pipes.get(choice)
-        result = colorize(
-            pipe,
-            choice.kind,
-            request,
-            sam_checkpoint=self.config.sam_checkpoint,
-            sam_model_type=self.config.sam_model_type,
-            on_step=on_step,
-        )
+        if choice.kind == "mtcolor":  # refused here, before the pipeline runs
+            check_working_size(request.size, request.settings.working_resolution, pipe.vae_scale_factor)
         rows = [instance.index for instance in request.instances]
+        try:
+            result = colorize(
+                pipe,
+                choice.kind,
+                request,
+                sam_masker=self.sam_masker if self.sam_enabled else None,
+                on_step=on_step,
+            )
+        except ValueError as err:  # the pipeline numbers instances from zero, the page from one
+            raise ValueError(page_numbers(str(err), rows)) from err
         label_map = resolve_label_map(result.masks)
-        messages = list(result.warnings)
+        messages = [page_numbers(message, rows) for message in result.warnings]
         if choice.kind == "lcoins" and request.instances:
             messages.append("L-CoIns colorizes from one caption; the masks are used only for the table.")
         png = self.workspace.save_png(result.image, "colorized.png")

@@ -1,11 +1,9 @@
-"""Masked attention kernels (DESIGN.md section 4); diffusers processors build on them."""
+"""Masked attention kernels (docs/design.md, "Masked attention"); diffusers processors build on them."""
 
 from mtcolor.attention.kernels import (
     IMPLS,
     MODES,
     LabelPartition,
-    instance_key_labels,
-    instance_masked_attention,
     masked_attention,
 )
 
@@ -13,7 +11,5 @@ __all__ = [
     "IMPLS",
     "MODES",
     "LabelPartition",
-    "instance_key_labels",
-    "instance_masked_attention",
     "masked_attention",
 ]

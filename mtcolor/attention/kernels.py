@@ -1,8 +1,11 @@
-"""Label-masked attention: the one place that owns the masked attention maths (DESIGN.md section 4).
+"""Label-masked attention: the one place that owns the masked attention maths (docs/design.md,
+"Masked attention").
 
 Every masked component (PMAM, MT eq. 1-2; the instance branch, MT eq. 4-7) reduces to the same
-rule once instance masks have become a label map (DESIGN.md section 3): query ``i`` may attend to
-key ``j`` iff ``q_labels[b, i] == k_labels[b, j]``.
+rule once instance masks have become a label map (docs/design.md, "Label maps"): query ``i`` may
+attend to key ``j`` iff ``q_labels[b, i] == k_labels[b, j]``. The instance branch passes the keys
+``[latent tokens; instance tokens]`` with the key labels ``[latent labels; instance labels]``
+(:meth:`mtcolor.attention.processors.MTColorContext.branch_labels`).
 
 Tensor layout follows :func:`torch.nn.functional.scaled_dot_product_attention`:
 
@@ -49,8 +52,6 @@ __all__ = [
     "IMPLS",
     "MODES",
     "LabelPartition",
-    "instance_key_labels",
-    "instance_masked_attention",
     "masked_attention",
 ]
 
@@ -230,88 +231,6 @@ def masked_attention(
             partition = LabelPartition.build(q_labels, k_labels)
         out = out * _own_label_mass(q, k, partition, scale).unsqueeze(-1)
     return out
-
-
-def instance_key_labels(lat_labels: torch.Tensor, inst_labels: torch.Tensor) -> torch.Tensor:
-    """Key labels of the instance branch: latent labels followed by the instance tokens' labels.
-
-    Args:
-        lat_labels: ``(B, N)`` integer label map of the latent tokens.
-        inst_labels: ``(B, n)`` or ``(n,)`` integer labels of the instance tokens (instance token
-            ``j`` carries label ``j``; a learned null token carries label 0, the background; -1
-            marks a padding token, invisible in both modes).
-
-    Returns:
-        ``(B, N + n)`` labels; build the branch's partition with
-        ``LabelPartition.build(lat_labels, instance_key_labels(lat_labels, inst_labels))``.
-    """
-    _check_labels(lat_labels, "lat_labels")
-    if inst_labels.dim() == 1:
-        inst_labels = inst_labels.unsqueeze(0).expand(lat_labels.shape[0], -1)
-    _check_labels(inst_labels, "inst_labels")
-    if inst_labels.shape[0] != lat_labels.shape[0]:
-        raise ValueError(
-            f"inst_labels must have shape (B, n) with B = {lat_labels.shape[0]} like lat_labels, got "
-            f"{tuple(inst_labels.shape)}; pass one row of instance labels per batch item, or a 1-D (n,) row "
-            "shared by all items."
-        )
-    return torch.cat([lat_labels, inst_labels.to(lat_labels.dtype)], dim=1)
-
-
-def instance_masked_attention(
-    q_lat: torch.Tensor,
-    k_lat: torch.Tensor,
-    v_lat: torch.Tensor,
-    lat_labels: torch.Tensor,
-    k_inst: torch.Tensor,
-    v_inst: torch.Tensor,
-    inst_labels: torch.Tensor,
-    *,
-    mode: str = "renormalized",
-    impl: str = "auto",
-    scale: float | None = None,
-    partition: LabelPartition | None = None,
-) -> torch.Tensor:
-    """Masked self-attention of the MT-Color instance branch (MT eq. 4-7), latent rows only.
-
-    ``p = [latent; instance]`` tokens; a latent token attends to latent tokens of its own label
-    (``M_self``, MT eq. 5) and to instance tokens whose label equals its own (``M_cross``, MT eq. 6).
-    Only the latent rows are computed (MT eq. 7 keeps ``[1 : lx]``). In ``"paper"`` mode the
-    softmax of MT eq. 4 runs over all ``lx + n`` keys, latent and instance, except padding instance
-    tokens (negative label): ``p`` holds only the sample's real tokens, whatever the batch's
-    longest instance list.
-
-    Args:
-        q_lat: ``(B, H, N, d)`` latent queries.
-        k_lat: ``(B, H, N, d)`` latent keys.
-        v_lat: ``(B, H, N, dv)`` latent values.
-        lat_labels: ``(B, N)`` integer label map of the latent tokens (0 = background).
-        k_inst: ``(B, H, n, d)`` instance-token keys.
-        v_inst: ``(B, H, n, dv)`` instance-token values.
-        inst_labels: ``(B, n)`` or ``(n,)`` integer labels of the instance tokens.
-        mode, impl, scale: as in :func:`masked_attention`.
-        partition: optional cached ``LabelPartition.build(lat_labels, instance_key_labels(...))``.
-
-    Returns:
-        ``(B, H, N, dv)`` tensor of ``q_lat``'s dtype.
-    """
-    for name, tensor, latent in (("k_inst", k_inst, k_lat), ("v_inst", v_inst, v_lat)):
-        if tensor.dim() != 4 or latent.dim() != 4:
-            raise ValueError(
-                f"{name} and its latent counterpart must be 4-D (B, H, tokens, head_dim), got "
-                f"{tuple(tensor.shape)} and {tuple(latent.shape)}; reshape to (batch, heads, tokens, head_dim)."
-            )
-        if tensor.shape[:2] != latent.shape[:2] or tensor.shape[-1] != latent.shape[-1]:
-            raise ValueError(
-                f"{name} {tuple(tensor.shape)} must match the latent tensor {tuple(latent.shape)} in batch, "
-                "heads and head dim; project the instance tokens with the same attention layer."
-            )
-    k_labels = instance_key_labels(lat_labels, inst_labels)
-    k = torch.cat([k_lat, k_inst], dim=2)
-    v = torch.cat([v_lat, v_inst], dim=2)
-    return masked_attention(
-        q_lat, k, v, lat_labels, k_labels, mode=mode, impl=impl, scale=scale, partition=partition
-    )
 
 
 def _check_labels(labels: torch.Tensor, name: str) -> None:

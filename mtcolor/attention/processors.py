@@ -16,10 +16,16 @@ The wrapped ("base") processor may be any diffusers processor (``AttnProcessor2_
 ``SlicedAttnProcessor`` after ``enable_attention_slicing``), so switching the UNet's attention
 implementation does not remove MT-Color. It is called with only the keywords its ``__call__``
 declares (``SlicedAttnProcessor`` takes no ``temb``), inspected once when it is set.
+
+diffusers hands a processor only the ``cross_attention_kwargs`` its ``__call__`` declares, so each
+MT-Color processor declares the wrapped processor's extra keywords too (its instance's ``__call__``
+signature is the union): a keyword meant for the wrapped processor (e.g. a LoRA-style ``scale`` of
+a custom processor) passes through ``pipe(..., cross_attention_kwargs=...)`` to it.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field, replace
 
@@ -99,7 +105,7 @@ def _accepted_keywords(processor) -> frozenset[str] | None:
     ``**kwargs`` (any keyword). diffusers processors differ: ``SlicedAttnProcessor`` has no ``temb``."""
     try:
         parameters = inspect.signature(processor).parameters.values()
-    except (TypeError, ValueError):  # no introspectable signature: pass everything, as before
+    except (TypeError, ValueError):  # no introspectable signature: pass every keyword
         return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return None
@@ -121,12 +127,31 @@ class _WrapsBaseProcessor:
     def base(self, processor) -> None:
         self._base = processor
         self._base_keywords = _accepted_keywords(processor)
+        self._declare_base_keywords()
 
-    def _call_base(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb) -> torch.Tensor:
+    def _declare_base_keywords(self) -> None:
+        """Make ``inspect.signature(self.__call__)`` (what diffusers' ``Attention`` reads to filter
+        ``cross_attention_kwargs``) list this processor's own parameters plus the wrapped processor's
+        extra keywords; calls still go to the class's ``__call__``, which forwards them."""
+        own = inspect.signature(type(self).__call__)
+        parameters = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD][1:]  # no self
+        taken = {p.name for p in parameters} | {"self"}
+        extra = sorted((self._base_keywords or frozenset()) - taken)
+        parameters += [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in extra
+        ]
+        declared = functools.partial(type(self).__call__, self)
+        declared.__signature__ = own.replace(parameters=parameters)
+        self.__dict__["__call__"] = declared  # read by attribute access only; calls use the class's
+
+    def _call_base(
+        self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, extra: dict | None = None
+    ) -> torch.Tensor:
         keywords = {
             "encoder_hidden_states": encoder_hidden_states,
             "attention_mask": attention_mask,
             "temb": temb,
+            **(extra or {}),
         }
         accepted = self._base_keywords
         if accepted is not None:
@@ -165,8 +190,9 @@ class InstanceSelfAttnProcessor2_0(_WrapsBaseProcessor):
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
         mtcolor: MTColorContext | None = None,
+        **base_kwargs,
     ) -> torch.Tensor:
-        out = self._call_base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        out = self._call_base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, base_kwargs)
         if mtcolor is None or not mtcolor.use_instance_branch or mtcolor.instance_tokens is None:
             return out
         q_labels, k_labels, partition = mtcolor.branch_labels(hidden_states.shape[1])
@@ -202,8 +228,9 @@ class PixelMaskAttnProcessor2_0(_WrapsBaseProcessor):
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
         mtcolor: MTColorContext | None = None,
+        **base_kwargs,
     ) -> torch.Tensor:
-        out = self._call_base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        out = self._call_base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, base_kwargs)
         if mtcolor is None or not mtcolor.use_pmam:
             return out
         tokens, width = hidden_states.shape[1], hidden_states.shape[2]

@@ -2,7 +2,7 @@
 
 ``python -m mtcolor.bench attention [--sizes 1024 4096 16384] [--repeats 3] [--threads N] [--clock wall|cpu]``
 
-Shapes follow DESIGN.md section 10: batch 2, 8 heads, head dim 40, float32, inputs in the
+Shapes (docs/design.md, "Performance goals"): batch 2, 8 heads, head dim 40, float32, inputs in the
 ``(B, N, H, d)`` memory layout diffusers processors pass (viewed as ``(B, H, N, d)``), and a label
 map of 8 ellipses + background (about 65% background) on a square-ish token grid, different in the
 two batch items. The partition is built once per size, outside the timed calls, as a pipeline

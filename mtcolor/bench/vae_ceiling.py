@@ -5,9 +5,9 @@
 The held-out scenes' ground-truth images go through the model's ``AutoencoderKL`` (encode, take
 the posterior mean, decode) and are scored with the ablation table's adherence metric: as decoded,
 and with the input's own L and the decoded ab (``recombine_luminance``, what the MT-Color pipeline
-outputs). No denoiser can beat the second number: it is the adherence of perfect latents. The
-embedded v2 VAE scored 69.3% on 100 scenes against 95.2% for the ground truth itself; its decoder
-fine-tuned with a Lab chroma term (``training/train_base.py --phase decoder``) 90.8%.
+outputs). No denoiser can beat the second number: it is the adherence of perfect latents. On 100
+scenes the ground truth itself scores 95.2%, the embedded model's VAE 69.3% before its decoder is
+fine-tuned with a Lab chroma term (``training/train_base.py --phase decoder``) and 90.8% after.
 """
 
 from __future__ import annotations

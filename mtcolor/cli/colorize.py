@@ -3,7 +3,8 @@
 Instances come from ``--mask`` files, SAM ``--box`` / ``--point`` prompts (with ``--sam-checkpoint``)
 or a ``--spec`` JSON/YAML file; each gets one ``--text``, in command-line order. Every input is
 checked before the model is loaded (numbers must be finite, images at most ``--max-pixels`` and
-non-empty, the output folder writable), and the output is written to a temporary file in the output's
+non-empty, within the working-size limits, masks that still own a pixel once overlaps are resolved,
+the output folder writable), and the output is written to a temporary file in the output's
 directory (``.OUT.<pid>@<host>.<token>.tmp``, reserved before the model loads) and renamed at the end,
 so a failed run never leaves a partial ``OUT`` behind; the temporaries of killed runs are removed by
 the next run.
@@ -15,6 +16,7 @@ import argparse
 import math
 import os
 import re
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -177,7 +179,8 @@ def _output_format(out: str) -> str:
 
 
 def _open_image(path: str, flag: str, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """Open and decode an image, refusing more than ``max_pixels`` pixels before decoding it."""
+    """Open and decode an image, refusing more than ``max_pixels`` pixels before decoding it; an EXIF
+    orientation is applied (:func:`mtcolor.image_io.upright`), so sizes are those viewers show."""
     import PIL.Image
 
     if not os.path.isfile(path):
@@ -204,22 +207,38 @@ def _open_image(path: str, flag: str, max_pixels: int = DEFAULT_MAX_PIXELS):
         raise ValueError(f"{flag} {path!r} is not a readable image: {err}") from err
     finally:
         PIL.Image.MAX_IMAGE_PIXELS = limit
-    return image
+    from mtcolor.image_io import upright
+
+    return upright(image)  # a phone photo's EXIF orientation applied: as viewers show it
 
 
-def _check_masks_not_empty(masks: list, instances: list[Instance]) -> None:
-    """Every mask file must have a pixel above 50% (the pipeline refuses empty masks after loading)."""
-    from mtcolor.masks import masks_to_label_map
+def _flag_names(message: str, instances: list[Instance], rows: list[int]) -> str:
+    """Name the command line's flags (``--mask #2``) where a library message names ``masks[1]`` (the
+    index into the mask files ``rows``); a message that starts with one mask also gives its path."""
+    first = re.match(r"masks\[(\d+)\]", message)
+    if first:
+        instance = instances[rows[int(first.group(1))]]
+        message = f"{instance.where}: mask {instance.mask!r}{message[first.end() :]}"
+
+    def name(match) -> str:
+        return ", ".join(instances[rows[int(i)]].where for i in match.group(1).split(","))
+
+    return re.sub(r"masks\[(\d+(?:,\s*\d+)*)\]", name, message)
+
+
+def _check_masks(masks: list, instances: list[Instance], size: tuple[int, int]) -> None:
+    """The mask files as the pipeline will check them, before any model loads
+    (:func:`mtcolor.inputs.instance_label_map`): each has a pixel above 50%, and each still owns a
+    pixel once overlaps are resolved (the same mask twice leaves the second with none)."""
+    from mtcolor.inputs import instance_label_map
 
     rows = [i for i, mask in enumerate(masks) if mask is not None]
     if not rows:
         return
     try:
-        masks_to_label_map([masks[i] for i in rows], warn_overlap=False)
-    except ValueError as err:  # name the flag instead of the internal index
-        index = int(m.group(1)) if (m := re.search(r"\[(\d+)", str(err))) else 0
-        instance = instances[rows[index]]
-        raise ValueError(f"{instance.where}: mask {instance.mask!r}: {err}") from err
+        instance_label_map([masks[i] for i in rows], size, warn_overlap=False)
+    except ValueError as err:
+        raise ValueError(_flag_names(str(err), instances, rows)) from err
 
 
 def _reserve_output(out: str) -> Path:
@@ -315,6 +334,9 @@ def _colorize(args) -> int:
     image_format = _output_format(args.out)
     image = _open_image(image_path, "GRAY", args.max_pixels)
     width, height = image.size
+    from mtcolor.inputs import working_size
+
+    working_size((height, width), args.working_resolution, name="GRAY")  # the limits the pipeline applies
     masks: list = [None] * len(instances)
     for i, instance in enumerate(instances):
         if instance.mask is None:
@@ -348,7 +370,7 @@ def _colorize(args) -> int:
         except ValueError as err:  # name the flag instead of the internal index
             index = int(m.group(1)) if (m := re.search(r"\[(\d+)\]", str(err))) else 0
             raise ValueError(f"{instances[sam_rows[index]].where}: {err}") from err
-    _check_masks_not_empty(masks, instances)
+    _check_masks(masks, instances, (height, width))
     model = _resolve_model(args.model)
     device = _device(args.device)
     tmp = _reserve_output(args.out)
@@ -368,16 +390,15 @@ def _generate(args, image, masks: list, instances: list[Instance], prompt, negat
     # 3. SAM masks for the box/point instances
     sam_rows = [i for i, instance in enumerate(instances) if instance.mask is None]
     if sam_rows:
-        from mtcolor.sam import masks_from_sam
+        from mtcolor.sam import SamMasker
 
-        sam_masks = masks_from_sam(
+        masker = SamMasker(args.sam_checkpoint, args.sam_model_type, device=device)
+        sam_masks = masker.masks(
             image,
-            points=[instances[i].points for i in sam_rows],
             boxes=[instances[i].box for i in sam_rows],
-            checkpoint=args.sam_checkpoint,
-            model_type=args.sam_model_type,
-            device=device,
+            points=[instances[i].points for i in sam_rows],
         )
+        del masker  # free the SAM weights before the pipeline loads
         for i, mask in zip(sam_rows, sam_masks):
             masks[i] = mask
 
@@ -408,10 +429,14 @@ def _generate(args, image, masks: list, instances: list[Instance], prompt, negat
 
 
 def run(args: argparse.Namespace) -> int:
-    """Colorize; user errors (bad input, missing files or packages) print one line and return 2."""
+    """Colorize; user errors (bad input, missing files or packages) print one line and return 2,
+    Ctrl-C prints one line and returns 130 (no OUT and no temporary file are left)."""
     try:
         return _colorize(args)
     except (ValueError, TypeError, OSError, ImportError) as err:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"mtcolor colorize: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"mtcolor colorize: interrupted; {args.out} was not written", file=sys.stderr)
+        return 128 + signal.SIGINT

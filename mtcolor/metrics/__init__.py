@@ -16,14 +16,24 @@ clip_score,                image-text and per-instance CLIP-score (open_clip)   
 instance_clip_score
 color_adherence            instance colour vs the colour word of its text         --
 color_bleeding             instance chroma leaking across its mask boundary       --
+instance_color_errors      instance colour vs an exact target: CIEDE2000 at the   scikit-image
+                           same L, chroma difference, hue-angle error
 =========================  =====================================================  ==============
 
-Heavy dependencies (pyiqa, open_clip, scipy) are imported only when the metric is built.
+Heavy dependencies (pyiqa, open_clip, scipy, scikit-image) are imported only when the metric is built
+(or, for the colour error, computed).
 """
 
 from .adherence import AdherenceResult, InstanceAdherence, color_adherence
 from .bleeding import BleedingResult, InstanceBleeding, color_bleeding
 from .clip import ClipScorer, InstanceClipResult, clip_score, instance_clip_score
+from .color_error import (
+    ColorErrorSummary,
+    InstanceColorError,
+    ciede2000,
+    instance_color_errors,
+    summarize_color_errors,
+)
 from .fid import InceptionFeatures, extract_features, fid, frechet_distance
 from .iqa import (
     IQA_METRICS,
@@ -45,12 +55,15 @@ __all__ = [
     "AdherenceResult",
     "BleedingResult",
     "ClipScorer",
+    "ColorErrorSummary",
     "IQAMetric",
     "InceptionFeatures",
     "InstanceAdherence",
     "InstanceBleeding",
     "InstanceClipResult",
+    "InstanceColorError",
     "MetricWeightsError",
+    "ciede2000",
     "clip_score",
     "color_adherence",
     "color_bleeding",
@@ -59,6 +72,7 @@ __all__ = [
     "fid",
     "frechet_distance",
     "instance_clip_score",
+    "instance_color_errors",
     "load_iqa_metric",
     "lpips",
     "maniqa",
@@ -68,5 +82,6 @@ __all__ = [
     "psnr",
     "resolve_weights",
     "ssim",
+    "summarize_color_errors",
     "topiq_nr",
 ]

@@ -142,13 +142,18 @@ class AdherenceResult:
             "skipped": len(self.skipped),
             "instances": [
                 {
-                    "image_index": i.image_index, "instance": i.instance, "text": i.text, "word": i.word,
-                    "measured_lab": list(i.measured), "reference_lab": list(i.reference),
-                    "distance": i.distance, "agrees": i.agrees,
+                    "image_index": i.image_index,
+                    "instance": i.instance,
+                    "text": i.text,
+                    "word": i.word,
+                    "measured_lab": list(i.measured),
+                    "reference_lab": list(i.reference),
+                    "distance": i.distance,
+                    "agrees": i.agrees,
                 }
                 for i in self.instances
             ],
-        }  # fmt: skip
+        }
 
 
 def max_chroma_scale(lightness: torch.Tensor, ab: torch.Tensor, iterations: int = 30) -> torch.Tensor:

@@ -53,9 +53,20 @@ COLUMNS = (
 )
 #: Metric names accepted by ``metrics=`` (``adherence`` and ``bleeding`` give two columns each).
 METRICS = (
-    "colorfulness", "psnr", "ssim", "fid", "niqe", "musiq", "maniqa", "topiq_nr", "lpips",
-    "clip_score", "instance_clip_score", "adherence", "bleeding",
-)  # fmt: skip
+    "colorfulness",
+    "psnr",
+    "ssim",
+    "fid",
+    "niqe",
+    "musiq",
+    "maniqa",
+    "topiq_nr",
+    "lpips",
+    "clip_score",
+    "instance_clip_score",
+    "adherence",
+    "bleeding",
+)
 _COLUMNS_OF = {
     "adherence": ("adherence_accuracy", "adherence_distance"),
     "bleeding": ("bleeding_leak", "bleeding_share"),
@@ -254,6 +265,180 @@ def _score_image(
     return scores, errors, results
 
 
+@dataclass
+class _MethodScores:
+    """What one method's images gave: per-image rows and the pieces of the set-level metrics."""
+
+    rows: list[dict] = field(default_factory=list)
+    sizes: set = field(default_factory=set)
+    pred_features: list[torch.Tensor] = field(default_factory=list)  # FID features (1, 2048) each
+    target_features: list[torch.Tensor] = field(default_factory=list)
+    instance_scores: list[float] = field(default_factory=list)
+    adherence_items: list = field(default_factory=list)  # (stem, AdherenceInstance)
+    bleeding_items: list = field(default_factory=list)  # (stem, BleedingInstance)
+    errors: dict[str, str] = field(default_factory=dict)  # first error message per metric
+
+
+#: Metrics averaged over the images' rows, in report order.
+_PER_IMAGE_METRICS = (
+    "colorfulness",
+    "psnr",
+    "ssim",
+    "lpips",
+    "niqe",
+    "musiq",
+    "maniqa",
+    "topiq_nr",
+    "clip_score",
+)
+
+
+def _check_request(predictions: dict, settings: EvaluationSettings) -> None:
+    unknown = [m for m in settings.metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {METRICS}.")
+    if settings.resize not in ("pred", "gt"):
+        raise ValueError(f"resize={settings.resize!r}; choose 'pred' (GT -> prediction size) or 'gt'.")
+    if not predictions:
+        raise ValueError("predictions is empty; pass at least one folder of predicted images.")
+
+
+def _matched_stems(method, pred_dir, pred_files, gt_dir, gt_files, record_store, log) -> list[str]:
+    """The stems of ``pred_files`` that have a ground truth (with ``gt_dir``) or a record (without),
+    sorted; unmatched predictions are logged, and an empty result is a ``ValueError``."""
+    if gt_dir is not None:
+        missing = sorted(set(pred_files) - set(gt_files))
+        if missing:
+            log(
+                f"{method}: {len(missing)} predictions have no ground truth in {gt_dir} (e.g. {missing[:3]}); ignored."
+            )
+        stems = sorted(set(pred_files) & set(gt_files))
+    else:
+        stems = sorted(pred_files)
+    if record_store is not None:
+        unmatched = [s for s in stems if s not in record_store.index]
+        if unmatched:
+            log(f"{method}: {len(unmatched)} predictions have no record (e.g. {unmatched[:3]}).")
+        if gt_dir is None:
+            stems = [s for s in stems if s in record_store.index]
+    if not stems:
+        raise ValueError(
+            f"{method}: no prediction in {pred_dir} matches a ground truth / record by file stem."
+        )
+    return stems
+
+
+def _score_method(
+    stems, pred_files, gt_files, record_store, built, settings, gt_features, desc
+) -> _MethodScores:
+    """Read, align and score every image of one method. ``gt_features`` caches the ground truths'
+    FID features across methods (stem -> (1, 2048))."""
+    from tqdm.auto import tqdm
+
+    scores = _MethodScores()
+    for stem in tqdm(stems, desc=desc, disable=not settings.progress):
+        pred = read_image(pred_files[stem])
+        record = record_store.get(stem) if record_store is not None else None
+        target = (
+            read_image(gt_files[stem]) if stem in gt_files else (record.image if record is not None else None)
+        )
+        label_map = record.label_map if record is not None else None
+        if "fid" in built:
+            scores.pred_features.append(built["fid"](pred[None]))
+            if target is not None:
+                if stem not in gt_features:
+                    gt_features[stem] = built["fid"](target[None])
+                scores.target_features.append(gt_features[stem])
+        pred, target, label_map = _align(pred, target, label_map, settings.resize)
+        scores.sizes.add(tuple(pred.shape[-2:]))
+        row, failures, results = _score_image(built, settings, pred, target, label_map, record)
+        for name, message in failures.items():
+            scores.errors.setdefault(name, message)
+        if "instance_clip_score" in results:
+            scores.instance_scores += results["instance_clip_score"].scores.tolist()
+        if "adherence" in results:
+            scores.adherence_items += [(stem, item) for item in results["adherence"].instances]
+        if "bleeding" in results:
+            scores.bleeding_items += [(stem, item) for item in results["bleeding"].instances]
+        scores.rows.append({"id": stem, **row})
+    return scores
+
+
+def _aggregate(built: dict, scores: _MethodScores, skipped_global: dict) -> tuple[dict, dict, dict]:
+    """One method's table values, skip reasons and counts (number of images or instances scored)."""
+    from .fid import frechet_distance
+
+    values, skipped, counts = {}, dict(skipped_global), {}
+    for name in _PER_IMAGE_METRICS:
+        if name in built:
+            image_scores = [r[name] for r in scores.rows if name in r]
+            counts[name] = len(image_scores)
+            if image_scores:
+                values[name] = _mean(image_scores)
+            else:
+                skipped[name] = scores.errors.get(name, "no image could be scored")
+    if "fid" in built:
+        if len(scores.pred_features) >= 2 and len(scores.target_features) >= 2:
+            values["fid"] = frechet_distance(
+                torch.cat(scores.pred_features), torch.cat(scores.target_features)
+            )
+            counts["fid"] = len(scores.pred_features)
+        else:
+            skipped["fid"] = "FID needs at least 2 predictions and 2 ground truths"
+    if "instance_clip_score" in built:
+        counts["instance_clip_score"] = len(scores.instance_scores)
+        if scores.instance_scores:
+            values["instance_clip_score"] = _mean(scores.instance_scores)
+        else:
+            skipped["instance_clip_score"] = "no instance with a non-empty text"
+    adherence = scores.adherence_items
+    if "adherence" in built:
+        counts["adherence"] = len(adherence)
+        if adherence:
+            values["adherence_accuracy"] = sum(i.agrees for _, i in adherence) / len(adherence)
+            values["adherence_distance"] = _mean([i.distance for _, i in adherence])
+        else:
+            skipped["adherence"] = "no instance text names exactly one colour word"
+    bleeding = scores.bleeding_items
+    if "bleeding" in built:
+        total = sum(i.counted for _, i in bleeding)
+        counts["bleeding"] = len(bleeding)
+        if total:
+            values["bleeding_leak"] = sum(i.leak * i.counted for _, i in bleeding) / total
+            values["bleeding_share"] = sum(i.share * i.counted for _, i in bleeding) / total
+        else:
+            skipped["bleeding"] = "no instance boundary with a distinct neighbour colour"
+    return values, skipped, counts
+
+
+def _resolution(sizes: set) -> str:
+    if len(sizes) == 1:
+        height, width = next(iter(sizes))
+        return f"{height} × {width}"
+    return f"mixed ({len(sizes)} sizes)"
+
+
+def _instance_report(scores: _MethodScores) -> dict:
+    """The per-instance adherence and bleeding results of one method, JSON-ready."""
+    return {
+        "adherence": [
+            {
+                "id": stem,
+                "instance": i.instance,
+                "text": i.text,
+                "word": i.word,
+                "distance": i.distance,
+                "agrees": i.agrees,
+            }
+            for stem, i in scores.adherence_items
+        ],
+        "bleeding": [
+            {"id": stem, "instance": i.instance, "leak": i.leak, "share": i.share, "counted": i.counted}
+            for stem, i in scores.bleeding_items
+        ],
+    }
+
+
 def evaluate(
     predictions: dict[str, str | os.PathLike],
     gt_dir: str | os.PathLike | None = None,
@@ -276,19 +461,9 @@ def evaluate(
         a JSON-ready report: ``{"settings", "methods": [{"name", "pred_dir", "images", "resolution",
         "metrics", "skipped", "counts"}], "per_image": {method: [...]}, "instances": {method: {...}}}``.
     """
-    from tqdm.auto import tqdm
-
-    from .fid import frechet_distance
-
     settings = settings or EvaluationSettings()
     log = log or (lambda message: None)
-    unknown = [m for m in settings.metrics if m not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; choose from {METRICS}.")
-    if settings.resize not in ("pred", "gt"):
-        raise ValueError(f"resize={settings.resize!r}; choose 'pred' (GT -> prediction size) or 'gt'.")
-    if not predictions:
-        raise ValueError("predictions is empty; pass at least one folder of predicted images.")
+    _check_request(predictions, settings)
     gt_files = list_images(gt_dir) if gt_dir is not None else {}
     record_store = _Records(records, split) if records is not None else None
     have_gt = bool(gt_files) or record_store is not None
@@ -311,138 +486,24 @@ def evaluate(
     gt_features: dict[str, torch.Tensor] = {}  # FID features of each ground truth, computed once
     for method, pred_dir in predictions.items():
         pred_files = list_images(pred_dir)
-        if gt_dir is not None:
-            missing = sorted(set(pred_files) - set(gt_files))
-            if missing:
-                log(
-                    f"{method}: {len(missing)} predictions have no ground truth in {gt_dir} (e.g. {missing[:3]}); ignored."
-                )
-            stems = sorted(set(pred_files) & set(gt_files))
-        else:
-            stems = sorted(pred_files)
-        if record_store is not None:
-            unmatched = [s for s in stems if s not in record_store.index]
-            if unmatched:
-                log(f"{method}: {len(unmatched)} predictions have no record (e.g. {unmatched[:3]}).")
-            if gt_dir is None:
-                stems = [s for s in stems if s in record_store.index]
-        if not stems:
-            raise ValueError(
-                f"{method}: no prediction in {pred_dir} matches a ground truth / record by file stem."
-            )
-        rows, sizes, pred_features, target_features = [], set(), [], []
-        instance_scores, adherence_items, bleeding_items = [], [], []
-        errors: dict[str, str] = {}
-        for stem in tqdm(stems, desc=f"evaluating {method}", disable=not settings.progress):
-            pred = read_image(pred_files[stem])
-            record = record_store.get(stem) if record_store is not None else None
-            target = (
-                read_image(gt_files[stem])
-                if stem in gt_files
-                else (record.image if record is not None else None)
-            )
-            label_map = record.label_map if record is not None else None
-            if "fid" in built:
-                pred_features.append(built["fid"](pred[None]))
-                if target is not None:
-                    if stem not in gt_features:
-                        gt_features[stem] = built["fid"](target[None])
-                    target_features.append(gt_features[stem])
-            pred, target, label_map = _align(pred, target, label_map, settings.resize)
-            sizes.add(tuple(pred.shape[-2:]))
-            row, failures, results = _score_image(built, settings, pred, target, label_map, record)
-            row = {"id": stem, **row}
-            for name, message in failures.items():
-                errors.setdefault(name, message)
-            if "instance_clip_score" in results:
-                instance_scores += results["instance_clip_score"].scores.tolist()
-            if "adherence" in results:
-                adherence_items += [(stem, item) for item in results["adherence"].instances]
-            if "bleeding" in results:
-                bleeding_items += [(stem, item) for item in results["bleeding"].instances]
-            rows.append(row)
-        values, skipped, counts = {}, dict(skipped_global), {}
-        for name in (
-            "colorfulness",
-            "psnr",
-            "ssim",
-            "lpips",
-            "niqe",
-            "musiq",
-            "maniqa",
-            "topiq_nr",
-            "clip_score",
-        ):
-            if name in built:
-                scores = [r[name] for r in rows if name in r]
-                counts[name] = len(scores)
-                if scores:
-                    values[name] = _mean(scores)
-                else:
-                    skipped[name] = errors.get(name, "no image could be scored")
-        if "fid" in built:
-            if len(pred_features) >= 2 and len(target_features) >= 2:
-                values["fid"] = frechet_distance(torch.cat(pred_features), torch.cat(target_features))
-                counts["fid"] = len(pred_features)
-            else:
-                skipped["fid"] = "FID needs at least 2 predictions and 2 ground truths"
-        if "instance_clip_score" in built:
-            counts["instance_clip_score"] = len(instance_scores)
-            if instance_scores:
-                values["instance_clip_score"] = _mean(instance_scores)
-            else:
-                skipped["instance_clip_score"] = "no instance with a non-empty text"
-        if "adherence" in built:
-            counts["adherence"] = len(adherence_items)
-            if adherence_items:
-                values["adherence_accuracy"] = sum(i.agrees for _, i in adherence_items) / len(
-                    adherence_items
-                )
-                values["adherence_distance"] = _mean([i.distance for _, i in adherence_items])
-            else:
-                skipped["adherence"] = "no instance text names exactly one colour word"
-        if "bleeding" in built:
-            total = sum(i.counted for _, i in bleeding_items)
-            counts["bleeding"] = len(bleeding_items)
-            if total:
-                values["bleeding_leak"] = sum(i.leak * i.counted for _, i in bleeding_items) / total
-                values["bleeding_share"] = sum(i.share * i.counted for _, i in bleeding_items) / total
-            else:
-                skipped["bleeding"] = "no instance boundary with a distinct neighbour colour"
-        resolution = (
-            f"{next(iter(sizes))[0]} × {next(iter(sizes))[1]}"
-            if len(sizes) == 1
-            else f"mixed ({len(sizes)} sizes)"
+        stems = _matched_stems(method, pred_dir, pred_files, gt_dir, gt_files, record_store, log)
+        scores = _score_method(
+            stems, pred_files, gt_files, record_store, built, settings, gt_features, f"evaluating {method}"
         )
+        values, skipped, counts = _aggregate(built, scores, skipped_global)
         report["methods"].append(
             {
                 "name": method,
                 "pred_dir": str(pred_dir),
-                "images": len(rows),
-                "resolution": resolution,
+                "images": len(scores.rows),
+                "resolution": _resolution(scores.sizes),
                 "metrics": values,
                 "skipped": skipped,
                 "counts": counts,
             }
         )
-        report["per_image"][method] = rows
-        report["instances"][method] = {
-            "adherence": [
-                {
-                    "id": stem,
-                    "instance": i.instance,
-                    "text": i.text,
-                    "word": i.word,
-                    "distance": i.distance,
-                    "agrees": i.agrees,
-                }
-                for stem, i in adherence_items
-            ],
-            "bleeding": [
-                {"id": stem, "instance": i.instance, "leak": i.leak, "share": i.share, "counted": i.counted}
-                for stem, i in bleeding_items
-            ],
-        }
+        report["per_image"][method] = scores.rows
+        report["instances"][method] = _instance_report(scores)
     return report
 
 

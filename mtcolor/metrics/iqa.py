@@ -47,14 +47,20 @@ _SPECS = {
     "musiq": _Spec(lower_better=False, full_reference=False, min_size=32, options={"pretrained": False}),
     "maniqa": _Spec(lower_better=False, full_reference=False, min_size=8, options={"pretrained": False}),
     "topiq_nr": _Spec(
-        lower_better=False, full_reference=False, min_size=32, options={"pretrained": False, "backbone_pretrain": False}
+        lower_better=False,
+        full_reference=False,
+        min_size=32,
+        options={"pretrained": False, "backbone_pretrain": False},
     ),
     # The LPIPS file holds the linear layers only; the AlexNet comes from its own file.
     "lpips": _Spec(
-        lower_better=True, full_reference=True, min_size=32, options={"pretrained": False},
+        lower_better=True,
+        full_reference=True,
+        min_size=32,
+        options={"pretrained": False},
         allow_missing=("net.", "scaling_layer."),
     ),
-}  # fmt: skip
+}
 
 IQA_METRICS = tuple(_SPECS)
 

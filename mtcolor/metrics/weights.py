@@ -50,33 +50,50 @@ WEIGHT_FILES: dict[str, WeightFile] = {
     w.key: w
     for w in (
         WeightFile(
-            "musiq", "musiq_koniq_ckpt-e95806b9.pth", _PYIQA_WEIGHTS + "musiq_koniq_ckpt-e95806b9.pth",
-            "MUSIQ trained on KonIQ-10k (pyiqa metric 'musiq')", "--musiq-weights",
+            "musiq",
+            "musiq_koniq_ckpt-e95806b9.pth",
+            _PYIQA_WEIGHTS + "musiq_koniq_ckpt-e95806b9.pth",
+            "MUSIQ trained on KonIQ-10k (pyiqa metric 'musiq')",
+            "--musiq-weights",
         ),
         WeightFile(
-            "maniqa", "ckpt_koniq10k.pt", _PYIQA_WEIGHTS + "ckpt_koniq10k.pt",
-            "MANIQA trained on KonIQ-10k, ViT-B/8 backbone included (pyiqa metric 'maniqa')", "--maniqa-weights",
+            "maniqa",
+            "ckpt_koniq10k.pt",
+            _PYIQA_WEIGHTS + "ckpt_koniq10k.pt",
+            "MANIQA trained on KonIQ-10k, ViT-B/8 backbone included (pyiqa metric 'maniqa')",
+            "--maniqa-weights",
         ),
         WeightFile(
-            "topiq_nr", "cfanet_nr_koniq_res50-9a73138b.pth", _PYIQA_WEIGHTS + "cfanet_nr_koniq_res50-9a73138b.pth",
-            "TOPIQ-NR (CFANet, ResNet-50) trained on KonIQ-10k (pyiqa metric 'topiq_nr')", "--topiq-weights",
+            "topiq_nr",
+            "cfanet_nr_koniq_res50-9a73138b.pth",
+            _PYIQA_WEIGHTS + "cfanet_nr_koniq_res50-9a73138b.pth",
+            "TOPIQ-NR (CFANet, ResNet-50) trained on KonIQ-10k (pyiqa metric 'topiq_nr')",
+            "--topiq-weights",
         ),
         WeightFile(
-            "lpips", "LPIPS_v0.1_alex-df73285e.pth", _PYIQA_WEIGHTS + "LPIPS_v0.1_alex-df73285e.pth",
+            "lpips",
+            "LPIPS_v0.1_alex-df73285e.pth",
+            _PYIQA_WEIGHTS + "LPIPS_v0.1_alex-df73285e.pth",
             "LPIPS v0.1 linear layers for AlexNet (pyiqa metric 'lpips'; the lpips package's weights/v0.1/alex.pth "
-            "holds the same tensors)", "--lpips-weights",
+            "holds the same tensors)",
+            "--lpips-weights",
         ),
         WeightFile(
-            "lpips_backbone", "alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-            "torchvision AlexNet ImageNet weights (IMAGENET1K_V1), the LPIPS feature network", "--lpips-backbone-weights",
+            "lpips_backbone",
+            "alexnet-owt-7be5be79.pth",
+            "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+            "torchvision AlexNet ImageNet weights (IMAGENET1K_V1), the LPIPS feature network",
+            "--lpips-backbone-weights",
         ),
         WeightFile(
-            "fid", "pt_inception-2015-12-05-6726825d.pth",
+            "fid",
+            "pt_inception-2015-12-05-6726825d.pth",
             "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
-            "the TensorFlow-FID Inception-v3 ported to PyTorch (pytorch-fid / pyiqa / clean-fid)", "--fid-weights",
+            "the TensorFlow-FID Inception-v3 ported to PyTorch (pytorch-fid / pyiqa / clean-fid)",
+            "--fid-weights",
         ),
     )
-}  # fmt: skip
+}
 
 
 def search_dirs(weights_dir: str | os.PathLike | None = None) -> list[Path]:

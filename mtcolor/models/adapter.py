@@ -6,7 +6,8 @@
 
 It saves and loads as its own folder (``config.json`` + ``diffusion_pytorch_model.safetensors``),
 so the UNet and ControlNet stay stock diffusers models. ``adapter.install(unet)`` plugs it in
-through ``unet.set_attn_processor``; ``adapter.uninstall(unet)`` restores the stock processors.
+through ``unet.set_attn_processor``, wrapping the processors the UNet has; to remove it, set those
+processors back (``MTColorPipeline.mtcolor_attention()`` does this around every call).
 """
 
 from __future__ import annotations
@@ -137,12 +138,6 @@ class MTColorAdapter(ModelMixin, ConfigMixin):
     def install(self, unet) -> None:
         """Set MT-Color processors on every attention of ``unet`` (wrapping its current processors)."""
         unet.set_attn_processor(self._processor_dict(unet))
-
-    def uninstall(self, unet) -> None:
-        """Restore the processors ``install`` wrapped."""
-        unet.set_attn_processor(
-            {k: (p.base if isinstance(p, MTCOLOR_PROCESSORS) else p) for k, p in unet.attn_processors.items()}
-        )
 
     def is_installed(self, unet) -> bool:
         """True if every attention of ``unet`` runs an MT-Color processor bound to this adapter."""

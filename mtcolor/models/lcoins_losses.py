@@ -3,9 +3,10 @@
 * :func:`smooth_l1_loss`: LC eq. 13, the Huber loss with threshold delta (1 in the paper) averaged
   over all predicted chroma values. The trainer applies it to ab divided by
   ``LCoInsModel.config.ab_norm`` (about [-1, 1]), as the released L-CoIns code does.
-* :func:`token_similarity`: LC eq. 14, ``sigmoid(mean_ij cos(x_i, y_j))`` between language tokens
-  and group tokens (padding language tokens excluded from the mean).
-* :func:`counter_color_loss`: LC eq. 15, per sample.
+* :func:`token_similarity_logit`: LC eq. 14 before its sigmoid, ``mean_ij cos(x_i, y_j)`` between
+  language tokens and group tokens (padding language tokens excluded from the mean); the similarity
+  of eq. 14 is ``F(x, y) = sigmoid(token_similarity_logit(x, y))``.
+* :func:`counter_color_loss`: LC eq. 15, per sample, from the four logits of eq. 14 (in log space).
 * :func:`total_loss`: LC eq. 16, ``alpha * L_delta + beta * L_ctr`` (alpha = 1, beta = -1e-4): with
   a negative beta, minimising the total *maximises* L_ctr, a sum of log-probabilities that the true
   caption matches the true groups and not the pseudo ones, and vice versa.
@@ -30,7 +31,7 @@ __all__ = [
     "make_pseudo_captions",
     "masked_mean",
     "smooth_l1_loss",
-    "token_similarity",
+    "token_similarity_logit",
     "total_loss",
 ]
 
@@ -55,8 +56,13 @@ def smooth_l1_loss(prediction: torch.Tensor, target: torch.Tensor, delta: float 
     return F.huber_loss(prediction, target.to(prediction.dtype), delta=delta)
 
 
-def token_similarity(x: torch.Tensor, y: torch.Tensor, x_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """LC eq. 14: ``sigmoid(1 / (N_L N_G) sum_i sum_j cos(x_i, y_j))`` per sample.
+def token_similarity_logit(
+    x: torch.Tensor, y: torch.Tensor, x_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """LC eq. 14 before its sigmoid: ``1 / (N_L N_G) sum_i sum_j cos(x_i, y_j)`` per sample.
+
+    The similarity of eq. 14 is ``F(x, y) = sigmoid(token_similarity_logit(x, y))``;
+    :func:`counter_color_loss` takes the logarithms of ``F`` and ``1 - F`` from this logit directly.
 
     Args:
         x: (B, N_L, D) projected language tokens (R_lag or R'_lag).
@@ -65,12 +71,8 @@ def token_similarity(x: torch.Tensor, y: torch.Tensor, x_mask: torch.Tensor | No
             of the mean (N_L counts real tokens only).
 
     Returns:
-        (B,) similarities in (0, 1).
+        (B,) mean cosines in [-1, 1].
     """
-    return torch.sigmoid(_mean_cosine(x, y, x_mask))
-
-
-def _mean_cosine(x: torch.Tensor, y: torch.Tensor, x_mask: torch.Tensor | None) -> torch.Tensor:
     cosine = F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).transpose(1, 2)  # (B, N_L, N_G)
     per_token = cosine.mean(dim=-1)  # (B, N_L)
     if x_mask is None:
@@ -105,10 +107,10 @@ def counter_color_loss(
     Returns:
         (B,) values <= 0 (log-probabilities); the training objective uses ``beta * mean`` with beta < 0.
     """
-    s_true = _mean_cosine(text_embeds, group_embeds, text_mask)
-    s_fake_on_true = _mean_cosine(counter_text_embeds, group_embeds, counter_text_mask)
-    s_fake = _mean_cosine(counter_text_embeds, counter_group_embeds, counter_text_mask)
-    s_true_on_fake = _mean_cosine(text_embeds, counter_group_embeds, text_mask)
+    s_true = token_similarity_logit(text_embeds, group_embeds, text_mask)
+    s_fake_on_true = token_similarity_logit(counter_text_embeds, group_embeds, counter_text_mask)
+    s_fake = token_similarity_logit(counter_text_embeds, counter_group_embeds, counter_text_mask)
+    s_true_on_fake = token_similarity_logit(text_embeds, counter_group_embeds, text_mask)
     return (
         F.logsigmoid(s_true)
         + F.logsigmoid(-s_fake_on_true)

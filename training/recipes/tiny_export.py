@@ -166,19 +166,8 @@ def export(out: Path, times: dict, args) -> None:
         measured = measured_section(bench, name)
         if measured:
             sections["Measured"] = measured
-        if name == "mtcolor-tiny":
-            load_from = f'mtcolor.embedded_model("{name}")'
-            pipe.save_pretrained(tmp, model_card={"sections": sections, "load_from": load_from})
-        else:
-            pipe.save_pretrained(tmp)
-            card_path = tmp / "README.md"
-            card_text = card_path.read_text().replace(f'"{tmp.name}"', f'mtcolor.embedded_model("{name}")')
-            card_path.write_text(
-                card_text.replace("from mtcolor import", "import mtcolor\nfrom mtcolor import", 1)
-            )
-            with open(card_path, "a") as card:
-                for title, text in sections.items():
-                    card.write(f"\n## {title}\n\n{text}\n")
+        load_from = f'mtcolor.embedded_model("{name}")'
+        pipe.save_pretrained(tmp, model_card_kwargs={"sections": sections, "load_from": load_from})
         reference_frozen_text_encoder(pipe.text_encoder, tmp)
         (tmp / "synthetic_config.json").write_text(json.dumps(asdict(config), indent=2))
         facts = {
