@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 alpha=args.alpha,
                 working_resolution=size,
                 max_batch=max_batch,
+                colors_from_texts=False,
                 output_type="latent",
                 generator=torch.Generator().manual_seed(0),
             )

@@ -29,11 +29,12 @@ __all__ = ["SyntheticConfig", "build_synthetic", "export_coco", "generate_scene"
 class _SyntheticProcessor:
     """Picklable per-item processor of :func:`build_synthetic` (item ref = scene index)."""
 
-    def __init__(self, config: SyntheticConfig, seed: int, split: str):
-        self.config, self.seed, self.split = config, seed, split
+    def __init__(self, config: SyntheticConfig, seed: int, split: str, scene_split: str):
+        self.config, self.seed, self.split, self.scene_split = config, seed, split, scene_split
 
     def __call__(self, item: SourceItem) -> ItemResult:
-        row = generate_scene(self.config, scene_seed(self.seed, self.split, int(item.ref)), self.split)
+        seed = scene_seed(self.seed, self.split, int(item.ref))
+        row = generate_scene(self.config, seed, self.scene_split)
         row["id"] = item.id
         n = len(row["instance_texts"])
         counters = {
@@ -55,6 +56,7 @@ def build_synthetic(
     shard: tuple[int, int] | str | None = None,
     progress: bool = False,
     overwrite: bool = False,
+    scene_split: str | None = None,
 ) -> JobReport:
     """Write ``num_images`` synthetic scenes of ``split`` as record shards + dataset card.
 
@@ -62,8 +64,15 @@ def build_synthetic(
     Call it once per split on the same ``out_dir`` (e.g. "train" then "test"); scene ``i`` of a split
     is ``generate_scene(config, scene_seed(seed, split, i), split)`` with id
     ``synthetic-<split>-<i:07d>``.
+
+    ``scene_split`` (default ``split``) is the generator's split when it differs from the record
+    split: e.g. extra training scenes written as ``split="train_crowded"`` with ``scene_split="train"``
+    keep the held-out colour-shape pairs out (``generate_scene`` excludes them only from "train") and
+    draw their own scene seeds (``scene_seed(seed, "train_crowded", i)``), so the "train" and "test"
+    splits stay exactly as they were.
     """
     config = config or SyntheticConfig()
+    scene_split = split if scene_split is None else scene_split
     if num_images < 0:
         raise ValueError(f"num_images={num_images}; expected a count >= 0.")
     items = [SourceItem(f"synthetic-{split}-{i:07d}", i) for i in range(int(num_images))]
@@ -74,6 +83,7 @@ def build_synthetic(
         "num_images": int(num_images),
         "split": split,
         "shard_size": shard_size,
+        **({"scene_split": scene_split} if scene_split != split else {}),
     }
     writer = DatasetWriter(out_dir)
     shard = parse_shard(shard) if not isinstance(shard, tuple) else shard
@@ -95,7 +105,7 @@ def build_synthetic(
         report = run_units(
             writer,
             units,
-            functools.partial(_SyntheticProcessor, config, seed, split),
+            functools.partial(_SyntheticProcessor, config, seed, split, scene_split),
             shard,
             num_proc,
             progress,

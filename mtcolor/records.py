@@ -423,7 +423,8 @@ def load_records(
     Args:
         path_or_hub_id: a local dataset folder (``data/<split>-*.parquet`` shards, as the builders
             write them), a folder of parquet files, one parquet file, or a ``datasets`` hub id.
-        split: the split to load. ``None`` picks ``"train"`` if present, else the only split (a
+        split: the split to load; several joined by ``+`` (``"train+train_crowded"``) are
+            concatenated in that order. ``None`` picks ``"train"`` if present, else the only split (a
             ``ValueError`` lists the splits when that is ambiguous).
         streaming: return an ``IterableDataset`` instead of a (memory-mapped) ``Dataset``.
         cache_dir: forwarded to ``datasets.load_dataset``.
@@ -438,7 +439,7 @@ def load_records(
     path = Path(path_or_hub_id)
     if path.is_file():
         files = {"data": [path]}
-        chosen = "data"
+        parts = ["data"]
     elif path.is_dir():
         files = shard_files(path)
         if not files:
@@ -452,20 +453,24 @@ def load_records(
                 raise ValueError(
                     f"split=None is ambiguous: {str(path)!r} has splits {sorted(files)}; pass split=..."
                 )
-        elif split not in files:
-            raise ValueError(
-                f"split={split!r} not found in {str(path)!r}; available splits: {sorted(files)}."
-            )
         else:
             chosen = split
-        _check_complete(path, chosen, files[chosen])
+        parts = chosen.split("+")
+        missing = [part for part in parts if part not in files]
+        if missing:
+            raise ValueError(
+                f"split={split!r} not found in {str(path)!r} (missing {missing}); available splits: "
+                f"{sorted(files)} (join several with '+', e.g. 'train+extra')."
+            )
+        for part in parts:
+            _check_complete(path, part, files[part])
     else:
         return load_dataset(
             str(path_or_hub_id), split=split or "train", streaming=streaming, cache_dir=cache_dir
         )
     return load_dataset(
         "parquet",
-        data_files={"train": [str(f) for f in files[chosen]]},
+        data_files={"train": [str(f) for part in parts for f in files[part]]},
         split="train",
         features=features,
         streaming=streaming,

@@ -78,18 +78,23 @@ def score_scenes(outputs: torch.Tensor, scenes: list[dict], holdout: set) -> dic
         holdout: the held-out (colour, shape) pairs.
 
     Returns:
-        ``{"adherence", "adherence_holdout", "holdout_instances", "instances", "bleeding", "psnr",
-        "ssim", "colorfulness"}`` (adherence: share of instances with the colour their text names).
+        ``{"adherence", "adherence_holdout", "holdout_instances", "adherence_crowded",
+        "crowded_instances", "instances", "bleeding", "psnr", "ssim", "colorfulness"}`` (adherence:
+        share of instances with the colour their text names; crowded: instances of scenes with 3 or
+        more objects).
     """
     targets = scene_images(scenes)
     label_maps = scene_label_maps(scenes)
     adherence = scene_adherence(outputs, label_maps, scenes)
     labels = [s["instance_labels"] for s in scenes]
     held = adherence.where(lambda r: (r.word, labels[r.image_index][r.instance - 1]) in holdout)
+    crowded = adherence.where(lambda r: len(labels[r.image_index]) >= 3)
     return {
         "adherence": adherence.accuracy,
         "adherence_holdout": held.accuracy,
         "holdout_instances": len(held.instances),
+        "adherence_crowded": crowded.accuracy,
+        "crowded_instances": len(crowded.instances),
         "instances": len(adherence.instances),
         "bleeding": color_bleeding(outputs, label_maps).leak,
         "psnr": float(psnr(outputs, targets).mean()),
@@ -126,7 +131,8 @@ def colorize_scenes(
 
     Args:
         pipe: an ``MTColorPipeline`` (any callable with its signature).
-        rows: ``[(name, options)]``; ``options`` are extra pipeline arguments (e.g. ``{"alpha": 0.0}``).
+        rows: ``[(name, options)]``; ``options`` are extra pipeline arguments (e.g. ``{"alpha": 0.0}``);
+            without ``colors_from_texts`` a row scores the learned model alone (no colour targets).
         steps: denoising steps; seed: scene ``i`` of a batch starting at ``b`` uses ``seed + b + i``;
         batch: scenes per pipeline call; working: the pipeline's ``working_resolution``.
 
@@ -135,7 +141,8 @@ def colorize_scenes(
     """
     results = []
     for name, options in rows:
-        options = {"guidance_scale": guidance_scale, **options}
+        # the learned model alone unless a row asks for colour targets
+        options = {"guidance_scale": guidance_scale, "colors_from_texts": False, **options}
         start = time.perf_counter()
         outs = []
         for i in range(0, len(scenes), batch):

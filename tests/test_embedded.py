@@ -113,17 +113,24 @@ def test_measured_section_lists_the_model_rows():
     row = {"adherence": 0.4, "instances": 95, "adherence_holdout": 0.372, "holdout_instances": 43,
            "bleeding": 0.387, "psnr": 18.76, "ssim": 0.8, "colorfulness": 48.4}  # fmt: skip
     bench = [
-        {"row": "MT-Color (full)", **row, "adherence_language": 0.5, "language_instances": 90},
+        {
+            "row": "MT-Color (full)",
+            **row,
+            "adherence_language": 0.5,
+            "language_instances": 90,
+            "adherence_crowded": 0.25,
+            "crowded_instances": 60,
+        },  # fmt: skip
         {"row": "w/o PMAM (retrained)", **row},
         {"row": "L-CoIns", **row},
         {"row": "L-CoIns w/o group embedding", **row},
     ]
     text = measured_section(bench, "mtcolor-tiny")
     assert (
-        "| MT-Color (full) | 40.0% [31%, 50%] (95) | 37.2% [24%, 52%] (43) | 50.0% [40%, 60%] (90) | 0.387 | "
-        "18.76 | 0.800 | 48.4 |" in text
+        "| MT-Color (full) | 40.0% [31%, 50%] (95) | 37.2% [24%, 52%] (43) | 25.0% [16%, 37%] (60) | "
+        "50.0% [40%, 60%] (90) | 0.387 | 18.76 | 0.800 | 48.4 |" in text
     )
-    assert "| w/o PMAM (retrained) | 40.0% [31%, 50%] (95) | 37.2% [24%, 52%] (43) | — |" in text
+    assert "| w/o PMAM (retrained) | 40.0% [31%, 50%] (95) | 37.2% [24%, 52%] (43) | — | — |" in text
     lcoins = measured_section(bench, "lcoins-tiny")
     assert "| L-CoIns | 40.0% [31%, 50%] (95) | 37.2% [24%, 52%] (43) | — |" in lcoins
     assert "| L-CoIns w/o group embedding |" in lcoins and "PMAM" not in lcoins

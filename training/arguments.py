@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from training.diffusion import PREDICTION_TYPES
+
 #: MT section IV.A.2: AdamW, lr linearly warmed up to 5e-5 over 500 iterations, 50% null condition
 #: (the defaults of the shared flags; the base-model and L-CoIns trainers set their own).
 PAPER_LEARNING_RATE = 5e-5
@@ -102,6 +104,14 @@ def add_training_arguments(
     prediction type, the sampler steps and guidance scale of the validation images).
     """
     group = parser.add_argument_group("optimisation")
+    _add_optimisation_arguments(group, output_dir, steps_help)
+    if diffusion:
+        _add_diffusion_arguments(group)
+    _add_logging_arguments(parser.add_argument_group("logging, checkpoints, validation"), project, diffusion)
+
+
+def _add_optimisation_arguments(group, output_dir: str, steps_help: str) -> None:
+    """Output folder, seed, batch, steps, optimiser, schedule, precision and EMA flags."""
     group.add_argument("--output_dir", type=str, default=output_dir)
     group.add_argument("--seed", type=int, default=0, help="Seed of initialisation, data order and noise.")
     group.add_argument("--train_batch_size", type=int, default=4, help="Batch size per process.")
@@ -150,23 +160,35 @@ def add_training_arguments(
         "--use_ema", action="store_true", help="Keep an EMA of the trained weights (exported)."
     )
     group.add_argument("--ema_decay", type=float, default=0.9999)
-    if diffusion:
-        group.add_argument(
-            "--gradient_checkpointing", action="store_true", help="Trade compute for activation memory."
-        )
-        group.add_argument(
-            "--enable_xformers_memory_efficient_attention",
-            action="store_true",
-            help="xformers for the UNet's/ControlNet's own attention (MT-Color processors stay on top).",
-        )
-        group.add_argument(
-            "--prediction_type",
-            default=None,
-            choices=["epsilon", "v_prediction"],
-            help="Training target; default: the base model's scheduler (epsilon for SD-1.5, MT eq. 10).",
-        )
 
-    group = parser.add_argument_group("logging, checkpoints, validation")
+
+def _add_diffusion_arguments(group) -> None:
+    """Flags of the diffusion trainers: memory savers, the prediction target and its loss weighting."""
+    group.add_argument(
+        "--gradient_checkpointing", action="store_true", help="Trade compute for activation memory."
+    )
+    group.add_argument(
+        "--enable_xformers_memory_efficient_attention",
+        action="store_true",
+        help="xformers for the UNet's/ControlNet's own attention (MT-Color processors stay on top).",
+    )
+    group.add_argument(
+        "--prediction_type",
+        default=None,
+        choices=list(PREDICTION_TYPES),
+        help="Training target; default: the base model's scheduler (epsilon for SD-1.5, MT eq. 10).",
+    )
+    group.add_argument(
+        "--snr_gamma",
+        type=float,
+        default=None,
+        help="Min-SNR-gamma loss weighting (Hang et al. 2023 recommend 5): each sample's loss times "
+        "min(SNR_t, gamma) / SNR_t (epsilon) or / (SNR_t + 1) (v); default: unweighted.",
+    )
+
+
+def _add_logging_arguments(group, project: str, diffusion: bool) -> None:
+    """Trackers, checkpoints, resume and validation flags (``diffusion``: the validation sampler's)."""
     group.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none.")
     group.add_argument("--logging_dir", default="logs", help="Tracker folder, relative to --output_dir.")
     group.add_argument("--tracker_project_name", default=project)
@@ -261,6 +283,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
         )
     if not 0 < args.ema_decay < 1:
         parser.error(f"--ema_decay={args.ema_decay}; pass a value in (0, 1).")
+    if getattr(args, "snr_gamma", None) is not None and not args.snr_gamma > 0:
+        parser.error(f"--snr_gamma={args.snr_gamma}; pass a positive value (e.g. 5) or leave it unset.")
     if getattr(args, "min_instance_pixels", 1) < 1:
         parser.error(f"--min_instance_pixels={args.min_instance_pixels}; pass >= 1.")
     if args.dataloader_num_workers < 0:

@@ -60,13 +60,16 @@ def model_configs(args) -> dict[str, dict]:
     return configs
 
 
-def noise_schedulers():
-    """``(DDPMScheduler for training, DDIMScheduler for sampling)`` with SD-1.5's schedule."""
+def noise_schedulers(prediction_type: str | None = None):
+    """``(DDPMScheduler for training, DDIMScheduler for sampling)`` with SD-1.5's schedule, predicting
+    ``prediction_type`` (None: SD-1.5's epsilon). The sampling scheduler is saved with the model, so
+    every pipeline and MT-Color stage built on it uses the same target."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
     from mtcolor.model_configs import DDIM_CONFIG
 
-    return DDPMScheduler.from_config(DDIMScheduler(**DDIM_CONFIG).config), DDIMScheduler(**DDIM_CONFIG)
+    config = {**DDIM_CONFIG, **({"prediction_type": prediction_type} if prediction_type else {})}
+    return DDPMScheduler.from_config(DDIMScheduler(**config).config), DDIMScheduler(**config)
 
 
 def frozen_text_encoder(args, config: dict):

@@ -87,6 +87,8 @@ def build_components(args) -> tuple:
         config.update(use_group_tokens=False, use_grouping_attention=False)
     if args.no_grouping_attention:
         config["use_grouping_attention"] = False
+    if args.ab_loss == "classification":
+        config.update(ab_bin_size=args.ab_bin_size, annealed_temperature=args.annealed_temperature)
     model = LCoInsModel(**config)
     if args.pretrained_vit_name_or_path:
         vit = ViTModel.from_pretrained(args.pretrained_vit_name_or_path, add_pooling_layer=False)
@@ -100,7 +102,16 @@ def build_components(args) -> tuple:
 
 
 def compute_loss(
-    batch, model, text_encoder, tokenizer, args, lexicon, weight_dtype, text_states=None, generators=None
+    batch,
+    model,
+    text_encoder,
+    tokenizer,
+    args,
+    lexicon,
+    weight_dtype,
+    text_states=None,
+    generators=None,
+    class_weights=None,
 ) -> tuple[torch.Tensor, dict]:
     """One forward pass: LC eq. 13-16 with luminance augmentation and pseudo captions.
 
@@ -110,6 +121,9 @@ def compute_loss(
         generators: B ``(torch.Generator, random.Random)`` pairs (:func:`row_generators`): sample i's
             augmentation draws from the first, its pseudo caption from the second. None: the global
             RNGs (one batched draw).
+        class_weights: (Q,) rebalancing weights of a classification model (``ab_bin_size``;
+            :func:`class_rebalancing`); its chroma loss is then Zhang et al.'s rebalanced
+            cross-entropy instead of LC eq. 13's smooth-L1.
 
     Returns:
         ``(loss, logs)``: the scalar loss and its terms as floats.
@@ -166,8 +180,15 @@ def compute_loss(
     if use_counter:
         kwargs = {"counter_hidden_states": hidden[batch_size:], "counter_attention_mask": mask[batch_size:]}
     output = model(lightness, hidden[:batch_size], mask[:batch_size], **kwargs)
-    loss_delta = smooth_l1_loss(output.ab.float() / ab_norm, target, delta=args.smooth_l1_delta)
-    logs = {"loss_smooth_l1": loss_delta.detach().item()}
+    if output.ab_logits is not None:
+        from mtcolor.models.lcoins_bins import classification_loss
+
+        bins = getattr(model, "module", model).ab_classes
+        loss_delta = classification_loss(output.ab_logits, lab[:, 1:], bins, class_weights)
+        logs = {"loss_ab_classification": loss_delta.detach().item()}
+    else:
+        loss_delta = smooth_l1_loss(output.ab.float() / ab_norm, target, delta=args.smooth_l1_delta)
+        logs = {"loss_smooth_l1": loss_delta.detach().item()}
     if use_counter:
         per_sample = counter_color_loss(
             output.text_embeds.float(),
@@ -234,3 +255,21 @@ class LCoInsTrainingModel(torch.nn.Module):
 
     def forward(self, batch: dict, generators: list) -> tuple[torch.Tensor, dict]:
         return compute_loss(batch, self.model, self.text_encoder, generators=generators, **self.options)
+
+
+def class_rebalancing(model, dataset, images: int, mix: float) -> torch.Tensor:
+    """Zhang et al.'s rebalancing weights (Q,) of a classification model (``ab_bin_size``) from the
+    ab of the first ``images`` training images (deterministic: the same weights on every process
+    and after a resume)."""
+    from mtcolor.color import rgb_to_lab
+    from mtcolor.models.lcoins_bins import empirical_prior, rebalancing_weights
+
+    count = min(images, len(dataset))
+    batches = (
+        rgb_to_lab(torch.stack([dataset[i]["pixel_values"] for i in range(start, min(start + 64, count))]))[
+            :, 1:
+        ]
+        for start in range(0, count, 64)
+    )
+    prior = empirical_prior(batches, model.ab_classes)
+    return rebalancing_weights(prior, model.ab_classes, mix)

@@ -135,6 +135,85 @@ def hyperparameters(args) -> dict:
     }
 
 
+@dataclass
+class _Position:
+    """Where a run starts: the optimizer step, its epoch and the batches of that epoch to skip."""
+
+    global_step: int
+    first_epoch: int
+    skip_batches: int
+    updates_per_epoch: int
+    num_epochs: int
+
+
+def _start_position(accelerator, args, dataloader, max_train_steps: int, run_info: dict, trained_keys: tuple):
+    """Resume ``--resume_from_checkpoint`` (weights, optimiser, scheduler, RNG) and return the data
+    position: the consumed batches of the resumed epoch are skipped."""
+    updates_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+    global_step = resume_from_checkpoint(
+        accelerator, args.resume_from_checkpoint, Path(args.output_dir), run_info, trained_keys
+    )
+    return _Position(
+        global_step=global_step,
+        first_epoch=global_step // updates_per_epoch,
+        skip_batches=(global_step % updates_per_epoch) * args.gradient_accumulation_steps,
+        updates_per_epoch=updates_per_epoch,
+        num_epochs=math.ceil(max_train_steps / updates_per_epoch),
+    )
+
+
+def _epoch_loader(accelerator, dataloader, dataset, epoch: int, position: _Position):
+    """The loader of ``epoch`` (augmentation and order seeded by the epoch; the resumed epoch skips
+    its consumed batches)."""
+    if hasattr(dataset, "set_epoch"):  # augmentation seeded by (seed, epoch, index)
+        dataset.set_epoch(epoch)
+    dataloader.set_epoch(epoch)
+    if epoch == position.first_epoch and position.skip_batches:
+        return accelerator.skip_first_batches(dataloader, position.skip_batches)
+    return dataloader
+
+
+def _micro_batch(
+    accelerator, args, model, optimizer, lr_scheduler, loss_fn, batch, step, micro_position, trainable, first
+):
+    """Forward (global RNGs seeded by seed, step and micro-batch position), backward (``first``: then
+    :func:`check_gradients`), clipping and the optimizer step (a no-op until the gradients are
+    accumulated). Returns ``(loss, logs)``."""
+    with accelerator.accumulate(model), accelerator.autocast():
+        with seeded_global_rng(
+            row_seed(args.seed, step, micro_position, stream=DROPOUT_STREAM), accelerator.device
+        ):
+            loss = loss_fn(batch, step, micro_position)
+        loss, logs = loss if isinstance(loss, tuple) else (loss, {})
+        accelerator.backward(loss)
+        if first:
+            check_gradients(accelerator, trainable)
+        if accelerator.sync_gradients and args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_([p for _, p in trainable], args.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss, logs
+
+
+def _checkpoint_and_validate(
+    accelerator, args, result: TrainResult, run_info: dict, epoch: int, validate
+) -> None:
+    """Every ``--checkpointing_steps``: a checkpoint; every ``--validation_steps``: ``validate(step)``
+    on the main process (kept in ``result.validation``)."""
+    step = result.global_step
+    if step % args.checkpointing_steps == 0:
+        save_checkpoint(
+            accelerator,
+            Path(args.output_dir),
+            step,
+            args.checkpoints_total_limit,
+            {**run_info, "epoch": epoch},
+        )
+    if validate is not None and step % args.validation_steps == 0 and accelerator.is_main_process:
+        result.validation = {"step": step, "metrics": validate(step) or {}}
+
+
 def run_training_loop(
     accelerator,
     args,
@@ -175,9 +254,8 @@ def run_training_loop(
     """
     from tqdm.auto import tqdm
 
-    output_dir = Path(args.output_dir)
     params = [p for _, p in trainable]
-    identity = tuple(run_info)
+    trained_keys = tuple(run_info)  # the keys a resumed checkpoint must agree on
     run_info = {
         **run_info,
         "num_processes": accelerator.num_processes,
@@ -185,93 +263,93 @@ def run_training_loop(
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "seed": args.seed,
     }
-    updates_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
-    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
-    global_step = resume_from_checkpoint(
-        accelerator, args.resume_from_checkpoint, output_dir, run_info, identity
-    )
-    first_epoch = global_step // updates_per_epoch
-    skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
-
-    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    logger.info(
-        f"***** {description}: {len(dataset)} records, {max_train_steps} steps, {updates_per_epoch} steps/epoch, "
-        f"batch {args.train_batch_size} x {accelerator.num_processes} processes x "
-        f"{args.gradient_accumulation_steps} accumulation = {total_batch} *****"
-    )
-    result = TrainResult(output_dir, None, global_step)
+    position = _start_position(accelerator, args, dataloader, max_train_steps, run_info, trained_keys)
+    _log_start(accelerator, args, description, len(dataset), max_train_steps, position)
+    result = TrainResult(Path(args.output_dir), None, position.global_step)
     progress = tqdm(
         range(max_train_steps),
-        initial=global_step,
+        initial=position.global_step,
         desc="steps",
         disable=not accelerator.is_local_main_process,
     )
     window_losses: list[torch.Tensor] = []
-    micro_step = 0
     tic = time.perf_counter()
-    for epoch in range(first_epoch, num_epochs):
-        if global_step >= max_train_steps:
+    for epoch in range(position.first_epoch, position.num_epochs):
+        if result.global_step >= max_train_steps:
             break
-        if hasattr(dataset, "set_epoch"):  # augmentation seeded by (seed, epoch, index)
-            dataset.set_epoch(epoch)
-        dataloader.set_epoch(epoch)
-        loader = dataloader
-        if epoch == first_epoch and skip_batches:
-            loader = accelerator.skip_first_batches(dataloader, skip_batches)
-        for batch in loader:
+        for batch in _epoch_loader(accelerator, dataloader, dataset, epoch, position):
+            micro_step = len(window_losses)
             micro_position = micro_step * accelerator.num_processes + accelerator.process_index
-            with accelerator.accumulate(model), accelerator.autocast():
-                with seeded_global_rng(
-                    row_seed(args.seed, global_step, micro_position, stream=DROPOUT_STREAM),
-                    accelerator.device,
-                ):
-                    loss = loss_fn(batch, global_step, micro_position)
-                loss, logs = loss if isinstance(loss, tuple) else (loss, {})
-                accelerator.backward(loss)
-                if result.steps_run == 0 and micro_step == 0:
-                    check_gradients(accelerator, trainable)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+            first = result.steps_run == 0 and micro_step == 0
+            loss, logs = _micro_batch(
+                accelerator, args, model, optimizer, lr_scheduler, loss_fn, batch, result.global_step,
+                micro_position, trainable, first,
+            )  # fmt: skip
             window_losses.append(loss.detach())
-            micro_step += 1
             if not accelerator.sync_gradients:
                 continue
             if ema is not None:
                 ema.step(params)
-            step_loss = accelerator.gather(torch.stack(window_losses).mean()[None]).mean().item()
-            window_losses, micro_step = [], 0
-            global_step += 1
-            stop_if_orphaned()
-            result.losses.append(step_loss)
-            result.steps_run += 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.4f}")
-            logs = {**logs, "loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}
-            accelerator.log(logs, step=global_step)
+            _record_update(accelerator, result, window_losses, logs, lr_scheduler.get_last_lr()[0], progress)
+            window_losses = []
             paused = time.perf_counter()
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(
-                    accelerator,
-                    output_dir,
-                    global_step,
-                    args.checkpoints_total_limit,
-                    {**run_info, "epoch": epoch},
-                )
-            if (
-                validate is not None
-                and global_step % args.validation_steps == 0
-                and accelerator.is_main_process
-            ):
-                result.validation = {"step": global_step, "metrics": validate(global_step) or {}}
+            _checkpoint_and_validate(accelerator, args, result, run_info, epoch, validate)
             tic += time.perf_counter() - paused
-            if global_step >= max_train_steps:
+            if result.global_step >= max_train_steps:
                 break
     progress.close()
     result.train_seconds = time.perf_counter() - tic
-    result.global_step = global_step
     result.peak_memory_bytes = _peak_memory(accelerator.device)
     check_replicas_in_sync(accelerator, params)
+    return result
+
+
+def _log_start(accelerator, args, description: str, records: int, max_train_steps: int, position) -> None:
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info(
+        f"***** {description}: {records} records, {max_train_steps} steps, {position.updates_per_epoch} "
+        f"steps/epoch, batch {args.train_batch_size} x {accelerator.num_processes} processes x "
+        f"{args.gradient_accumulation_steps} accumulation = {total_batch} *****"
+    )
+
+
+def _record_update(accelerator, result: TrainResult, window_losses, logs: dict, lr: float, progress) -> None:
+    """After an optimizer step: the step's loss (mean over its micro-batches and processes) into
+    ``result``, the trackers and the progress bar; a trainer whose launcher died stops here."""
+    step_loss = accelerator.gather(torch.stack(window_losses).mean()[None]).mean().item()
+    result.global_step += 1
+    stop_if_orphaned()
+    result.losses.append(step_loss)
+    result.steps_run += 1
+    progress.update(1)
+    progress.set_postfix(loss=f"{step_loss:.4f}")
+    accelerator.log({**logs, "loss": step_loss, "lr": lr}, step=result.global_step)
+
+
+def finish_training(
+    accelerator, result: TrainResult, *, ema, params, validate=None, export=None
+) -> TrainResult:
+    """What every trainer does after :func:`run_training_loop`: wait for every process; on the main
+    process copy the EMA weights into ``params`` (when ``ema``), run the final ``validate(step)``
+    (skipped when the loop's last validation ran at the final step: the same weights) and
+    ``export(metrics)``; wait again. The final metrics go into ``result.validation``.
+
+    Args:
+        validate: ``f(step) -> metrics`` with the trained weights in place, or None.
+        export: ``f(metrics)``: save the trained model (main process), or None.
+    """
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.copy_to(params)
+        metrics = {}
+        if validate is not None:
+            if result.validation.get("step") == result.global_step:
+                metrics = result.validation.get("metrics", {})
+            else:
+                metrics = validate(result.global_step) or {}
+            result.validation = {"step": result.global_step, "metrics": metrics}
+        if export is not None:
+            export(metrics)
+    accelerator.wait_for_everyone()
     return result

@@ -82,6 +82,7 @@ def log_validation(accelerator, model, components, records, args, step, weight_d
         "guidance_scale": args.validation_guidance_scale,
         "working_resolution": args.resolution,
         "output_type": "pt",
+        "colors_from_texts": False,  # validation scores the learned model, without colour targets
         "switches": {"attention_mode": args.attention_mode, "attention_impl": args.masked_attention_impl},
     }
     with torch.no_grad(), accelerator.autocast():

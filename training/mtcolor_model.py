@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from training.diffusion import check_prediction_type, decode_latents, diffusion_loss, encode_latents
 
 TRAINING_INFO = "training_info.json"
 
@@ -277,37 +278,36 @@ def compute_loss(
     stage: int,
     weight_dtype: torch.dtype,
     prediction_type: str = "epsilon",
+    snr_gamma: float | None = None,
+    instance_color_weight: float = 0.0,
+    instance_color_ring: int = 0,
 ) -> torch.Tensor:
-    """MT eq. 10: ``|| eps - eps_theta(z_t, t, tau_g, c, M_n, T_n) ||^2`` (mean over elements).
+    """MT eq. 10: ``|| eps - eps_theta(z_t, t, tau_g, c, M_n, T_n) ||^2`` (mean over elements), through
+    the shared :func:`training.diffusion.diffusion_loss`.
 
     Args:
         model: the (possibly DDP-wrapped) :class:`MTColorTrainingModel`.
         batch: a :func:`training.mtcolor_data.collate` batch on the model's device.
         draws: the step's random draws (:func:`draw_step`).
         stage: 1 (no ControlNet) or 2 (the gray image conditions the ControlNet).
-        prediction_type: ``"epsilon"`` (MT eq. 10) or ``"v_prediction"``.
+        prediction_type: ``"epsilon"`` (MT eq. 10) or ``"v_prediction"`` (else ``ValueError``).
+        snr_gamma: Min-SNR-gamma weighting of the samples (:func:`training.diffusion.min_snr_weights`);
+            None: unweighted.
+        instance_color_weight: weight of the instance colour term
+            (:mod:`training.instance_color`; 0: not computed).
+        instance_color_ring: width in pixels of the band outside each mask the colour term also
+            compares (0: the masks only).
     """
+    check_prediction_type(prediction_type)
     vae, scheduler = components.vae, components.noise_scheduler
     pixels = batch["pixel_values"]  # (B, 3, H, W) in [0, 1]
     device = pixels.device
+    latents = encode_latents(vae, pixels, draws.latent_noise, weight_dtype)
+    noise, timesteps = draws.noise.to(device), draws.timesteps.to(device)
     with torch.no_grad():
-        posterior = vae.encode((pixels * 2 - 1).to(weight_dtype)).latent_dist
-        latents = posterior.mean + posterior.std * draws.latent_noise.to(device, posterior.mean.dtype)
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        latents = ((latents - shift) * vae.config.scaling_factor).float()
-        noise = draws.noise.to(device)
-        timesteps = draws.timesteps.to(device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        if components.text_cache is None:
-            from mtcolor.conditioning import CachedTextEncoder
-
-            components.text_cache = CachedTextEncoder(components.tokenizer, components.text_encoder)
         hidden, embeds, counts = encode_batch_texts(
-            components.text_cache,
-            batch["prompts"],
-            batch["instance_texts"],
-            device,
-            weight_dtype,
+            _text_cache(components), batch["prompts"], batch["instance_texts"], device, weight_dtype
         )
         control = None
         if stage == 2:
@@ -315,13 +315,55 @@ def compute_loss(
 
             control = luminance_to_gray(rgb_luminance(pixels.float())).to(weight_dtype)  # (B, 3, H, W) gray
     prediction = model(noisy.to(weight_dtype), timesteps, hidden, batch["label_map"], embeds, counts, control)
-    if prediction_type == "epsilon":
-        target = noise
-    elif prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        raise ValueError(f"prediction_type={prediction_type!r}; expected 'epsilon' or 'v_prediction'.")
-    return F.mse_loss(prediction.float(), target.float(), reduction="mean")
+    loss = diffusion_loss(prediction, latents, noise, timesteps, scheduler, prediction_type, snr_gamma)
+    if instance_color_weight:
+        loss = loss + instance_color_weight * instance_color_term(
+            vae,
+            prediction,
+            noisy,
+            timesteps,
+            scheduler,
+            prediction_type,
+            pixels,
+            batch["label_map"],
+            weight_dtype,
+            ring=instance_color_ring,
+        )
+    return loss
+
+
+def _text_cache(components: Components):
+    """The components' memoised frozen text encoder (created on first use)."""
+    if components.text_cache is None:
+        from mtcolor.conditioning import CachedTextEncoder
+
+        components.text_cache = CachedTextEncoder(components.tokenizer, components.text_encoder)
+    return components.text_cache
+
+
+def instance_color_term(
+    vae,
+    prediction,
+    noisy,
+    timesteps,
+    scheduler,
+    prediction_type: str,
+    pixels,
+    label_map,
+    weight_dtype,
+    ring=0,
+) -> torch.Tensor:
+    """The batch's instance colour term (:mod:`training.instance_color`): the predicted clean latents
+    decoded by the frozen VAE, compared with ``pixels`` inside each instance of ``label_map``, each
+    sample weighted by ``abar_t``. A scalar with gradient to ``prediction``."""
+    from training.diffusion import predicted_original
+    from training.instance_color import instance_color_loss
+
+    original = predicted_original(prediction, noisy, timesteps, scheduler, prediction_type)
+    decoded = decode_latents(vae, original.to(weight_dtype))
+    per_sample = instance_color_loss(decoded, pixels.float(), label_map, ring)
+    abar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    return (abar * per_sample).mean()
 
 
 def latent_shape(vae, resolution: int) -> tuple[int, int, int]:

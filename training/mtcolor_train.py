@@ -72,6 +72,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="Masked attention implementation (mtcolor.attention.kernels).",
     )
+    group = parser.add_argument_group("loss")
+    group.add_argument(
+        "--instance_color_weight",
+        type=float,
+        default=0.0,
+        help="Weight of the instance colour term (training/instance_color.py): the predicted clean latents "
+        "decoded by the VAE, their mean Lab a*b* inside each instance mask against the training image's "
+        "(0: off, MT eq. 10 alone).",
+    )
+    group.add_argument(
+        "--instance_color_ring",
+        type=int,
+        default=0,
+        help="With --instance_color_weight: also compare the a*b* of the band of this many pixels just outside "
+        "each mask with the training image's (the neighbour's own colour), against colour bleeding (0: off).",
+    )
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,6 +97,14 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
     if not args.pretrained_model_name_or_path:
         parser.error("--pretrained_model_name_or_path is required (an SD-1.5-layout folder or hub id).")
     arguments.parse_mapping_arguments(parser, args, "adapter_config")
+    if args.instance_color_ring < 0:
+        parser.error(
+            f"--instance_color_ring={args.instance_color_ring}; pass a width in pixels >= 0 (e.g. 2)."
+        )
+    if not args.instance_color_weight >= 0:
+        parser.error(
+            f"--instance_color_weight={args.instance_color_weight}; pass a weight >= 0 (0 turns the term off)."
+        )
     return args
 
 
@@ -117,14 +141,13 @@ def train(args, stage: int, build_components, script: str) -> loop.TrainResult:
             initialise identically on every process).
         script: the script's name, for the model card.
     """
-    with prepare.training_run(args) as accelerator:  # locks --output_dir (main process)
+    with prepare.training_run(args) as accelerator:  # locks --output_dir (main process), ends trackers
         return _train_stage(accelerator, args, stage, build_components, script)
 
 
-def _train_stage(accelerator, args, stage: int, build_components, script: str) -> loop.TrainResult:
-    """The body of :func:`train` once the run is started."""
-    # 1. Models: frozen parts in the mixed-precision dtype, trainable weights in fp32
-    c = build_components(args)
+def _training_model(components, args, stage: int) -> tuple[MTColorTrainingModel, list]:
+    """The :class:`MTColorTrainingModel` of the stage and its trainable ``(name, parameter)`` pairs
+    (xformers and gradient checkpointing applied when asked)."""
     if args.enable_xformers_memory_efficient_attention:
         from diffusers.utils.import_utils import is_xformers_available
 
@@ -132,41 +155,116 @@ def _train_stage(accelerator, args, stage: int, build_components, script: str) -
             raise ImportError(
                 "--enable_xformers_memory_efficient_attention needs xformers: pip install xformers."
             )
-        c.unet.enable_xformers_memory_efficient_attention()
-        if c.controlnet is not None:
-            c.controlnet.enable_xformers_memory_efficient_attention()
+        components.unet.enable_xformers_memory_efficient_attention()
+        if components.controlnet is not None:
+            components.controlnet.enable_xformers_memory_efficient_attention()
     model = MTColorTrainingModel(
-        c.unet, c.adapter, c.controlnet, args.attention_mode, args.masked_attention_impl
+        components.unet,
+        components.adapter,
+        components.controlnet,
+        args.attention_mode,
+        args.masked_attention_impl,
     )
     trainable = configure_trainable(model, stage)
     if args.gradient_checkpointing:
-        c.unet.enable_gradient_checkpointing()
-        if c.controlnet is not None:
-            c.controlnet.enable_gradient_checkpointing()
-    weight_dtype = prepare.weight_dtype_of(accelerator)
-    prepare.freeze((c.vae, c.text_encoder, c.unet), accelerator, weight_dtype)
-    c.adapter.train()
-    if c.controlnet is not None:
-        c.controlnet.train()
+        components.unet.enable_gradient_checkpointing()
+        if components.controlnet is not None:
+            components.controlnet.enable_gradient_checkpointing()
+    return model, trainable
+
+
+def _place_models(components, accelerator, weight_dtype, trainable) -> None:
+    """Frozen models in the mixed-precision dtype and eval mode, trained ones in train mode; every
+    trainable weight must be float32."""
+    prepare.freeze((components.vae, components.text_encoder, components.unet), accelerator, weight_dtype)
+    components.adapter.train()
+    if components.controlnet is not None:
+        components.controlnet.train()
     for name, param in trainable:
         if param.dtype != torch.float32:
             raise ValueError(
                 f"trainable parameter {name} is {param.dtype}; trainable weights must be float32 (mixed precision "
                 "only casts the frozen models). Load the models in float32."
             )
+
+
+def run_info(args, stage: int) -> dict:
+    """What a checkpoint must have been trained with to be resumed: the stage and the loss levers
+    (``None`` when off, as in checkpoints written before the levers existed)."""
+    return {
+        "stage": stage,
+        "snr_gamma": args.snr_gamma,
+        "instance_color_weight": args.instance_color_weight or None,
+        "instance_color_ring": args.instance_color_ring or None,
+    }
+
+
+def _loss_function(args, model, components, stage: int, weight_dtype, accelerator):
+    """``f(batch, step, micro_position) -> loss`` of the stage: MT eq. 10 with the step's draws."""
+    prediction_type = args.prediction_type or components.noise_scheduler.config.prediction_type
+    shape = latent_shape(components.vae, args.resolution)
+    update_rows = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    timesteps = components.noise_scheduler.config.num_train_timesteps
+
+    def loss_fn(batch, step, micro_position):
+        rows = batch["pixel_values"].shape[0]
+        draws = draw_step(
+            args.seed, step, shape, timesteps, update_rows, micro_position * args.train_batch_size, rows
+        )
+        return compute_loss(
+            model, components, batch, draws, stage=stage, weight_dtype=weight_dtype,
+            prediction_type=prediction_type, snr_gamma=args.snr_gamma,
+            instance_color_weight=args.instance_color_weight, instance_color_ring=args.instance_color_ring,
+        )  # fmt: skip
+
+    return loss_fn
+
+
+def _stage_info(args, stage: int, script: str, accelerator, components, result, dataset, metrics) -> dict:
+    """The stage's ``training_info.json`` entry (also the model card's training section)."""
+    update_rows = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    return {
+        "stage": stage,
+        "script": script,
+        "steps": result.global_step,
+        "data": {
+            "train_data": args.train_data,
+            "split": args.train_split or "train",
+            "records": len(dataset),
+        },
+        "batch": {
+            "per_process": args.train_batch_size,
+            "processes": accelerator.num_processes,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "total": update_rows,
+        },
+        "parameters": {"trainable": result.trainable_parameters, "total": result.total_parameters},
+        "sources": components.sources,
+        "final_loss": result.losses[-1] if result.losses else None,
+        "validation": metrics,
+        "hyperparameters": {**loop.hyperparameters(args), "mixed_precision": accelerator.mixed_precision},
+    }
+
+
+def _train_stage(accelerator, args, stage: int, build_components, script: str) -> loop.TrainResult:
+    """The body of :func:`train` once the run is started."""
+    # 1. Models: frozen parts in the mixed-precision dtype, trainable weights in fp32
+    components = build_components(args)
+    model, trainable = _training_model(components, args, stage)
+    weight_dtype = prepare.weight_dtype_of(accelerator)
+    _place_models(components, accelerator, weight_dtype, trainable)
     trainable_params = [p for _, p in trainable]
     num_trainable = sum(p.numel() for p in trainable_params)
     num_total = sum(p.numel() for p in model.parameters()) + sum(
-        p.numel() for m in (c.vae, c.text_encoder) for p in m.parameters()
+        p.numel() for m in (components.vae, components.text_encoder) for p in m.parameters()
     )
     logger.info(
         f"stage {stage}: {len(trainable)} trainable tensors, {num_trainable:,} of {num_total:,} parameters"
     )
-
     register_adapter_hooks(accelerator)
 
     # 2. Data
-    check_resolution(args.resolution, c.vae, c.unet)
+    check_resolution(args.resolution, components.vae, components.unet)
     records, dataset = training_dataset(args, instances=True)
     val_records = validation_records(args, records)
 
@@ -176,75 +274,35 @@ def _train_stage(accelerator, args, stage: int, build_components, script: str) -
     )
     model, ema = prepared.model, prepared.ema
 
-    prediction_type = args.prediction_type or c.noise_scheduler.config.prediction_type
-    shape = latent_shape(c.vae, args.resolution)
-    update_rows = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-
-    def loss_fn(batch, step, micro_position):
-        draws = draw_step(
-            args.seed,
-            step,
-            shape,
-            c.noise_scheduler.config.num_train_timesteps,
-            update_rows,
-            micro_position * args.train_batch_size,
-            batch["pixel_values"].shape[0],
-        )
-        return compute_loss(
-            model, c, batch, draws, stage=stage, weight_dtype=weight_dtype, prediction_type=prediction_type
-        )
-
     def validate(step):
         with prepare.ema_weights(ema, trainable_params):
-            return log_validation(accelerator, model, c, val_records, args, step, weight_dtype)
+            return log_validation(accelerator, model, components, val_records, args, step, weight_dtype)
 
     result = loop.run_training_loop(
         accelerator,
         args,
         **prepared.loop_arguments(),
         dataset=dataset,
-        loss_fn=loss_fn,
+        loss_fn=_loss_function(args, model, components, stage, weight_dtype, accelerator),
         trainable=trainable,
-        run_info={"stage": stage},
+        run_info=run_info(args, stage),
         validate=validate if val_records else None,
         description=f"stage {stage}",
     )
     result.trainable_parameters, result.total_parameters = num_trainable, num_total
-    global_step = result.global_step
-    total_batch = update_rows
 
     # 4. Final validation and the pipeline folder with its model card
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if ema is not None:
-            ema.copy_to(trainable_params)
-        metrics = {}
-        if val_records:
-            metrics = log_validation(accelerator, model, c, val_records, args, global_step, weight_dtype)
-        info = {
-            "stage": stage,
-            "script": script,
-            "steps": global_step,
-            "data": {
-                "train_data": args.train_data,
-                "split": args.train_split or "train",
-                "records": len(dataset),
-            },
-            "batch": {
-                "per_process": args.train_batch_size,
-                "processes": accelerator.num_processes,
-                "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                "total": total_batch,
-            },
-            "parameters": {"trainable": num_trainable, "total": num_total},
-            "sources": c.sources,
-            "final_loss": result.losses[-1] if result.losses else None,
-            "validation": metrics,
-            "hyperparameters": {**loop.hyperparameters(args), "mixed_precision": accelerator.mixed_precision},
-        }
-        result.pipeline_dir = export_pipeline(
-            accelerator, model, c, args, [*c.previous_stages, info], weight_dtype
-        )
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return result
+    def export(metrics):
+        info = _stage_info(args, stage, script, accelerator, components, result, dataset, metrics)
+        stages = [*components.previous_stages, info]
+        result.pipeline_dir = export_pipeline(accelerator, model, components, args, stages, weight_dtype)
+
+    final_validation = None
+    if val_records:
+
+        def final_validation(step):
+            return log_validation(accelerator, model, components, val_records, args, step, weight_dtype)
+
+    return loop.finish_training(
+        accelerator, result, ema=ema, params=trainable_params, validate=final_validation, export=export
+    )

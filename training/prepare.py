@@ -50,13 +50,17 @@ def start_run(args):
 @contextlib.contextmanager
 def training_run(args):
     """``with training_run(args) as accelerator:`` the accelerator of a run (:func:`start_run`: seed,
-    output folder, its lock held by the main process); the lock is released when the block ends."""
+    output folder, its lock held by the main process); when the block ends the trackers are ended
+    (``accelerator.end_training``) and the lock is released."""
     accelerator = start_run(args)
     try:
         yield accelerator
     finally:
-        if accelerator.is_main_process:
-            release_output_dir(args.output_dir)
+        try:
+            accelerator.end_training()
+        finally:
+            if accelerator.is_main_process:
+                release_output_dir(args.output_dir)
 
 
 def make_dataloader(args, dataset, collate_fn):

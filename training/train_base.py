@@ -49,7 +49,6 @@ if __package__ in (None, ""):  # `accelerate launch training/train_base.py` runs
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from training import arguments, loop, prepare  # noqa: E402
 from training.base_model import (  # noqa: E402
@@ -63,6 +62,7 @@ from training.base_model import (  # noqa: E402
     noise_schedulers,
     save_model_folder,
 )
+from training.diffusion import check_prediction_type, diffusion_loss, encode_latents  # noqa: E402
 from training.mtcolor_data import collate, training_dataset  # noqa: E402
 from training.mtcolor_model import draw_step, latent_shape  # noqa: E402
 
@@ -211,19 +211,15 @@ def train_vae(args, accelerator) -> loop.TrainResult:
         run_info={"phase": args.phase}, validate=validate if validation else None,
         description="base VAE decoder" if decoder_only else "base VAE",
     )  # fmt: skip
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        model = accelerator.unwrap_model(vae).vae
-        if ema is not None:
-            ema.copy_to([p for _, p in params])
+    model = accelerator.unwrap_model(vae).vae
+
+    def export(metrics):
         model.eval()
         if not decoder_only:  # (the decoder phase keeps the encoder, so its latents' scale)
             std = latent_std(
                 model, dataset, args.train_batch_size, args.latent_statistics_batches, accelerator.device
             )
             model.register_to_config(scaling_factor=1.0 / std)
-        if validation:
-            _validate_vae(accelerator, model, validation, result.global_step, phase.output_dir)
         targets = [Path(args.output_dir) / "vae"]
         if decoder_only and (Path(args.output_dir) / "model" / "vae" / "config.json").is_file():
             targets.append(Path(args.output_dir) / "model" / "vae")  # the assembled base model too
@@ -232,7 +228,18 @@ def train_vae(args, accelerator) -> loop.TrainResult:
         logger.info(
             f"saved the VAE (scaling_factor {model.config.scaling_factor:.5f}) to {', '.join(map(str, targets))}"
         )
-    return result
+
+    def final_validation(step):
+        return _validate_vae(accelerator, model, validation, step, phase.output_dir)
+
+    return loop.finish_training(
+        accelerator,
+        result,
+        ema=ema,
+        params=[p for _, p in params],
+        validate=final_validation if validation else None,
+        export=export,
+    )
 
 
 @torch.no_grad()
@@ -266,14 +273,12 @@ def _log_images(accelerator, folder: Path, tag: str, images: torch.Tensor, step:
             tracker.writer.add_images(tag, array, step, dataformats="NHWC")
 
 
-def train_unet(args, accelerator) -> loop.TrainResult:
+def _unet_models(args, accelerator, configs: dict):
+    """``(vae, text_encoder, tokenizer, unet, noise_scheduler, sample_scheduler)`` of the UNet phase:
+    the trained VAE and the frozen text encoder in the mixed-precision dtype, a fresh UNet reading
+    the encoder's width, the schedulers predicting ``--prediction_type``."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from mtcolor.conditioning import CachedTextEncoder
-    from mtcolor.text_encoders import PACKAGED_TEXT_ENCODERS, write_text_encoder_reference
-
-    phase = _phase_args(args)
-    configs = model_configs(args)
     folder = Path(args.output_dir)
     vae = AutoencoderKL.from_pretrained(folder / "vae")
     text_encoder, tokenizer = frozen_text_encoder(args, configs["text_encoder"])
@@ -284,13 +289,53 @@ def train_unet(args, accelerator) -> loop.TrainResult:
         and not (folder / "text_encoder" / "config.json").is_file()
     ):
         text_encoder.save_pretrained(folder / "text_encoder")
-    noise_scheduler, sample_scheduler = noise_schedulers()
+    noise_scheduler, sample_scheduler = noise_schedulers(args.prediction_type)
     unet = UNet2DConditionModel(**configs["unet"])
     unet.train()
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+    prepare.freeze((vae, text_encoder), accelerator, prepare.weight_dtype_of(accelerator))
+    return vae, text_encoder, tokenizer, unet, noise_scheduler, sample_scheduler
+
+
+def _unet_loss_function(args, accelerator, vae, unet, encode_prompts, noise_scheduler):
+    """``f(batch, step, micro_position) -> loss``: the shared diffusion loss of the text-to-image UNet."""
     weight_dtype = prepare.weight_dtype_of(accelerator)
-    prepare.freeze((vae, text_encoder), accelerator, weight_dtype)
+    shape = latent_shape(vae, args.resolution)
+    rows = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    prediction_type = check_prediction_type(args.prediction_type or noise_scheduler.config.prediction_type)
+
+    def loss_fn(batch, step, micro_position):
+        pixels = batch["pixel_values"]
+        draws = draw_step(
+            args.seed, step, shape, noise_scheduler.config.num_train_timesteps, rows,
+            micro_position * args.train_batch_size, pixels.shape[0],
+        )  # fmt: skip
+        latents = encode_latents(vae, pixels, draws.latent_noise, weight_dtype)
+        noise, timesteps = draws.noise.to(pixels.device), draws.timesteps.to(pixels.device)
+        with torch.no_grad():
+            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+            hidden, _ = encode_prompts(batch["prompts"], pixels.device)
+        prediction = unet(noisy, timesteps, hidden.to(weight_dtype), return_dict=False)[0]
+        return diffusion_loss(
+            prediction, latents, noise, timesteps, noise_scheduler, prediction_type, args.snr_gamma
+        )
+
+    return loss_fn
+
+
+def train_unet(args, accelerator) -> loop.TrainResult:
+    from diffusers import AutoencoderKL
+
+    from mtcolor.conditioning import CachedTextEncoder
+    from mtcolor.text_encoders import PACKAGED_TEXT_ENCODERS, write_text_encoder_reference
+
+    phase = _phase_args(args)
+    configs = model_configs(args)
+    folder = Path(args.output_dir)
+    vae, text_encoder, tokenizer, unet, noise_scheduler, sample_scheduler = _unet_models(
+        args, accelerator, configs
+    )
     encode_prompts = CachedTextEncoder(tokenizer, text_encoder)  # frozen: each prompt encoded once
     params = list(unet.named_parameters())
     records, dataset = training_dataset(args, instances=False)
@@ -305,30 +350,7 @@ def train_unet(args, accelerator) -> loop.TrainResult:
         f"{args.tracker_project_name}_unet",
     )
     unet, ema = prepared.model, prepared.ema
-    shape = latent_shape(vae, args.resolution)
-    rows = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    prediction_type = args.prediction_type or noise_scheduler.config.prediction_type
-
-    def loss_fn(batch, step, micro_position):
-        pixels = batch["pixel_values"]
-        draws = draw_step(
-            args.seed, step, shape, noise_scheduler.config.num_train_timesteps, rows,
-            micro_position * args.train_batch_size, pixels.shape[0],
-        )  # fmt: skip
-        device = pixels.device
-        with torch.no_grad():
-            posterior = vae.encode((pixels * 2 - 1).to(weight_dtype)).latent_dist
-            latents = posterior.mean + posterior.std * draws.latent_noise.to(device, posterior.mean.dtype)
-            latents = (latents * vae.config.scaling_factor).float()
-            noise, timesteps = draws.noise.to(device), draws.timesteps.to(device)
-            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-            hidden, _ = encode_prompts(batch["prompts"], device)
-        prediction = unet(noisy, timesteps, hidden.to(weight_dtype), return_dict=False)[0]
-        if prediction_type == "v_prediction":
-            target = noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
-        return F.mse_loss(prediction.float(), target.float())
+    loss_fn = _unet_loss_function(args, accelerator, vae, unet, encode_prompts, noise_scheduler)
 
     prompts = args.validation_prompts
     if prompts is None:
@@ -349,21 +371,29 @@ def train_unet(args, accelerator) -> loop.TrainResult:
 
     result = loop.run_training_loop(
         accelerator, phase, **prepared.loop_arguments(), dataset=dataset, loss_fn=loss_fn, trainable=params,
-        run_info={"phase": "unet"}, validate=validate if prompts else None, description="base UNet",
+        run_info={"phase": "unet", "prediction_type": args.prediction_type, "snr_gamma": args.snr_gamma},
+        validate=validate if prompts else None, description="base UNet",
     )  # fmt: skip
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if ema is not None:
-            ema.copy_to([p for _, p in params])
-        if prompts:
-            _validate_unet(accelerator, pipeline(), prompts, args, result.global_step)
+
+    def export(metrics):
         vae_fp32 = AutoencoderKL.from_pretrained(folder / "vae")
         text_fp32, _ = frozen_text_encoder(args, configs["text_encoder"])
         save_model_folder(folder / "model", vae_fp32, text_fp32, tokenizer, accelerator.unwrap_model(unet).float(),
                           sample_scheduler, args, result, len(records))  # fmt: skip
         if args.text_encoder in PACKAGED_TEXT_ENCODERS:  # frozen pretrained weights: referenced, not copied
             write_text_encoder_reference(folder / "model", args.text_encoder)
-    return result
+
+    def final_validation(step):
+        return _validate_unet(accelerator, pipeline(), prompts, args, step)
+
+    return loop.finish_training(
+        accelerator,
+        result,
+        ema=ema,
+        params=[p for _, p in params],
+        validate=final_validation if prompts else None,
+        export=export,
+    )
 
 
 @torch.no_grad()
@@ -382,13 +412,10 @@ def _validate_unet(accelerator, pipe, prompts: list[str], args, step: int) -> di
 
 def main(args) -> loop.TrainResult:
     """Run one phase (``args.phase``)."""
-    accelerator = prepare.start_run(_phase_args(args))
-    try:
+    with prepare.training_run(_phase_args(args)) as accelerator:  # phase folder locked; trackers ended
         if args.phase in ("vae", "decoder"):
             return train_vae(args, accelerator)
         return train_unet(args, accelerator)
-    finally:
-        accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ from training.lcoins_model import (  # noqa: E402  (public names of this script,
     TEXT_ENCODER_PRESETS,
     LCoInsTrainingModel,
     build_components,
+    class_rebalancing,
     compute_loss,
     freeze_counter_loss_modules,
     max_caption_length,
@@ -70,8 +71,27 @@ logger = logging.getLogger("train_lcoins")
 # arguments
 def build_parser() -> argparse.ArgumentParser:
     parser = arguments.new_parser("Train L-CoIns (language-based colorization with instance awareness).")
-    # model
-    group = parser.add_argument_group("model")
+    _add_model_arguments(parser.add_argument_group("model"))
+    _add_ablation_arguments(parser.add_argument_group("ablations (LC Table 1)"))
+    _add_loss_arguments(parser.add_argument_group("loss and augmentation"))
+    _add_data_arguments(parser.add_argument_group("data"))
+    arguments.add_training_arguments(
+        parser,
+        output_dir="lcoins-model",
+        project="train_lcoins",
+        steps_help="--num_train_epochs",
+        diffusion=False,
+    )
+    # LC section 5: AdamW lr 1e-5, betas (0.99, 0.999), 80 epochs
+    parser.set_defaults(
+        train_batch_size=8, num_train_epochs=80, learning_rate=1e-5, lr_scheduler="constant", lr_warmup_steps=0,
+        adam_beta1=0.99, validation_steps=500, num_validation_samples=4,
+    )  # fmt: skip
+    return parser
+
+
+def _add_model_arguments(group) -> None:
+    """The model and text encoder to start from."""
     group.add_argument(
         "--pretrained_model_name_or_path",
         type=str,
@@ -103,8 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="A transformers ViTModel folder whose weights initialise the image encoder (same sizes).",
     )
     group.add_argument("--freeze_text_encoder", action="store_true", help="Do not train the text encoder.")
-    # ablations (LC Table 1)
-    group = parser.add_argument_group("ablations (LC Table 1)")
+
+
+def _add_ablation_arguments(group) -> None:
+    """The ablations of LC Table 1."""
     group.add_argument(
         "--no_group_embedding", action="store_true", help="w/o GE: no group tokens (implies w/o GA)."
     )
@@ -113,13 +135,43 @@ def build_parser() -> argparse.ArgumentParser:
         "--no_luminance_augmentation", action="store_true", help="w/o LA: the true L is the input."
     )
     group.add_argument("--no_counter_color_loss", action="store_true", help="w/o CL: smooth-L1 loss only.")
-    # loss and augmentation
-    group = parser.add_argument_group("loss and augmentation")
+
+
+def _add_loss_arguments(group) -> None:
+    """LC eq. 16's weights, the pseudo captions of the counter-colour loss, the luminance augmentation."""
     group.add_argument("--alpha", type=float, default=1.0, help="Weight of the smooth-L1 loss (LC eq. 16).")
     group.add_argument(
         "--beta", type=float, default=-1e-4, help="Weight of the counter-colour loss (LC eq. 16)."
     )
     group.add_argument("--smooth_l1_delta", type=float, default=1.0, help="delta of LC eq. 13.")
+    group.add_argument(
+        "--ab_loss",
+        default="smooth_l1",
+        choices=["smooth_l1", "classification"],
+        help="Chroma loss: LC eq. 13's smooth-L1 on ab / ab_norm, or Zhang et al.'s (2016) cross-entropy over "
+        "quantised ab classes with class rebalancing, decoded by the annealed mean (the model predicts logits).",
+    )
+    group.add_argument(
+        "--ab_bin_size",
+        type=float,
+        default=10.0,
+        help="Classification: ab cell size in Lab units (Zhang: 10).",
+    )
+    group.add_argument(
+        "--annealed_temperature", type=float, default=0.38, help="Classification: T of the annealed mean."
+    )
+    group.add_argument(
+        "--rebalance_lambda",
+        type=float,
+        default=0.5,
+        help="Classification: weight of the uniform distribution mixed into the smoothed prior (Zhang: 0.5).",
+    )
+    group.add_argument(
+        "--class_prior_images",
+        type=int,
+        default=2000,
+        help="Classification: training images whose ab make the empirical class prior.",
+    )
     group.add_argument(
         "--color_vocabulary",
         default="extended",
@@ -140,8 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--invert_probability", type=float, default=0.5, help="Probability of 1 / gamma (LC eq. 2)."
     )
-    # data
-    group = parser.add_argument_group("data")
+
+
+def _add_data_arguments(group) -> None:
+    """Training and validation data."""
     group.add_argument(
         "--train_data", type=str, default=None, help="Training dataset folder (or records Hub id)."
     )
@@ -161,19 +215,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="Caption token limit (special tokens included); default: the text encoder's limit.",
     )
     group.add_argument("--dataloader_num_workers", type=int, default=0)
-    arguments.add_training_arguments(
-        parser,
-        output_dir="lcoins-model",
-        project="train_lcoins",
-        steps_help="--num_train_epochs",
-        diffusion=False,
-    )
-    # LC section 5: AdamW lr 1e-5, betas (0.99, 0.999), 80 epochs
-    parser.set_defaults(
-        train_batch_size=8, num_train_epochs=80, learning_rate=1e-5, lr_scheduler="constant", lr_warmup_steps=0,
-        adam_beta1=0.99, validation_steps=500, num_validation_samples=4,
-    )  # fmt: skip
-    return parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -188,6 +229,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if not 0 <= args.invert_probability <= 1:
         parser.error(f"--invert_probability={args.invert_probability}; pass a probability in [0, 1].")
+    if not (args.ab_bin_size > 0 and args.annealed_temperature > 0 and args.class_prior_images >= 1):
+        parser.error(
+            f"--ab_bin_size={args.ab_bin_size} --annealed_temperature={args.annealed_temperature} "
+            f"--class_prior_images={args.class_prior_images}; pass positive values (e.g. 10, 0.38, 2000)."
+        )
+    if not 0 <= args.rebalance_lambda <= 1:
+        parser.error(
+            f"--rebalance_lambda={args.rebalance_lambda}; pass a mixing weight in [0, 1] (e.g. 0.5)."
+        )
     if args.max_caption_length is not None and args.max_caption_length < 2:
         parser.error(f"--max_caption_length={args.max_caption_length}; pass >= 2 ([CLS] and [SEP] included).")
     if not (isinstance(args.model_config, dict) or isinstance(args.model_config, str)):
@@ -221,12 +271,19 @@ def register_checkpoint_hooks(accelerator) -> None:
 
 def run_info(args, model) -> dict:
     """What a checkpoint must have been trained with to be resumed: the trainer, the model, the
-    text-encoder setting and the loss (a changed value is refused)."""
+    text-encoder setting and the loss (a changed value is refused). The classification head's
+    settings appear only when it is used (so regression checkpoints keep their identity)."""
     loss_flags = ("alpha", "beta", "smooth_l1_delta", "no_luminance_augmentation", "no_counter_color_loss",
                   "color_vocabulary", "counter_min_distance", "hue_max", "gamma_min", "gamma_max", "invert_probability")  # fmt: skip
+    classification = ("ab_loss", "rebalance_lambda", "class_prior_images")
+    config = {k: v for k, v in model.config.items() if not k.startswith("_")}
+    if config.get("ab_bin_size") is None:
+        config = {k: v for k, v in config.items() if k not in ("ab_bin_size", "annealed_temperature")}
+    else:
+        loss_flags += classification
     return {
         "trainer": "train_lcoins",
-        "model_config": {k: v for k, v in model.config.items() if not k.startswith("_")},
+        "model_config": config,
         "freeze_text_encoder": bool(args.freeze_text_encoder),
         "loss": {name: getattr(args, name) for name in loss_flags},
     }
@@ -234,7 +291,7 @@ def run_info(args, model) -> dict:
 
 def main(args: argparse.Namespace) -> Path:
     """Train and save the pipeline into ``args.output_dir``; returns that folder."""
-    with prepare.training_run(args) as accelerator:  # seeded; --output_dir locked (main process)
+    with prepare.training_run(args) as accelerator:  # seeded; --output_dir locked; trackers ended
         return _train(accelerator, args)
 
 
@@ -259,14 +316,17 @@ def _train(accelerator, args) -> Path:
     if args.no_counter_color_loss:
         freeze_counter_loss_modules(model)
     lexicon = default_lexicon(args.color_vocabulary)
-    wrapper = LCoInsTrainingModel(model, text_encoder, tokenizer=tokenizer, args=args, lexicon=lexicon,
-                                  weight_dtype=weight_dtype, text_states=text_states)  # fmt: skip
-    trainable = [(name, p) for name, p in wrapper.named_parameters() if p.requires_grad]
-    register_checkpoint_hooks(accelerator)
-
-    # 2. Data
+    # 2. Data (and the class rebalancing of a classification model)
     image_size = model.config.image_size
     dataset = load_caption_dataset(args.train_data, image_size, args.train_split, args.data_format)
+    class_weights = None
+    if model.config.ab_bin_size is not None:
+        class_weights = class_rebalancing(model, dataset, args.class_prior_images, args.rebalance_lambda)
+    wrapper = LCoInsTrainingModel(model, text_encoder, tokenizer=tokenizer, args=args, lexicon=lexicon,
+                                  weight_dtype=weight_dtype, text_states=text_states,
+                                  class_weights=class_weights)  # fmt: skip
+    trainable = [(name, p) for name, p in wrapper.named_parameters() if p.requires_grad]
+    register_checkpoint_hooks(accelerator)
     validation_dataset = dataset
     if args.validation_data:
         validation_dataset = load_caption_dataset(
@@ -294,22 +354,24 @@ def _train(accelerator, args) -> Path:
         run_info=run_info(args, model), validate=validate if samples else None, description="L-CoIns",
     )  # fmt: skip
 
-    # 4. Save the pipeline and its model card
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if prepared.ema is not None:
-            prepared.ema.copy_to(params)
-        metrics = result.validation.get("metrics", {})
-        if samples and result.validation.get("step") != result.global_step:
-            metrics = log_validation(
-                accelerator, model, text_encoder, tokenizer, samples, args, result.global_step
-            )
+    # 4. Final validation, then the pipeline and its model card
+    def export(metrics):
         pipe = LCoInsPipeline(model=model, text_encoder=text_encoder, tokenizer=tokenizer)
         last_loss = result.losses[-1] if result.losses else None
         sections = card_sections(args, result.global_step, metrics, last_loss)
         pipe.save_pretrained(args.output_dir, model_card_kwargs={"sections": sections})
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+
+    def final_validation(step):
+        return log_validation(accelerator, model, text_encoder, tokenizer, samples, args, step)
+
+    loop.finish_training(
+        accelerator,
+        result,
+        ema=prepared.ema,
+        params=params,
+        validate=final_validation if samples else None,
+        export=export,
+    )
     return Path(args.output_dir)
 
 

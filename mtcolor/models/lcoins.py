@@ -104,6 +104,7 @@ class LCoInsModelOutput(BaseOutput):
         group_embeds: (B, N_G, D) R_grp (without group tokens: (B, N_I, D) from the image tokens).
         counter_text_embeds: (B, N_L', D) R'_lag of the pseudo captions, when they were given.
         counter_group_embeds: R'_grp of the pass with the pseudo captions, when they were given.
+        ab_logits: (B, Q, S, S) logits over the quantised ab classes (models with ``ab_bin_size``), or None.
     """
 
     ab: torch.Tensor
@@ -116,6 +117,7 @@ class LCoInsModelOutput(BaseOutput):
     group_embeds: torch.Tensor | None = None
     counter_text_embeds: torch.Tensor | None = None
     counter_group_embeds: torch.Tensor | None = None
+    ab_logits: torch.Tensor | None = None
 
 
 def _pad_tokens(states: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,6 +145,11 @@ class LCoInsModel(ModelMixin, ConfigMixin):
         contrast_dim: D, width of the counter-colour space (R_lag, R_grp).
         upsampler_channels: channels of the transposed convolutions (log2(P) values) or None.
         ab_norm: scale of the predicted ab: the network predicts ab / ab_norm (about [-1, 1]).
+        ab_bin_size: None: the upsampler regresses ab (LC eq. 10). A cell size (Zhang et al.: 10): it
+            predicts logits over the quantised ab classes of :func:`mtcolor.models.lcoins_bins.ab_bins`
+            and ab is their annealed mean (``ab_logits`` in the output; trained with the
+            rebalanced classification loss, ``train_lcoins.py --ab_loss classification``).
+        annealed_temperature: T of the annealed-mean decoding (Zhang et al.: 0.38).
         use_group_tokens: False for the "w/o GE" ablation (implies ``use_grouping_attention=False``).
         use_grouping_attention: False for the "w/o GA" ablation (plain ViT blocks).
         layer_norm_eps: LayerNorm epsilon of the grouping transformer.
@@ -165,6 +172,8 @@ class LCoInsModel(ModelMixin, ConfigMixin):
         contrast_dim: int = 256,
         upsampler_channels: tuple[int, ...] | None = None,
         ab_norm: float = 110.0,
+        ab_bin_size: float | None = None,
+        annealed_temperature: float = 0.38,
         use_group_tokens: bool = True,
         use_grouping_attention: bool = True,
         layer_norm_eps: float = 1e-6,
@@ -208,7 +217,13 @@ class LCoInsModel(ModelMixin, ConfigMixin):
             for _ in range(num_grouping_layers)
         )
         self.norm_out = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.upsampler = Upsampler(hidden_size, patch_size, upsampler_channels)
+        out_channels = 2
+        if ab_bin_size is not None:
+            from .lcoins_bins import ab_bins
+
+            self.register_buffer("ab_classes", ab_bins(ab_bin_size), persistent=False)  # (Q, 2)
+            out_channels = len(self.ab_classes)
+        self.upsampler = Upsampler(hidden_size, patch_size, upsampler_channels, out_channels)
         self.text_head = nn.Linear(hidden_size, contrast_dim)  # Z_lag -> R_lag
         self.group_head = nn.Linear(hidden_size, contrast_dim)  # Z_bar_grp -> R_grp
 
@@ -267,6 +282,16 @@ class LCoInsModel(ModelMixin, ConfigMixin):
             )
         return mask.bool()
 
+    def _decode_ab(self, image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """LC eq. 10: ``(ab (B, 2, S, S) in Lab units, class logits (B, Q, S, S) or None)``; with
+        ``ab_bin_size`` ab is the annealed mean of the class distribution."""
+        out = self.upsampler(image_tokens, self.grid)
+        if self.config.ab_bin_size is None:
+            return out * self.config.ab_norm, None
+        from .lcoins_bins import annealed_mean
+
+        return annealed_mean(out, self.ab_classes, self.config.annealed_temperature), out
+
     def forward(
         self,
         lightness: torch.Tensor,
@@ -310,7 +335,7 @@ class LCoInsModel(ModelMixin, ConfigMixin):
             text_mask = torch.cat([text_mask, counter_mask])
 
         z_img, z_lag, z_grp = self._transformer(image_tokens, text_tokens, text_mask)
-        ab = self.upsampler(z_img[:batch], self.grid) * self.config.ab_norm  # eq. 10
+        ab, ab_logits = self._decode_ab(z_img[:batch])
         merged = assignment = None
         if z_grp is not None:
             merged, assignment, _ = self.grouping_layer(z_grp, z_img)  # eq. 11-12
@@ -336,5 +361,6 @@ class LCoInsModel(ModelMixin, ConfigMixin):
             group_embeds=group_embeds[:batch],
             counter_text_embeds=second(text_embeds, n_counter),
             counter_group_embeds=second(group_embeds),
+            ab_logits=ab_logits,
         )
         return output if return_dict else output.to_tuple()

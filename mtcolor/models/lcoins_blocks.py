@@ -199,9 +199,13 @@ class Upsampler(nn.Module):
         patch_size: P, a power of two >= 2.
         channels: output channels of each transposed convolution (log2(P) values); default
             ``max(32, C / 2^(k+1))`` for the k-th one.
+        out_channels: 2 (ab, by a 3x3 convolution) or the Q class logits of the classification head
+            (:mod:`mtcolor.models.lcoins_bins`, by a 1x1 convolution).
     """
 
-    def __init__(self, dim: int, patch_size: int, channels: tuple[int, ...] | None = None):
+    def __init__(
+        self, dim: int, patch_size: int, channels: tuple[int, ...] | None = None, out_channels: int = 2
+    ):
         super().__init__()
         steps = int(round(math.log2(patch_size))) if patch_size > 0 else 0
         if patch_size < 2 or 2**steps != patch_size:
@@ -225,10 +229,11 @@ class Upsampler(nn.Module):
                 layers.append(nn.GELU())
             previous = width
         self.up = nn.Sequential(*layers)
-        self.to_ab = nn.Conv2d(previous, 2, kernel_size=3, padding=1)
+        kernel = 3 if out_channels == 2 else 1
+        self.to_ab = nn.Conv2d(previous, out_channels, kernel_size=kernel, padding=kernel // 2)
 
     def forward(self, image_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """(B, N_I, C) with N_I = h * w -> (B, 2, h P, w P)."""
+        """(B, N_I, C) with N_I = h * w -> (B, out_channels, h P, w P)."""
         batch, tokens, channels = image_tokens.shape
         if tokens != grid[0] * grid[1]:
             raise ValueError(f"image_tokens has {tokens} tokens; grid {grid} needs {grid[0] * grid[1]}.")

@@ -40,6 +40,8 @@ from pathlib import Path
 from .tiny_export import export
 from .tiny_stages import (
     LCOINS_RECIPE_FLAGS,
+    MTCOLOR_STAGE1_FLAGS,
+    MTCOLOR_STAGE2_FLAGS,
     SYNTHETIC,
     TEXT_ENCODER,
     TOKENIZER_MAX_LENGTH,
@@ -65,7 +67,7 @@ def _record_time(out: Path, times: dict, name: str, seconds: float) -> None:
     os.replace(tmp, out / "times.json")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training.recipes.tiny", description=__doc__.splitlines()[0]
     )
@@ -100,6 +102,49 @@ def main(argv: list[str] | None = None) -> int:
         help="training processes at the same time: with 2 or more, L-CoIns trains beside the MT-Color chain "
         "(base, stage 1, stage 2), and that many ablation models train at once (default: 2 when 2 cores are usable)",
     )
+    return parser
+
+
+def _base_command(phase: str, out: Path, data: Path, args) -> list[str]:
+    """The ``train_base.py`` command of one base phase (``vae``, ``decoder`` or ``unet``)."""
+    return [
+        sys.executable, "training/train_base.py", "--phase", phase, "--train_data", str(data),
+        "--output_dir", str(out / "base"), "--max_train_steps", str(scaled_steps(f"base_{phase}", args.scale)),
+        "--train_batch_size", "16", "--vae_config", json.dumps(VAE_CONFIG),
+        "--unet_config", json.dumps(UNET_CONFIG), "--text_encoder", TEXT_ENCODER,
+        "--tokenizer_max_length", str(TOKENIZER_MAX_LENGTH),
+        "--checkpointing_steps", "500", "--checkpoints_total_limit", "1",
+        "--resume_from_checkpoint", "latest", "--resolution", str(SYNTHETIC["image_size"]),
+        "--seed", str(args.seed), "--report_to", "none",
+    ]  # fmt: skip
+
+
+def _mtcolor_chain(out: Path, data: Path, times: dict, args, done) -> None:
+    """Base model (VAE, decoder, UNet), MT-Color stage 1 and stage 2, each skipped when recorded in ``times``."""
+    logs, base = out / "logs", out / "base" / "model"
+    for phase in ("vae", "decoder", "unet"):
+        name = f"base_{phase}"
+        if "base" in args.stages and name not in times:
+            done(name, run_stage(name, _base_command(phase, out, data, args), logs, args.threads))
+    if "stage1" in args.stages and "stage1" not in times:
+        command = stage1_command(
+            base,
+            data,
+            out / "stage1",
+            scaled_steps("stage1", args.scale),
+            args.seed,
+            extra=MTCOLOR_STAGE1_FLAGS,
+        )
+        done("stage1", run_stage("stage1", command, logs, args.threads))
+    if "stage2" in args.stages and "stage2" not in times:
+        stage1 = out / "stage1" / "pipeline"
+        steps = scaled_steps("stage2", args.scale)
+        command = stage2_command(base, stage1, data, out / "stage2", steps, args.seed, MTCOLOR_STAGE2_FLAGS)
+        done("stage2", run_stage("stage2", command, logs, args.threads))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         parser.error(
@@ -109,11 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         args.threads = max(1, usable_cores() // args.jobs)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    logs = out / "logs"
     times = json.loads((out / "times.json").read_text()) if (out / "times.json").is_file() else {}
-    py = sys.executable
     data = out / "data"
-
     lock = threading.Lock()  # L-CoIns may finish in its thread while the MT-Color chain records a stage
 
     def done(name: str, seconds: float) -> None:
@@ -131,61 +173,20 @@ def main(argv: list[str] | None = None) -> int:
             command = lcoins_command(
                 data, out / "lcoins", scaled_steps("lcoins", args.scale), args.seed, LCOINS_RECIPE_FLAGS
             )
-            done("lcoins", run_stage("lcoins", command, logs, args.threads))
+            done("lcoins", run_stage("lcoins", command, out / "logs", args.threads))
 
-    # L-CoIns needs only the data: with 2+ jobs it trains beside the MT-Color chain (one core each)
-    beside = None
-    if args.jobs >= 2:
+    if args.jobs < 2:
+        _mtcolor_chain(out, data, times, args, done)
+        lcoins_stage()
+    else:  # L-CoIns needs only the data: it trains beside the MT-Color chain (one core each)
         from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(1)
         beside = pool.submit(lcoins_stage)
         pool.shutdown(wait=False)
-
-    base = out / "base" / "model"
-
-    def mtcolor_chain() -> None:
-        common = ["--seed", str(args.seed), "--report_to", "none"]
-        resolution = ["--resolution", str(SYNTHETIC["image_size"])]
-        for phase in ("vae", "decoder", "unet"):
-            name = f"base_{phase}"
-            if "base" in args.stages and name not in times:
-                seconds = run_stage(
-                    name,
-                    [py, "training/train_base.py", "--phase", phase, "--train_data", str(data),
-                     "--output_dir", str(out / "base"), "--max_train_steps", str(scaled_steps(name, args.scale)),
-                     "--train_batch_size", "16", "--vae_config", json.dumps(VAE_CONFIG),
-                     "--unet_config", json.dumps(UNET_CONFIG), "--text_encoder", TEXT_ENCODER,
-                     "--tokenizer_max_length", str(TOKENIZER_MAX_LENGTH),
-                     "--checkpointing_steps", "500", "--checkpoints_total_limit", "1",
-                     "--resume_from_checkpoint", "latest", *resolution, *common],
-                    logs,
-                    args.threads,
-                )  # fmt: skip
-                done(name, seconds)
-        if "stage1" in args.stages and "stage1" not in times:
-            command = stage1_command(
-                base, data, out / "stage1", scaled_steps("stage1", args.scale), args.seed
-            )
-            done("stage1", run_stage("stage1", command, logs, args.threads))
-        if "stage2" in args.stages and "stage2" not in times:
-            command = stage2_command(
-                base,
-                out / "stage1" / "pipeline",
-                data,
-                out / "stage2",
-                scaled_steps("stage2", args.scale),
-                args.seed,
-            )
-            done("stage2", run_stage("stage2", command, logs, args.threads))
-
-    if beside is None:
-        mtcolor_chain()
-        lcoins_stage()
-    else:
         chain_ok = False
         try:
-            mtcolor_chain()
+            _mtcolor_chain(out, data, times, args, done)
             chain_ok = True
         finally:
             failure = beside.exception()  # waits for L-CoIns beside the chain
@@ -193,16 +194,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise failure
     if "ablations" in args.stages:
         steps = {stage: scaled_steps(stage, args.scale) for stage in ("stage1", "stage2")}
-        for name, _, seconds in mtcolor_ablations(
-            out / "ablations",
-            base,
-            out / "stage1" / "pipeline",
-            data,
-            steps,
-            args.seed,
-            args.threads,
-            args.jobs,
-        ):
+        stage1 = out / "stage1" / "pipeline"
+        trained = mtcolor_ablations(
+            out / "ablations", out / "base" / "model", stage1, data, steps, args.seed, args.threads, args.jobs
+        )
+        for name, _, seconds in trained:
             done(f"ablation_{name}", seconds)
     if args.export:
         export(out, times, args)

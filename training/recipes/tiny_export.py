@@ -76,18 +76,19 @@ def measured_section(bench: list[dict], model: str) -> str:
         "asked with colour words and phrasings never used in training; leak: chroma bleeding across mask "
         "boundaries, lower is better):",
         "",
-        "| row | adherence | held-out pairs | language split | leak | PSNR | SSIM | colorfulness |",
-        "|---|---|---|---|---|---|---|---|",
+        "| row | adherence | held-out pairs | 3-object scenes | language split | leak | PSNR | SSIM | colorfulness |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def share(row, key, count):
+        return scene_eval.format_share(row[key], row[count]) if key in row else "—"
+
     for row in rows:
-        language = (
-            scene_eval.format_share(row["adherence_language"], row["language_instances"])
-            if "adherence_language" in row
-            else "—"
-        )
         lines.append(
-            f"| {row['row']} | {scene_eval.format_share(row['adherence'], row['instances'])} | "
-            f"{scene_eval.format_share(row['adherence_holdout'], row['holdout_instances'])} | {language} | "
+            f"| {row['row']} | {share(row, 'adherence', 'instances')} | "
+            f"{share(row, 'adherence_holdout', 'holdout_instances')} | "
+            f"{share(row, 'adherence_crowded', 'crowded_instances')} | "
+            f"{share(row, 'adherence_language', 'language_instances')} | "
             f"{row['bleeding']:.3f} | {row['psnr']:.2f} | {row['ssim']:.3f} | {row['colorfulness']:.1f} |"
         )
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from dataset_builder.synthetic import build_synthetic
@@ -73,6 +74,11 @@ STEPS = {
 #: (``benchmarks/ablations.py``) keep the paper's setting: :func:`lcoins_command` without these flags.
 LCOINS_RECIPE_FLAGS = ("--no_luminance_augmentation",)
 
+#: the shipped MT-Color model's extra stage-1 and stage-2 flags (training levers kept after their
+#: measurement on the validation scenes); the module ablations train with them too
+MTCOLOR_STAGE1_FLAGS: tuple[str, ...] = ()
+MTCOLOR_STAGE2_FLAGS: tuple[str, ...] = ()
+
 
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask: taskset, cgroups), at least 1."""
@@ -112,12 +118,40 @@ def scaled_steps(name: str, scale: float) -> int:
     return max(2, int(round(STEPS[name] * scale)))
 
 
-def build_data(data: Path, seed: int, data_scale: float = 1.0) -> None:
-    """The recipe's synthetic train and test splits in ``data`` (resumes; skips finished shards)."""
+#: extra training scenes of the measured weak spots (3 objects, smaller instances), written as the
+#: record split :data:`CROWDED_SPLIT` by the generator's "train" split (held-out pairs excluded, own
+#: scene seeds): the "train" and "test" splits, so every test and validation scene, stay unchanged
+CROWDED_SPLIT = "train_crowded"
+CROWDED = {"num_objects": (3, 3), "size_range": (0.2, 0.4)}
+#: crowded scenes the recipe adds to MT-Color stages 1-2's training data (0: none; the base model
+#: and L-CoIns always train on "train" alone)
+CROWDED_SCENES = 0
+
+
+def mtcolor_train_split() -> tuple[str, ...]:
+    """The ``--train_split`` flag of the recipe's MT-Color stages (none without crowded scenes)."""
+    return ("--train_split", f"train+{CROWDED_SPLIT}") if CROWDED_SCENES else ()
+
+
+def crowded_config() -> SyntheticConfig:
+    """:func:`synthetic_config` with :data:`CROWDED`'s object count and sizes."""
+    config = synthetic_config()
+    return SyntheticConfig(**{**asdict(config), **CROWDED})
+
+
+def build_data(data: Path, seed: int, data_scale: float = 1.0, crowded: int | None = None) -> None:
+    """The recipe's synthetic train and test splits in ``data`` (resumes; skips finished shards),
+    and ``crowded`` (default :data:`CROWDED_SCENES`) :data:`CROWDED_SPLIT` scenes (times ``data_scale``)."""
+    crowded = CROWDED_SCENES if crowded is None else crowded
     config = synthetic_config()
     n_train, n_test = (max(8, int(n * data_scale)) for n in DATA)
     build_synthetic(data, n_train, config, seed=seed, split="train", progress=True)
     build_synthetic(data, n_test, config, seed=seed, split="test", progress=True)
+    if crowded:
+        count = max(8, int(crowded * data_scale))
+        build_synthetic(
+            data, count, crowded_config(), seed=seed, split=CROWDED_SPLIT, progress=True, scene_split="train"
+        )
 
 
 def lcoins_command(
@@ -133,20 +167,26 @@ def lcoins_command(
 
 
 def stage1_command(
-    base: Path, data: Path, output_dir: Path, steps: int, seed: int, adapter_switches: dict | None = None
+    base: Path,
+    data: Path,
+    output_dir: Path,
+    steps: int,
+    seed: int,
+    adapter_switches: dict | None = None,
+    extra: tuple = (),
 ) -> list[str]:
     """The recipe's MT-Color stage-1 command; ``adapter_switches`` (e.g. ``{"use_instance_masks":
-    False}``) are merged into ``stage1_tiny.yaml``'s adapter config."""
+    False}``) are merged into ``stage1_tiny.yaml``'s adapter config; ``extra``: more flags."""
     extra = (
         ["--adapter_config", json.dumps(tiny_adapter_config(**adapter_switches))] if adapter_switches else []
-    )
+    ) + list(extra)
     return [
         sys.executable, "training/stage1.py", "--config", "training/configs/stage1_tiny.yaml",
         "--pretrained_model_name_or_path", str(base), "--train_data", str(data),
         "--validation_data", str(data), "--validation_split", "test", "--output_dir", str(output_dir),
         "--max_train_steps", str(steps), "--train_batch_size", "16",
         "--resolution", str(SYNTHETIC["image_size"]), "--seed", str(seed), "--report_to", "none",
-        "--resume_from_checkpoint", "latest", *extra,
+        "--resume_from_checkpoint", "latest", *mtcolor_train_split(), *extra,
     ]  # fmt: skip
 
 
@@ -162,7 +202,7 @@ def stage2_command(
         "--validation_data", str(data), "--validation_split", "test", "--output_dir", str(output_dir),
         "--max_train_steps", str(steps), "--controlnet_conditioning_channels", *CONTROLNET_CHANNELS,
         "--train_batch_size", "16", "--resolution", str(SYNTHETIC["image_size"]), "--seed", str(seed),
-        "--report_to", "none", "--resume_from_checkpoint", "latest", *extra,
+        "--report_to", "none", "--resume_from_checkpoint", "latest", *mtcolor_train_split(), *extra,
     ]  # fmt: skip
 
 
@@ -225,6 +265,7 @@ def mtcolor_ablations(
             spec = MT_ABLATIONS[name]
             stage1_switches, stage2_switches = spec.get("stage1"), spec.get("stage2")
             extra = ("--adapter_config", json.dumps(stage2_switches)) if stage2_switches else ()
+            extra += MTCOLOR_STAGE2_FLAGS  # the full model's training levers
             adapter = stage1
             if stage1_switches == "skip":
                 adapter = None
@@ -232,12 +273,19 @@ def mtcolor_ablations(
                     "--fresh_adapter",
                     "--adapter_config",
                     json.dumps(tiny_adapter_config(**stage2_switches)),
+                    *MTCOLOR_STAGE2_FLAGS,
                 )
             elif stage1_switches:
                 adapter = folder / "stage1" / "pipeline"
                 if not (adapter / "model_index.json").is_file():
                     command = stage1_command(
-                        base, data, folder / "stage1", steps["stage1"], seed, stage1_switches
+                        base,
+                        data,
+                        folder / "stage1",
+                        steps["stage1"],
+                        seed,
+                        stage1_switches,
+                        MTCOLOR_STAGE1_FLAGS,
                     )
                     seconds += run_stage(f"{name}_stage1", command, folder / "logs", threads)
             command = stage2_command(base, adapter, data, folder / "stage2", steps["stage2"], seed, extra)
