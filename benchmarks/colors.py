@@ -15,9 +15,9 @@ load. Rows (``--rows`` keys):
   its own. (Text targets with neither steering nor the exact mode give this row's pixels bit for
   bit: a target acts only through them.)
 * ``text-exact``: targets read from the texts (:func:`mtcolor.color_targets.color_from_text`),
-  exact mode alone (``color_steering=0``): the control for steering;
+  exact mode alone (``color_steering=0``, the pipeline's defaults): the control for steering;
 * ``text-steer``: targets from the texts, steering alone (``exact_colors=False``);
-* ``text-steer-exact``: targets from the texts, steering and the exact mode (the pipeline's defaults);
+* ``text-steer-exact``: targets from the texts, steering and the exact mode;
 * ``random-steer-exact`` / ``random-steer`` / ``random-exact`` (the last not run by default):
   explicit *random* targets, one per instance, drawn uniformly in a*b* inside the sRGB gamut at the
   instance's own median L (:func:`random_targets`: rejection sampling, seeded per scene), with

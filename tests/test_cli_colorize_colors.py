@@ -70,7 +70,7 @@ def test_color_flags_reach_the_pipeline(scene, model_dir, capsys, spy):
     (kwargs,) = calls
     assert [c.hex for c in kwargs["colors"]] == ["#d0302a", parse_color("navy blue").hex]
     assert kwargs["colors_from_texts"] is True and kwargs["exact_colors"] is True
-    assert kwargs["color_steering"] == 1.0 and kwargs["edit_from"] is None
+    assert kwargs["color_steering"] == 0.0 and kwargs["edit_from"] is None
 
     calls.clear()
     argv = [s / "gray.png", "--mask", s / "m1.png", "--text", "a crimson car", "--color", "none",

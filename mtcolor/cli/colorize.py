@@ -34,7 +34,7 @@ from ._colorize_spec import (
 from ._edit_state import load_sidecar, sidecar_path, write_sidecar
 
 _MASK_MODES = ("1", "L", "I;16", "I", "F")
-_DEFAULTS = {"guidance_scale": 7.5, "alpha": 0.2, "beta": 0.2, "color_steering": 1.0}
+_DEFAULTS = {"guidance_scale": 7.5, "alpha": 0.2, "beta": 0.2, "color_steering": 0.0}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 #: Default of ``--max-pixels``: where Pillow itself refuses an image as a decompression bomb.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
@@ -119,7 +119,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         metavar="S",
-        help="strength of the steering toward the targets during sampling (default 1; 0 = off)",
+        help="strength of the steering toward the targets during sampling (default 0 = off; 1 = the calibrated strength)",
     )
     colors.add_argument(
         "--no-exact-colors",
@@ -202,7 +202,7 @@ def _check_options(args) -> None:
         raise ValueError(f"--beta is {args.beta}; pass a weight >= 0.")
     if args.color_steering < 0:
         raise ValueError(
-            f"--color-steering is {args.color_steering}; pass a strength >= 0 (0 = off, default 1)."
+            f"--color-steering is {args.color_steering}; pass a strength >= 0 (0 = off, the default; e.g. 1)."
         )
     if args.guidance_scale < 0:
         raise ValueError(
