@@ -1,4 +1,4 @@
-"""``python -m benchmarks NAME [args]``: the same runner as ``mtcolor bench`` / ``python -m mtcolor.bench``."""
+"""``python -m mtcolor.benchmarks NAME [args]``: the same runner as ``mtcolor bench`` / ``python -m mtcolor.bench``."""
 
 import sys
 

@@ -25,6 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from mtcolor.training.recipes.tiny_stages import (
+    STEPS,
+    build_data,
+    lcoins_command,
+    mtcolor_ablations,
+    run_stage,
+)
 from tqdm.auto import tqdm
 
 from mtcolor.demo_scenes import synthetic_config
@@ -37,7 +44,6 @@ from mtcolor.scene_eval import (
     scene_gray,
     score_scenes,
 )
-from training.recipes.tiny_stages import STEPS, build_data, lcoins_command, mtcolor_ablations, run_stage
 
 MT_ROWS = [
     ("MT-Color (full)", {}),
@@ -50,7 +56,7 @@ MT_ROWS = [
     ("mask mode: paper (switch)", {"switches": {"attention_mode": "paper"}}),
 ]
 
-#: retrained module ablations: (row name, ``training.recipes.tiny_stages.MT_ABLATIONS`` key)
+#: retrained module ablations: (row name, ``mtcolor.training.recipes.tiny_stages.MT_ABLATIONS`` key)
 MT_RETRAINED = [
     ("w/o PMAM (retrained)", "no_pmam"),
     ("w/o instance masks (retrained)", "no_instance_masks"),
@@ -107,9 +113,9 @@ def lcoins_ablation_models(
     jobs: int = 1,
 ):
     """Train (once; finished ones are reused) the four L-CoIns Table 1 ablations with the recipe's
-    data and seed (``training.recipes.tiny_stages``), and return ``[(row name, model folder)]``.
+    data and seed (``mtcolor.training.recipes.tiny_stages``), and return ``[(row name, model folder)]``.
 
-    ``steps`` defaults to the recipe's (:data:`~training.recipes.tiny_stages.STEPS`, the shipped
+    ``steps`` defaults to the recipe's (:data:`~mtcolor.training.recipes.tiny_stages.STEPS`, the shipped
     model's). With other steps, a model without any ablation is trained too, first in the list as
     "L-CoIns (N steps)", so that every ablation is compared with the full model at its own steps;
     their rows end in " (N steps)" and their folders in ``_<N>`` (``full_<N>``), so runs of
@@ -232,7 +238,7 @@ class SceneBench:
 def _mtcolor_results(bench: SceneBench, pipe, model) -> list[tuple[str, dict]]:
     """The MT-Color rows: the full model and its inference-time ablations, then (with
     ``--mtcolor_ablations``) the retrained module ablations."""
-    from pipelines.pipeline_mtcolor import MTColorPipeline
+    from mtcolor.pipelines.pipeline_mtcolor import MTColorPipeline
 
     args = bench.args
     rows = [r for r in MT_ROWS if args.rows is None or r[0] in args.rows]
@@ -262,7 +268,7 @@ def _lcoins_colorize(lcoins_pipe, scenes: list[dict]) -> torch.Tensor:
 def _lcoins_results(bench: SceneBench) -> tuple[list[tuple[str, dict]], str | None]:
     """The L-CoIns rows (the given or embedded model, then its Table 1 ablations with
     ``--lcoins_ablations``) and the L-CoIns model folder (None when there is none)."""
-    from pipelines.pipeline_lcoins import LCoInsPipeline
+    from mtcolor.pipelines.pipeline_lcoins import LCoInsPipeline
 
     args = bench.args
     lcoins = args.lcoins
@@ -355,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(the recipe trains {STEPS['lcoins']})."
         )
 
-    from pipelines.pipeline_mtcolor import MTColorPipeline  # (heavy: after the arguments are checked)
+    from mtcolor.pipelines.pipeline_mtcolor import MTColorPipeline  # (heavy: after the arguments are checked)
 
     model = args.model or embedded_model("mtcolor-tiny")
     pipe = MTColorPipeline.from_pretrained(model)

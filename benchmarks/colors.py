@@ -565,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _pipeline(model):
     """The MT-Color pipeline of ``model``."""
-    from pipelines.pipeline_mtcolor import MTColorPipeline  # (heavy: after the arguments are checked)
+    from mtcolor.pipelines.pipeline_mtcolor import MTColorPipeline  # (heavy: after the arguments are checked)
 
     pipe = MTColorPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)

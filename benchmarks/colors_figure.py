@@ -246,7 +246,7 @@ def main(argv=None) -> int:
     if args.steps < 1:
         parser.error(f"--steps={args.steps} must be positive.")
 
-    from pipelines.pipeline_mtcolor import MTColorPipeline  # (heavy: after the arguments are checked)
+    from mtcolor.pipelines.pipeline_mtcolor import MTColorPipeline  # (heavy: after the arguments are checked)
 
     torch.set_num_threads(1)
     model = args.model or embedded_model("mtcolor-tiny")

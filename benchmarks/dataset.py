@@ -27,9 +27,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--num_proc", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args(argv)
 
-    from dataset_builder.build import build
-    from dataset_builder.config import BuildConfig
-    from dataset_builder.synthetic import export_coco
+    from mtcolor.dataset_builder.build import build
+    from mtcolor.dataset_builder.config import BuildConfig
+    from mtcolor.dataset_builder.synthetic import export_coco
+
     from mtcolor.synthetic import SyntheticConfig
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -193,7 +193,7 @@ def main(argv=None) -> int:
             f"--scenes={args.scenes}, --steps={args.steps} and --instances={args.instances} must be positive."
         )
 
-    from pipelines.pipeline_mtcolor import MTColorPipeline  # (heavy: after the arguments are checked)
+    from mtcolor.pipelines.pipeline_mtcolor import MTColorPipeline  # (heavy: after the arguments are checked)
 
     model = args.model or embedded_model("mtcolor-tiny")
     pipe = MTColorPipeline.from_pretrained(model)

@@ -32,10 +32,10 @@ TEXT_PRESET = {"tiny": "tiny", "paper": "bert-base"}
 
 
 def _components(name: str):
+    from mtcolor.training.train_lcoins import TEXT_ENCODER_PRESETS
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from mtcolor.models.lcoins import LCOINS_PRESETS, LCoInsModel, minilm_path
-    from training.train_lcoins import TEXT_ENCODER_PRESETS
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     torch.manual_seed(0)
@@ -57,9 +57,10 @@ def _median_time(fn, iterations: int) -> float:
 
 def measure(name: str, batch_size: int, iterations: int) -> dict:
     """Train-step and inference timings of one configuration."""
+    from mtcolor.pipelines.pipeline_lcoins import LCoInsPipeline
+    from mtcolor.training.train_lcoins import compute_loss, parse_args
+
     from mtcolor.lexicon import default_lexicon
-    from pipelines.pipeline_lcoins import LCoInsPipeline
-    from training.train_lcoins import compute_loss, parse_args
 
     model, text_encoder, tokenizer = _components(name)
     size = model.config.image_size

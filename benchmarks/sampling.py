@@ -33,8 +33,9 @@ def _masks(size: int, instances: int) -> list[np.ndarray]:
 
 
 def _pipeline(sd15: bool):
+    from mtcolor.pipelines.pipeline_mtcolor import MTColorPipeline
+
     from mtcolor.model_configs import untrained_sd15_models, untrained_tiny_components
-    from pipelines.pipeline_mtcolor import MTColorPipeline
 
     components = untrained_tiny_components(0)
     if sd15:

@@ -103,8 +103,7 @@ def _stage_argv(args, root: Path, stage: int) -> list[str]:
 def _worker(args) -> int:
     """Run one stage in this process and print its measurements as JSON (last line)."""
     import torch
-
-    from training import stage1, stage2
+    from mtcolor.training import stage1, stage2
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -132,8 +131,8 @@ def _worker(args) -> int:
 
 def _prepare(args, root: Path) -> None:
     from diffusers import StableDiffusionPipeline
+    from mtcolor.dataset_builder.synthetic import build_synthetic
 
-    from dataset_builder.synthetic import build_synthetic
     from mtcolor.model_configs import untrained_tiny_components
     from mtcolor.synthetic import SyntheticConfig
 
@@ -174,11 +173,11 @@ def sd15_parameter_counts() -> list[tuple[str, int, int]]:
     """(stage, trainable, total) parameters at SD-1.5 size, counted on meta tensors."""
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    from mtcolor.training.mtcolor_model import MTColorTrainingModel, configure_trainable
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from mtcolor.model_configs import sd15_unet_config
     from mtcolor.models.adapter import MTColorAdapter
-    from training.mtcolor_model import MTColorTrainingModel, configure_trainable
 
     with init_empty_weights():
         unet = UNet2DConditionModel(**sd15_unet_config())

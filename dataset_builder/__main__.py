@@ -1,13 +1,13 @@
-"""``python -m dataset_builder COMMAND``: build, synthetic, stats, card, export-coco.
+"""``python -m mtcolor.dataset_builder COMMAND``: build, synthetic, stats, card, export-coco.
 
 Examples::
 
-    python -m dataset_builder build --config coco.yaml --shard 0/4 --num_proc 2
-    python -m dataset_builder synthetic --output_dir data/shapes --num_train 2000 --num_test 200 \\
+    python -m mtcolor.dataset_builder build --config coco.yaml --shard 0/4 --num_proc 2
+    python -m mtcolor.dataset_builder synthetic --output_dir data/shapes --num_train 2000 --num_test 200 \\
         --decorrelate_luminance --holdout red:circle --holdout blue:star
-    python -m dataset_builder stats data/shapes --split test --json stats.json
-    python -m dataset_builder card data/coco-gpt-color      # rewrite the dataset card
-    accelerate launch -m dataset_builder build --config blip2.yaml   # one shard per process/GPU
+    python -m mtcolor.dataset_builder stats data/shapes --split test --json stats.json
+    python -m mtcolor.dataset_builder card data/coco-gpt-color      # rewrite the dataset card
+    accelerate launch -m mtcolor.dataset_builder build --config blip2.yaml   # one shard per process/GPU
 """
 
 from __future__ import annotations
@@ -127,11 +127,15 @@ def _export_coco(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dataset_builder", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mtcolor.dataset_builder", description=__doc__.splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("build", help="build (or resume) a dataset from a config file")
-    p.add_argument("--config", required=True, help="YAML or JSON builder config (see dataset_builder.config)")
+    p.add_argument(
+        "--config", required=True, help="YAML or JSON builder config (see mtcolor.dataset_builder.config)"
+    )
     p.add_argument("--output_dir", help="overrides output_dir of the config")
     p.add_argument(
         "--shard", help="i/N: process every N-th shard starting at i (default: all, or RANK/WORLD_SIZE)"

@@ -4,7 +4,7 @@ Per image (:class:`BuildProcessor`, run in worker processes with ``num_proc > 1`
 
 1. load (corrupt / too large / grayscale images are skipped with a reason);
 2. optional downscale to ``max_side`` (masks with nearest neighbour);
-3. instances from the segmenter, then :class:`~dataset_builder.config.InstanceOptions` filtering
+3. instances from the segmenter, then :class:`~mtcolor.dataset_builder.config.InstanceOptions` filtering
    (minimum area, the ``max_instances`` largest, in their original order);
 4. the colour of each instance is measured once (Lab, :class:`~mtcolor.color_names.ColorNamer`);
 5. instance texts from the captioner chain (instances without a valid text are dropped);
@@ -82,7 +82,7 @@ def _make_chain(specs: list[dict], cache: dict) -> CaptionerChain:
 
 
 class BuildProcessor:
-    """Processes one :class:`~dataset_builder.sources.SourceItem` into an :class:`ItemResult`."""
+    """Processes one :class:`~mtcolor.dataset_builder.sources.SourceItem` into an :class:`ItemResult`."""
 
     def __init__(self, config: BuildConfig):
         self.config = config

@@ -1,7 +1,7 @@
 """The dataset card: ``README.md`` with Hugging Face YAML metadata, counts and the builder configuration.
 
 Rewritten (atomically) by every ``build`` / ``synthetic`` process when it finishes, from the
-statistics of all finished shards; ``python -m dataset_builder card OUT`` rewrites it by hand (e.g.
+statistics of all finished shards; ``python -m mtcolor.dataset_builder card OUT`` rewrites it by hand (e.g.
 after N uncoordinated processes finished).
 """
 

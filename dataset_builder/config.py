@@ -35,19 +35,19 @@ from pathlib import Path
 from typing import Any
 
 SOURCES = {
-    "image_folder": "dataset_builder.sources:ImageFolderSource",
-    "coco": "dataset_builder.sources:CocoSource",
-    "hf": "dataset_builder.sources:HFDatasetSource",
-    "synthetic": "dataset_builder.sources:SyntheticSource",
+    "image_folder": "mtcolor.dataset_builder.sources:ImageFolderSource",
+    "coco": "mtcolor.dataset_builder.sources:CocoSource",
+    "hf": "mtcolor.dataset_builder.sources:HFDatasetSource",
+    "synthetic": "mtcolor.dataset_builder.sources:SyntheticSource",
 }
 SEGMENTERS = {
-    "annotations": "dataset_builder.segmenters:AnnotationSegmenter",
-    "sam": "dataset_builder.segmenters:SAMSegmenter",
+    "annotations": "mtcolor.dataset_builder.segmenters:AnnotationSegmenter",
+    "sam": "mtcolor.dataset_builder.segmenters:SAMSegmenter",
 }
 CAPTIONERS = {
-    "rule": "dataset_builder.captioners:RuleBasedCaptioner",
-    "blip2": "dataset_builder.captioners:Blip2Captioner",
-    "openai": "dataset_builder.captioners:OpenAICompatibleCaptioner",
+    "rule": "mtcolor.dataset_builder.captioners:RuleBasedCaptioner",
+    "blip2": "mtcolor.dataset_builder.captioners:Blip2Captioner",
+    "openai": "mtcolor.dataset_builder.captioners:OpenAICompatibleCaptioner",
 }
 _SECRET = re.compile(r"(api_?key|token|secret|password|passwd|credential)s?$", re.IGNORECASE)
 

@@ -60,7 +60,7 @@ def build_synthetic(
 ) -> JobReport:
     """Write ``num_images`` synthetic scenes of ``split`` as record shards + dataset card.
 
-    Same layout, atomic writes and resumption as the real builder (:mod:`dataset_builder.writer`).
+    Same layout, atomic writes and resumption as the real builder (:mod:`mtcolor.dataset_builder.writer`).
     Call it once per split on the same ``out_dir`` (e.g. "train" then "test"); scene ``i`` of a split
     is ``generate_scene(config, scene_seed(seed, split, i), split)`` with id
     ``synthetic-<split>-<i:07d>``.

@@ -1,7 +1,7 @@
 """mtcolor: instance-aware, text-guided image colorization on Hugging Face diffusers.
 
 Public names are resolved lazily (like diffusers' ``_LazyModule``) so that ``import mtcolor`` stays
-cheap and there are no import cycles between ``mtcolor`` and the top-level ``pipelines`` package.
+cheap and the library never imports its applications (``mtcolor.pipelines`` and the others) on import.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "MTColorPipeline": "pipelines.pipeline_mtcolor",
-    "MTColorPipelineOutput": "pipelines.pipeline_mtcolor",
-    "LCoInsPipeline": "pipelines.pipeline_lcoins",
-    "LCoInsPipelineOutput": "pipelines.pipeline_lcoins",
+    "MTColorPipeline": "mtcolor.pipelines.pipeline_mtcolor",
+    "MTColorPipelineOutput": "mtcolor.pipelines.pipeline_mtcolor",
+    "LCoInsPipeline": "mtcolor.pipelines.pipeline_lcoins",
+    "LCoInsPipelineOutput": "mtcolor.pipelines.pipeline_lcoins",
     "MTColorAdapter": "mtcolor.models.adapter",
     "LCoInsModel": "mtcolor.models.lcoins",
     "masks_to_label_map": "mtcolor.masks",
@@ -28,8 +28,8 @@ _LAZY = {
 __all__ = sorted(_LAZY) + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipelines.pipeline_lcoins import LCoInsPipeline, LCoInsPipelineOutput  # noqa: F401
-    from pipelines.pipeline_mtcolor import MTColorPipeline, MTColorPipelineOutput  # noqa: F401
+    from mtcolor.pipelines.pipeline_lcoins import LCoInsPipeline, LCoInsPipelineOutput  # noqa: F401
+    from mtcolor.pipelines.pipeline_mtcolor import MTColorPipeline, MTColorPipelineOutput  # noqa: F401
 
     from .attention.kernels import masked_attention  # noqa: F401
     from .embedded import embedded_model  # noqa: F401

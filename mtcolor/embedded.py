@@ -1,4 +1,4 @@
-"""Models shipped inside the package (trained offline by ``python -m training.recipes.tiny``).
+"""Models shipped inside the package (trained offline by ``python -m mtcolor.training.recipes.tiny``).
 
 ``MTColorPipeline.from_pretrained(mtcolor.embedded_model("mtcolor-tiny"))`` loads the shipped
 MT-Color pipeline; ``LCoInsPipeline.from_pretrained(mtcolor.embedded_model("lcoins-tiny"))`` the
@@ -31,7 +31,7 @@ def embedded_model(name: str = "mtcolor-tiny") -> str:
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(
             f"embedded model {name!r} is not in this install (available: {available_models() or 'none'}); "
-            "build it with `python -m training.recipes.tiny` or pass a model folder."
+            "build it with `python -m mtcolor.training.recipes.tiny` or pass a model folder."
         )
     return str(folder)
 

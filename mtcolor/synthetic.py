@@ -19,7 +19,7 @@ brightness does not predict hue (a model has to read the text).
 Some scenes (``same_kind_prob``) contain two objects of the same shape in different colours.
 
 This module is the generator (a library function of the scene's seed); writing scenes as dataset
-shards or as a COCO collection is :mod:`dataset_builder.synthetic`.
+shards or as a COCO collection is :mod:`mtcolor.dataset_builder.synthetic`.
 """
 
 from __future__ import annotations

@@ -235,7 +235,7 @@ class MTColorPipeline(ModelCardMixin, DiffusionPipeline):
         load_from: str | None = None,
     ) -> Path:
         """Write ``folder/README.md`` describing this pipeline (see
-        :func:`pipelines.model_card.write_mtcolor_card`); ``save_pretrained`` calls it with its
+        :func:`mtcolor.pipelines.model_card.write_mtcolor_card`); ``save_pretrained`` calls it with its
         ``model_card_kwargs``. ``load_from`` is the Python expression shown in the usage example
         (default: the folder path)."""
         return write_mtcolor_card(self, folder, base_model, tags, sections, load_from)

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from mtcolor.benchmarks import colors, colors_figure, edits
 
-from benchmarks import colors, colors_figure, edits
 from mtcolor.color_targets import ColorTarget
 
 

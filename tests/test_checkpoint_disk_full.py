@@ -13,14 +13,13 @@ import subprocess
 import sys
 
 import pytest
-
-from training import checkpoints
+from mtcolor.training import checkpoints
 
 SAVE = """
 import resource, signal, sys
 import torch
 from accelerate import Accelerator
-from training import checkpoints
+from mtcolor.training import checkpoints
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
 torch.manual_seed(0)

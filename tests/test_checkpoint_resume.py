@@ -1,5 +1,5 @@
 """Resume from damaged checkpoints: checksums recorded at save time, verified at resume, fall back to
-the newest intact checkpoint (training.checkpoints, on a tiny Accelerator with a Linear model)."""
+the newest intact checkpoint (mtcolor.training.checkpoints, on a tiny Accelerator with a Linear model)."""
 
 import json
 import logging
@@ -8,9 +8,8 @@ import shutil
 
 import pytest
 import torch
+from mtcolor.training import checkpoints
 from safetensors.torch import save_file
-
-from training import checkpoints
 
 
 def _reset_accelerate():

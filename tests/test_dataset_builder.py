@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mtcolor.dataset_builder.build import build
+from mtcolor.dataset_builder.config import BuildConfig
+from mtcolor.dataset_builder.verification import Verifier, text_problem
+from mtcolor.dataset_builder.writer import parse_shard
 from PIL import Image
 
-from dataset_builder.build import build
-from dataset_builder.config import BuildConfig
-from dataset_builder.verification import Verifier, text_problem
-from dataset_builder.writer import parse_shard
 from mtcolor.color_names import ColorNamer, color_categories
 from mtcolor.lexicon import BASIC_COLORS, default_lexicon
 from mtcolor.records import decode_masks, decode_record, load_records
@@ -184,7 +184,7 @@ def test_config_rejects_secrets_and_unknown_options(tmp_path):
     )
     with pytest.raises(ValueError, match="has no option\\(s\\) \\['colour'\\]"):
         build(config, progress=False)
-    from dataset_builder.config import CAPTIONERS, build_component
+    from mtcolor.dataset_builder.config import CAPTIONERS, build_component
 
     for key in ("clock", "sleep", "opener"):  # the captioner's injected collaborators are code-only
         with pytest.raises(ValueError, match=f"\\['{key}'\\] cannot be set from a config file"):
@@ -281,9 +281,8 @@ def test_image_folder_source_and_plugin_segmenter(tmp_path):
 
 def test_hf_dataset_source_and_statistics(tmp_path):
     import datasets
-
-    from dataset_builder.stats import dataset_statistics, format_statistics
-    from dataset_builder.synthetic import SyntheticConfig, generate_scene
+    from mtcolor.dataset_builder.stats import dataset_statistics, format_statistics
+    from mtcolor.dataset_builder.synthetic import SyntheticConfig, generate_scene
 
     scenes = [generate_scene(SyntheticConfig(image_size=32), seed) for seed in range(4)]
     hf = datasets.Dataset.from_dict(
@@ -323,9 +322,8 @@ def test_hf_dataset_source_and_statistics(tmp_path):
 def test_clip_score_statistics_with_local_weights(tmp_path):
     import open_clip
     import torch
-
-    from dataset_builder.stats import dataset_statistics
-    from dataset_builder.synthetic import SyntheticConfig, build_synthetic
+    from mtcolor.dataset_builder.stats import dataset_statistics
+    from mtcolor.dataset_builder.synthetic import SyntheticConfig, build_synthetic
 
     build_synthetic(tmp_path / "data", 3, SyntheticConfig(image_size=32), seed=0)
     config = {
@@ -356,7 +354,7 @@ def test_basic_words_have_categories():
 
 
 def test_benchmark_runs(capsys):
-    from benchmarks.dataset import main
+    from mtcolor.benchmarks.dataset import main
 
     assert main(["--num_images", "3", "--image_size", "48", "--num_proc", "1"]) == 0
     assert "| 1 | 3 |" in capsys.readouterr().out

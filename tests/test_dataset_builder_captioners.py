@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from dataset_builder.build import build
-from dataset_builder.captioners import (
+from mtcolor.dataset_builder.build import build
+from mtcolor.dataset_builder.captioners import (
     CaptionerChain,
     CaptionerConfigError,
     CaptionerError,
@@ -22,7 +21,8 @@ from dataset_builder.captioners import (
     OpenAICompatibleCaptioner,
     RuleBasedCaptioner,
 )
-from dataset_builder.config import BuildConfig
+from mtcolor.dataset_builder.config import BuildConfig
+
 from mtcolor.records import load_records
 
 KEY = "sk-test-SECRET-4242"
@@ -279,7 +279,7 @@ def test_rate_limit_spaces_requests(server):
 
 
 def test_build_with_vlm_chain_never_writes_the_key(server, tmp_path):
-    from dataset_builder.synthetic import SyntheticConfig, export_coco
+    from mtcolor.dataset_builder.synthetic import SyntheticConfig, export_coco
 
     annotations = export_coco(
         tmp_path / "coco", 3, SyntheticConfig(image_size=32, num_objects=(1, 1)), seed=5

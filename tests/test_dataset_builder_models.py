@@ -5,9 +5,13 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
-from dataset_builder.captioners import Blip2Captioner, CaptionerChain, InstanceInput, RuleBasedCaptioner
-from dataset_builder.segmenters import Instance, SAMSegmenter, filter_instances
+from mtcolor.dataset_builder.captioners import (
+    Blip2Captioner,
+    CaptionerChain,
+    InstanceInput,
+    RuleBasedCaptioner,
+)
+from mtcolor.dataset_builder.segmenters import Instance, SAMSegmenter, filter_instances
 
 WORDS = (
     "[PAD] </s> <unk> question : what color is the ? answer red box a are main colors of this picture and "

@@ -11,10 +11,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from mtcolor.dataset_builder.build import build
+from mtcolor.dataset_builder.config import BuildConfig
+from mtcolor.dataset_builder.writer import plan_units, select_units
 
-from dataset_builder.build import build
-from dataset_builder.config import BuildConfig
-from dataset_builder.writer import plan_units, select_units
 from mtcolor.records import load_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ KILL_AT = """
 import os, signal, sys
 from pathlib import Path
 
-import dataset_builder.build as build_module
+import mtcolor.dataset_builder.build as build_module
 
 where, number = os.environ["MTCOLOR_TEST_KILL_AT"].split(":")
 number, seen = int(number), {"data": 0, "stats": 0, "committed": 0}
@@ -112,14 +112,14 @@ def write_unit(self, *args, **kwargs):  # the unit is renamed into place (commit
 
 os.replace = replace
 build_module.DatasetWriter.write_unit = write_unit
-from dataset_builder.__main__ import main
+from mtcolor.dataset_builder.__main__ import main
 
 sys.exit(main(sys.argv[1:]))
 """
 
 
 def _run_killed_build(config, config_path: Path, kill_at: str) -> None:
-    """``python -m dataset_builder build`` in a child that SIGKILLs itself at ``kill_at``: ``"data:N"`` /
+    """``python -m mtcolor.dataset_builder build`` in a child that SIGKILLs itself at ``kill_at``: ``"data:N"`` /
     ``"stats:N"`` when the N-th parquet / stats temporary is written and fsynced but not renamed,
     ``"committed:N"`` right after the N-th unit is renamed into place. Deterministic: no timing."""
     config_path.write_text(yaml.safe_dump({k: v for k, v in config.__dict__.items()}))
@@ -184,7 +184,7 @@ BLOCKING_PLUGIN = '''
 import os
 import threading
 
-from dataset_builder.segmenters import Segmenter
+from mtcolor.dataset_builder.segmenters import Segmenter
 
 
 class BlockingSegmenter(Segmenter):
@@ -204,9 +204,8 @@ def test_builder_lock_and_workers_end_with_a_killed_main_process(tmp_path, capsy
     """A `--num_proc 2` build busy in its workers: a second run on the folder refuses to start (naming
     the live pid) instead of running beside it; SIGKILL of the main process ends both workers; the
     next run takes the dead run's lock over and finishes."""
+    from mtcolor.dataset_builder.__main__ import main as builder_main
     from test_locks import read_ready, running, wait_for_eof
-
-    from dataset_builder.__main__ import main as builder_main
 
     (tmp_path / "plugin").mkdir()
     (tmp_path / "plugin" / "blocking_plugin.py").write_text(BLOCKING_PLUGIN)
@@ -222,7 +221,7 @@ def test_builder_lock_and_workers_end_with_a_killed_main_process(tmp_path, capsy
         "OMP_NUM_THREADS": "1",
     }
     # the workers inherit stdout: its end of file says the builder and its workers are gone
-    build = [sys.executable, "-m", "dataset_builder", "build", "--num_proc", "2", "--no_progress"]
+    build = [sys.executable, "-m", "mtcolor.dataset_builder", "build", "--num_proc", "2", "--no_progress"]
     main = subprocess.Popen(
         [*build, "--config", str(tmp_path / "blocking.yaml")],
         cwd=ROOT,
@@ -266,7 +265,7 @@ def test_builder_lock_and_workers_end_with_a_killed_main_process(tmp_path, capsy
 
 
 def test_output_dir_that_is_a_file_is_one_line(tmp_path, capsys):
-    from dataset_builder.__main__ import main as builder_main
+    from mtcolor.dataset_builder.__main__ import main as builder_main
 
     (tmp_path / "taken").write_text("a file")
     config = _synthetic_config(tmp_path / "unused")
@@ -282,7 +281,8 @@ def test_output_dir_that_is_a_file_is_one_line(tmp_path, capsys):
 def test_synthetic_build_refuses_a_held_shard_before_touching_the_folder(tmp_path):
     """``build_synthetic`` takes the shard lock before it records its split: with ``overwrite``,
     recording deletes the split's shards, which the live holder may be writing."""
-    from dataset_builder.synthetic import build_synthetic
+    from mtcolor.dataset_builder.synthetic import build_synthetic
+
     from mtcolor.locks import FolderLockedError
     from mtcolor.synthetic import SyntheticConfig
 
@@ -295,7 +295,7 @@ def test_synthetic_build_refuses_a_held_shard_before_touching_the_folder(tmp_pat
             sys.executable,
             "-c",
             (
-                "import sys; from dataset_builder.writer import DatasetWriter\n"
+                "import sys; from mtcolor.dataset_builder.writer import DatasetWriter\n"
                 f"with DatasetWriter({str(out)!r}).lock((0, 1)):\n"
                 "    print('held', flush=True); sys.stdin.read()"
             ),

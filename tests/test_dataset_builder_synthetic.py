@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from mtcolor.dataset_builder.synthetic import build_synthetic
+from mtcolor.dataset_builder.verification import Verifier
 
-from dataset_builder.synthetic import build_synthetic
-from dataset_builder.verification import Verifier
 from mtcolor.color_names import ColorNamer, rgb_to_lab
 from mtcolor.records import decode_record, encode_record, load_records
 from mtcolor.synthetic import SHAPES, SyntheticConfig, generate_scene, scene_seed, stable_lightness

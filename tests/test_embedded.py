@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from mtcolor.training.recipes.tiny_export import data_fingerprint
 
 from mtcolor import LCoInsPipeline, MTColorPipeline
 from mtcolor.embedded import available_models, embedded_model
-from training.recipes.tiny_export import data_fingerprint
 
 
 def test_embedded_models_are_shipped_within_budget():
@@ -18,7 +18,7 @@ def test_embedded_models_are_shipped_within_budget():
     size = sum(f.stat().st_size for f in EMBEDDED_DIR.rglob("*") if f.is_file())
     assert size <= 30 * 2**20
     assert not list(EMBEDDED_DIR.rglob("*.bin")) and not list(EMBEDDED_DIR.rglob("*.pt"))  # safetensors only
-    with pytest.raises(FileNotFoundError, match="python -m training.recipes.tiny"):
+    with pytest.raises(FileNotFoundError, match="python -m mtcolor.training.recipes.tiny"):
         embedded_model("no-such-model")
 
 
@@ -30,7 +30,7 @@ def test_recipe_first_steps_reproduce_the_shipped_data():
     assert set(facts["steps"]) == {"base_vae", "base_decoder", "base_unet", "stage1", "stage2", "lcoins"}
     with open(f"{folder}/README.md") as handle:
         card = handle.read()
-    assert "training.recipes.tiny" in card and "wall time" in card
+    assert "mtcolor.training.recipes.tiny" in card and "wall time" in card
 
 
 @torch.no_grad()
@@ -80,8 +80,9 @@ def test_recommended_inference_settings(tmp_path):
 def test_recipe_guidance_sweep_picks_the_best_measured_scale(monkeypatch):
     from pathlib import Path
 
+    from mtcolor.training.recipes import tiny_export as tiny
+
     import mtcolor.scene_eval as bench
-    from training.recipes import tiny_export as tiny
 
     measured = {}
 
@@ -108,7 +109,7 @@ def test_recipe_guidance_sweep_picks_the_best_measured_scale(monkeypatch):
 
 
 def test_measured_section_lists_the_model_rows():
-    from training.recipes.tiny_export import measured_section
+    from mtcolor.training.recipes.tiny_export import measured_section
 
     row = {"adherence": 0.4, "instances": 95, "adherence_holdout": 0.372, "holdout_instances": 43,
            "bleeding": 0.387, "psnr": 18.76, "ssim": 0.8, "colorfulness": 48.4}  # fmt: skip
@@ -140,7 +141,7 @@ def test_measured_section_lists_the_model_rows():
 
 
 def test_bench_trains_the_lcoins_table1_ablations_on_demand(tmp_path):
-    from benchmarks.ablations import LCOINS_ABLATIONS, lcoins_ablation_models
+    from mtcolor.benchmarks.ablations import LCOINS_ABLATIONS, lcoins_ablation_models
 
     # 8 + 8 scenes, 2 steps each: shorter than the recipe, so a full model at 2 steps leads as the reference
     models = lcoins_ablation_models(tmp_path, seed=0, steps=2, data_scale=0.0, jobs=2)
@@ -216,7 +217,7 @@ def test_shipped_lcoins_is_colourful_and_follows_its_captions():
 
 
 def test_bench_refuses_a_non_positive_lcoins_ablation_step_count(capsys):
-    from benchmarks.ablations import main
+    from mtcolor.benchmarks.ablations import main
 
     with pytest.raises(SystemExit):
         main(["--lcoins_ablations", "unused", "--lcoins_ablation_steps", "0"])

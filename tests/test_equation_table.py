@@ -136,10 +136,10 @@ def mtcolor_call(tmp_path):
 
 def mtcolor_training(tmp_path):
     from diffusers import StableDiffusionPipeline
+    from mtcolor.dataset_builder.synthetic import SyntheticConfig, build_synthetic
+    from mtcolor.training import stage2
 
-    from dataset_builder.synthetic import SyntheticConfig, build_synthetic
     from mtcolor.testing import randomize_adapter, tiny_components
-    from training import stage2
 
     parts = tiny_components(0, tokenizer_cache=str(tmp_path / "tokenizer"))
     base = {name: parts[name] for name in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
@@ -205,7 +205,7 @@ def lcoins_call(tmp_path):
 def lcoins_training(tmp_path):
     import json
 
-    from training import train_lcoins
+    from mtcolor.training import train_lcoins
 
     colours = [(220, 30, 30), (30, 40, 220)]
     (tmp_path / "train").mkdir()

@@ -119,7 +119,7 @@ def test_cli_colorizes_the_photo_upright(phone, model_dir, capsys):
 
 
 def test_web_ui_reads_the_photo_upright(phone):
-    from webui.inputs import MAX_INSTANCES, build_request, gray_preview, open_image
+    from mtcolor.webui.inputs import MAX_INSTANCES, build_request, gray_preview, open_image
 
     path, stored, mask_path = phone
     texts = ["a red car"] + [""] * (MAX_INSTANCES - 1)

@@ -1,8 +1,9 @@
 """The layering contract (docs/architecture.md, "Layers"), checked on the source with ``ast``.
 
-* ``mtcolor/`` is the library: none of its modules imports an application package (``pipelines``,
-  ``training``, ``dataset_builder``, ``webui``, ``benchmarks``), at any level (inside functions
-  too). The exceptions are ``mtcolor/__init__.py``'s lazy exports and the command line
+* ``mtcolor/`` is the library: none of its modules imports an application package
+  (``mtcolor.pipelines``, ``mtcolor.training``, ``mtcolor.dataset_builder``, ``mtcolor.webui``,
+  ``mtcolor.benchmarks``: the repository's top-level folders, installed under the ``mtcolor``
+  namespace), at any level (inside functions too). The exceptions are ``mtcolor/__init__.py``'s lazy exports and the command line
   ``mtcolor/cli/*``, which reach up inside functions only.
 * Runtime code (everything outside ``tests/``) does not import the test helpers ``mtcolor.testing``.
 * The project's module-level import graph (imports that run when a module is imported: not inside
@@ -19,8 +20,10 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("mtcolor", "pipelines", "training", "dataset_builder", "webui", "benchmarks")
-APPLICATIONS = ("pipelines", "training", "dataset_builder", "webui", "benchmarks", "demo")
+#: the repository's application folders; each installs as ``mtcolor.<folder>`` (pyproject.toml)
+FOLDERS = ("pipelines", "training", "dataset_builder", "webui", "benchmarks")
+PACKAGES = ("mtcolor", *FOLDERS)
+APPLICATIONS = tuple(f"mtcolor.{folder}" for folder in FOLDERS)
 #: library modules allowed to import applications (inside functions): lazy exports and the CLI
 REACH_UP_ALLOWED = ("mtcolor/__init__.py", "mtcolor/cli/")
 
@@ -29,6 +32,8 @@ def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
+    if parts[0] in FOLDERS:
+        parts.insert(0, "mtcolor")
     return ".".join(parts)
 
 
@@ -41,6 +46,10 @@ def _project_files() -> dict[str, Path]:
                 continue
             files[_module_name(path)] = path
     return files
+
+
+def _test_files() -> dict[str, Path]:
+    return {f"tests.{path.stem}": path for path in sorted((ROOT / "tests").glob("*.py"))}
 
 
 def _is_type_checking(node: ast.If) -> bool:
@@ -164,9 +173,21 @@ def test_library_does_not_import_applications():
         if relative == REACH_UP_ALLOWED[0] or relative.startswith(REACH_UP_ALLOWED[1]):
             continue
         for name, line, _ in _imports(path, _module_name(path)):
-            if name.split(".")[0] in APPLICATIONS:
+            if any(name == app or name.startswith(app + ".") for app in APPLICATIONS):
                 violations.append(f"{relative}:{line}: imports {name}")
     assert not violations, "library modules import applications:\n" + "\n".join(violations)
+
+
+def test_applications_are_imported_by_their_installed_names():
+    """``pipelines.x`` is importable only from a checkout's root; every import says ``mtcolor.pipelines.x``
+    (the name the wheel installs), so one module never loads twice under two names."""
+    violations = [
+        f"{path.relative_to(ROOT)}:{line}: imports {name}"
+        for module, path in {**_project_files(), **_test_files()}.items()
+        for name, line, _ in _imports(path, module)
+        if name.split(".")[0] in FOLDERS
+    ]
+    assert not violations, "imports by folder name:\n" + "\n".join(violations)
 
 
 def test_runtime_code_does_not_import_test_helpers():

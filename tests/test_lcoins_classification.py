@@ -4,6 +4,7 @@ rebalancing and annealed-mean decoding, against direct transcriptions of the pap
 
 import pytest
 import torch
+from mtcolor.training import train_lcoins
 from test_lcoins_training import pairs_data, tiny_args, write_pairs  # noqa: F401  (fixture)
 
 from mtcolor import LCoInsPipeline
@@ -17,7 +18,6 @@ from mtcolor.models.lcoins_bins import (
     rebalancing_weights,
     soft_encode,
 )
-from training import train_lcoins
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from mtcolor.color import rgb_luminance
 from mtcolor.hub import write_model_card
 from mtcolor.models.lcoins import LCOINS_PRESETS, LCoInsModel, minilm_path
 
-LOGGER = "pipelines.pipeline_lcoins"
+LOGGER = "mtcolor.pipelines.pipeline_lcoins"
 
 
 def tiny_text_encoder(vocab_size: int, hidden: int = 32, max_positions: int = 24) -> BertModel:

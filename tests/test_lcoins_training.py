@@ -9,16 +9,16 @@ import PIL.Image
 import pytest
 import torch
 from accelerate.utils import set_seed
+from mtcolor.pipelines.pipeline_lcoins import tokenize_captions
+from mtcolor.training import loop
+from mtcolor.training.checkpoints import CHECKPOINT_MARKER, list_checkpoints, resolve_checkpoint
+from mtcolor.training.lcoins_data import collate, load_caption_dataset
+from mtcolor.training.train_lcoins import build_components, main, parse_args
 from test_training import launch_two_cpu_processes
 
 from mtcolor import LCoInsPipeline
 from mtcolor.color import rgb_to_lab
 from mtcolor.models.lcoins_losses import smooth_l1_loss
-from pipelines.pipeline_lcoins import tokenize_captions
-from training import loop
-from training.checkpoints import CHECKPOINT_MARKER, list_checkpoints, resolve_checkpoint
-from training.lcoins_data import collate, load_caption_dataset
-from training.train_lcoins import build_components, main, parse_args
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 40, 220), "green": (30, 190, 40), "yellow": (240, 225, 40)}
 
@@ -99,7 +99,7 @@ def test_pairs_format_and_errors(tmp_path, pairs_data):
 @pytest.fixture(scope="module")
 def records_data(tmp_path_factory):
     """dataset_builder's record format (synthetic scenes with exact masks and texts)."""
-    from dataset_builder.synthetic import SyntheticConfig, build_synthetic
+    from mtcolor.dataset_builder.synthetic import SyntheticConfig, build_synthetic
 
     root = tmp_path_factory.mktemp("records")
     build_synthetic(root, 8, SyntheticConfig(image_size=32), seed=0)

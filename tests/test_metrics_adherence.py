@@ -153,8 +153,8 @@ def test_max_chroma_scale_reaches_the_gamut_boundary():
 def _verdicts(rgb: tuple[int, int, int], text: str) -> tuple[str, bool]:
     """(the dataset builder's verdict, the adherence metric's) on one 10 x 20 instance painted ``rgb``."""
     import numpy as np
+    from mtcolor.dataset_builder.verification import Verifier
 
-    from dataset_builder.verification import Verifier
     from mtcolor.color_names import ColorNamer
 
     image = np.zeros((20, 20, 3), np.uint8)

@@ -3,13 +3,13 @@ onto it (direction and deltaE00), every pixel outside the targeted masks and the
 those of the call without colours, batches equal single calls, diagnostics, and bad input is
 refused naming the argument before the model runs."""
 
+import mtcolor.pipelines.pipeline_lcoins as lcoins_module
 import numpy as np
 import pytest
 import torch
 from test_lcoins_pipeline import tiny_text_encoder
 from transformers import AutoTokenizer
 
-import pipelines.pipeline_lcoins as lcoins_module
 from mtcolor import LCoInsPipeline
 from mtcolor.color import rgb_to_lab
 from mtcolor.color_targets import parse_color

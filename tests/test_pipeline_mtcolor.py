@@ -10,11 +10,11 @@ import pytest
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback, SDCFGCutoffCallback
 from diffusers.models.attention_processor import AttnProcessor
+from mtcolor.pipelines.pipeline_mtcolor import SmallInstanceWarning
 
 from mtcolor import MTColorPipeline, MTColorPipelineOutput
 from mtcolor.color import image_luminance, rgb_to_lab
 from mtcolor.testing import randomize_adapter, tiny_components
-from pipelines.pipeline_mtcolor import SmallInstanceWarning
 
 #: the denoising machinery alone: colour targets from the texts (steering, exact mode) are tested in
 #: test_pipeline_colors.py and test_color_steering.py

@@ -8,8 +8,7 @@ import json
 import threading
 
 import pytest
-
-from training.recipes import tiny
+from mtcolor.training.recipes import tiny
 
 CHAIN = ["base_vae", "base_decoder", "base_unet", "stage1", "stage2"]
 
@@ -62,7 +61,7 @@ def test_one_job_runs_the_stages_one_after_the_other(tmp_path, recorded):
 def test_the_shipped_lcoins_trains_without_luminance_augmentation_and_the_ablations_keep_it(
     tmp_path, recorded, commands
 ):
-    from training.recipes.tiny_stages import STEPS, lcoins_command
+    from mtcolor.training.recipes.tiny_stages import STEPS, lcoins_command
 
     assert tiny.main(["--out", str(tmp_path), "--jobs", "1", "--stages", "lcoins"]) == 0
     out = tmp_path.resolve()

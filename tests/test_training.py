@@ -17,17 +17,21 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from training import checkpoints, loop, stage1, stage2
-from training.mtcolor_data import AugmentConfig, InstanceColorizationDataset, collate, load_training_records
-from training.mtcolor_model import (
+from mtcolor.training import checkpoints, loop, stage1, stage2
+from mtcolor.training.mtcolor_data import (
+    AugmentConfig,
+    InstanceColorizationDataset,
+    collate,
+    load_training_records,
+)
+from mtcolor.training.mtcolor_model import (
     MTColorTrainingModel,
     compute_loss,
     configure_trainable,
     draw_step,
     latent_shape,
 )
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 ADAPTER_WEIGHTS = "adapter/diffusion_pytorch_model.safetensors"
@@ -53,8 +57,8 @@ def run_stage(module, argv):
 def assets(tmp_path_factory):
     """A tiny SD-layout base model, a 'trained-looking' adapter, a ControlNet and 6 synthetic records."""
     from diffusers import StableDiffusionPipeline
+    from mtcolor.dataset_builder.synthetic import SyntheticConfig, build_synthetic
 
-    from dataset_builder.synthetic import SyntheticConfig, build_synthetic
     from mtcolor.testing import randomize_adapter, tiny_components
 
     root = tmp_path_factory.mktemp("mtcolor_training")
@@ -361,8 +365,8 @@ def test_accelerate_launch_with_two_cpu_processes_matches_one_process(assets, st
 
 
 def test_train_base_writes_an_sd_layout_model_that_stage1_loads(assets):
-    from training import train_base
-    from training.mtcolor_model import load_base_models
+    from mtcolor.training import train_base
+    from mtcolor.training.mtcolor_model import load_base_models
 
     out = assets.root / "base_model"
     common_argv = ["--train_data", assets.data, "--output_dir", out, "--cache_dir", assets.cache,
@@ -427,7 +431,7 @@ def test_switched_off_modules_are_not_trained(assets):
 
 
 def test_stage2_adapter_config_switches_and_fresh_adapter_checks(assets, capsys):
-    from training.mtcolor_model import load_adapter
+    from mtcolor.training.mtcolor_model import load_adapter
 
     argv = [str(a) for a in stage_args(assets, assets.root / "unused")]
     args = stage2.parse_args([*argv, "--adapter_name_or_path", str(assets.adapter),
@@ -452,13 +456,14 @@ def test_stage2_adapter_config_switches_and_fresh_adapter_checks(assets, capsys)
 
 
 def test_recipe_trains_each_module_ablation_with_the_module_switched_off(tmp_path):
-    """``benchmarks.ablations.mtcolor_ablation_models`` on the shipped model, 2 steps per stage:
+    """``mtcolor.benchmarks.ablations.mtcolor_ablation_models`` on the shipped model, 2 steps per stage:
     every variant is trained (own stage 1 where the switch changes stage 1), saved with its switch,
     trains only what the variant has, and is reused on a second call."""
-    from benchmarks.ablations import MT_RETRAINED, mtcolor_ablation_models
+    from mtcolor.benchmarks.ablations import MT_RETRAINED, mtcolor_ablation_models
+    from mtcolor.training.mtcolor_model import ADAPTER_SWITCHES
+
     from mtcolor import MTColorPipeline
     from mtcolor.embedded import embedded_model
-    from training.mtcolor_model import ADAPTER_SWITCHES
 
     model = Path(embedded_model("mtcolor-tiny"))
     steps = {"stage1": 2, "stage2": 2}
@@ -554,7 +559,7 @@ def test_a_second_run_on_a_folder_held_by_a_live_trainer_refuses_to_start(assets
 
 TRAINER = """
 import os, threading
-from training import stage1
+from mtcolor.training import stage1
 
 def blocked(args):  # called after start_run (lock + parent watch): a trainer busy in its first step
     os.write(1, f"ready {os.getpid()}\n".encode())  # one write, on the launcher's stdout the trainer inherits

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from mtcolor.training import arguments, checkpoints
+from mtcolor.training.mtcolor_data import AugmentConfig, InstanceColorizationDataset, collate, drop_instances
 
 from mtcolor.records import encode_record
-from training import arguments, checkpoints
-from training.mtcolor_data import AugmentConfig, InstanceColorizationDataset, collate, drop_instances
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
@@ -142,7 +142,7 @@ def test_corrupt_records_are_skipped_with_a_count(caplog):
     rows = [_row(0), _row(1), _row(2)]
     rows[1] = {**rows[1], "image": {"bytes": b"not an image", "path": None}}
     dataset = InstanceColorizationDataset(rows, AugmentConfig(resolution=32, instance_dropout=0.0), seed=0)
-    with caplog.at_level(logging.WARNING, logger="training.mtcolor_data"):
+    with caplog.at_level(logging.WARNING, logger="mtcolor.training.mtcolor_data"):
         sample = dataset[1]
     assert sample["id"] == "rec-2"  # the next readable record takes its place
     assert dataset.skipped == 1
@@ -185,7 +185,7 @@ def test_latest_checkpoint_ignores_partial_ones(tmp_path):
 
 
 def test_parse_args_config_file_and_validation(tmp_path):
-    from training import stage1, stage2
+    from mtcolor.training import stage1, stage2
 
     config = tmp_path / "run.yaml"
     config.write_text(
@@ -228,7 +228,7 @@ def test_shipped_configs_parse():
     assert accelerate_configs["accelerate_4gpu_ddp.yaml"]["distributed_type"] == "MULTI_GPU"
     zero = accelerate_configs["accelerate_deepspeed_zero2.yaml"]
     assert zero["distributed_type"] == "DEEPSPEED" and zero["deepspeed_config"]["zero_stage"] == 2
-    from training import stage1, stage2
+    from mtcolor.training import stage1, stage2
 
     for path in sorted(CONFIGS.glob("stage[12]_*.yaml")):
         module = stage1 if path.name.startswith("stage1") else stage2

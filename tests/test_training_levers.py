@@ -7,12 +7,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from mtcolor.training import diffusion, mtcolor_model, train_base
+from mtcolor.training.instance_color import instance_color_loss, instance_mean_ab
+from mtcolor.training.mtcolor_model import (
+    Components,
+    MTColorTrainingModel,
+    compute_loss,
+    draw_step,
+    latent_shape,
+)
 
 from mtcolor.color import rgb_to_lab
 from mtcolor.testing import tiny_components
-from training import diffusion, mtcolor_model, train_base
-from training.instance_color import instance_color_loss, instance_mean_ab
-from training.mtcolor_model import Components, MTColorTrainingModel, compute_loss, draw_step, latent_shape
 
 
 def _scheduler():
@@ -124,7 +130,7 @@ def test_one_diffusion_loss_serves_the_base_trainer_and_the_stages():
 
 
 def test_base_schedulers_carry_the_prediction_type():
-    from training.base_model import noise_schedulers
+    from mtcolor.training.base_model import noise_schedulers
 
     train, sample = noise_schedulers("v_prediction")
     assert train.config.prediction_type == sample.config.prediction_type == "v_prediction"
@@ -186,7 +192,7 @@ def test_instance_color_gradient_moves_the_instance_ab_toward_the_target():
 
 
 def test_ring_term_is_the_per_pixel_error_in_the_band_outside_each_mask():
-    from training.instance_color import ring_pixels
+    from mtcolor.training.instance_color import ring_pixels
 
     label_map = _label_map()
     rings = ring_pixels(label_map, 2, 1)
@@ -312,7 +318,7 @@ def test_compute_loss_raises_on_an_unknown_prediction_type(stage2_parts):
 
 
 def test_lever_flags_are_validated_and_recorded_for_resume(tmp_path):
-    from training import mtcolor_train, stage1
+    from mtcolor.training import mtcolor_train, stage1
 
     base = ["--pretrained_model_name_or_path", str(tmp_path), "--train_data", str(tmp_path)]
     args = stage1.parse_args([*base, "--snr_gamma", "5", "--instance_color_weight", "0.5"])
@@ -332,7 +338,8 @@ def test_lever_flags_are_validated_and_recorded_for_resume(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # the data lever: extra crowded training scenes, the test split unchanged
 def test_crowded_split_adds_training_scenes_and_leaves_train_and_test_alone(tmp_path):
-    from dataset_builder.synthetic import SyntheticConfig, build_synthetic
+    from mtcolor.dataset_builder.synthetic import SyntheticConfig, build_synthetic
+
     from mtcolor.records import load_records
     from mtcolor.synthetic import generate_scene, scene_seed
 
@@ -389,7 +396,7 @@ class _Ema:
 
 
 def test_finish_training_copies_the_ema_validates_once_and_exports():
-    from training.loop import TrainResult, finish_training
+    from mtcolor.training.loop import TrainResult, finish_training
 
     params = [torch.nn.Parameter(torch.zeros(2))]
     calls = []

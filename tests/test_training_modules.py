@@ -9,13 +9,18 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-GENERIC = ["training.arguments", "training.checkpoints", "training.prepare", "training.loop"]
-APPLICATION = ["training.mtcolor_model", "training.mtcolor_data", "training.mtcolor_export", "training.mtcolor_train",
-               "training.lcoins_model", "training.lcoins_data", "training.train_lcoins", "mtcolor.models.adapter",
-               "mtcolor.models.lcoins", "pipelines"]  # fmt: skip
+GENERIC = [
+    "mtcolor.training.arguments",
+    "mtcolor.training.checkpoints",
+    "mtcolor.training.prepare",
+    "mtcolor.training.loop",
+]
+APPLICATION = ["mtcolor.training.mtcolor_model", "mtcolor.training.mtcolor_data", "mtcolor.training.mtcolor_export", "mtcolor.training.mtcolor_train",
+               "mtcolor.training.lcoins_model", "mtcolor.training.lcoins_data", "mtcolor.training.train_lcoins", "mtcolor.models.adapter",
+               "mtcolor.models.lcoins", "mtcolor.pipelines"]  # fmt: skip
 #: the module split into arguments, checkpoints, prepare, loop and mtcolor_train (spelt so that
 #: this file does not match itself)
-REMOVED = r"training[.]common\b|from training import co[m]mon\b"
+REMOVED = r"training[.]common\b|from mtcolor.training import co[m]mon\b"
 
 
 def test_generic_training_modules_do_not_import_the_applications():

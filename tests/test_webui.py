@@ -1,7 +1,7 @@
 """Web UI without a browser: the page's values -> one checked request -> one pipeline call -> results.
 
-The gradio page only moves values; everything it decides lives in ``webui.inputs`` / ``webui.run`` /
-``webui.session`` and is tested here with fake pipelines (what the call receives) and with the
+The gradio page only moves values; everything it decides lives in ``mtcolor.webui.inputs`` / ``mtcolor.webui.run`` /
+``mtcolor.webui.session`` and is tested here with fake pipelines (what the call receives) and with the
 embedded model (the page's result equals a direct pipeline call). The page itself and the
 ``mtcolor ui`` command line: test_webui_page.py.
 """
@@ -15,11 +15,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from mtcolor.webui import inputs, overlay, run
+from mtcolor.webui.inputs import MAX_INSTANCES, Settings, build_request, check_settings, parse_sam_prompt
+from mtcolor.webui.models import ModelChoice, model_choices, model_kind, recommended_settings
 
 from mtcolor.lexicon import default_lexicon
-from webui import inputs, overlay, run
-from webui.inputs import MAX_INSTANCES, Settings, build_request, check_settings, parse_sam_prompt
-from webui.models import ModelChoice, model_choices, model_kind, recommended_settings
 
 H, W = 40, 56
 
@@ -307,7 +307,7 @@ def test_one_pipeline_call_with_the_page_values(scene):
 
 
 def test_table_flags_a_wrong_colour_and_skips_texts_without_colour(scene):
-    from webui.colors import color_table, row_target
+    from mtcolor.webui.colors import color_table, row_target
 
     gray, masks = scene
     image = np.full((H, W, 3), 128, np.uint8)
@@ -412,8 +412,9 @@ def test_vanishing_instances_are_named_by_row():
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
+    from mtcolor.webui.session import ServerConfig, Session
+
     from mtcolor.threads import torch_threads
-    from webui.session import ServerConfig, Session
 
     with torch_threads(1):  # two threads oversubscribe a shared 2-core machine badly
         yield Session(

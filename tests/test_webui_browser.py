@@ -36,8 +36,9 @@ expect.set_options(timeout=TIMEOUT_MS)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    from mtcolor.webui.testing import serve
+
     from mtcolor.threads import torch_threads
-    from webui.testing import serve
 
     # one torch thread: the browser needs the other core
     with (

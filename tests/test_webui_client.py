@@ -14,11 +14,11 @@ import PIL.Image
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from mtcolor.webui.inputs import MAX_INSTANCES
 
 from mtcolor import embedded_model
 from mtcolor.embedded import recommended_guidance_scale
 from mtcolor.masks import masks_to_label_map
-from webui.inputs import MAX_INSTANCES
 
 H, W = 40, 56
 QUEUE_SIZE = 8
@@ -26,8 +26,9 @@ QUEUE_SIZE = 8
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    from mtcolor.webui.testing import serve
+
     from mtcolor.threads import torch_threads
-    from webui.testing import serve
 
     with torch_threads(1), serve(tmp_path_factory.mktemp("ui"), queue_size=QUEUE_SIZE) as running:
         yield running
@@ -106,7 +107,7 @@ def test_progress_reports_every_denoising_step(server, files):
     """The page's colorize handler tells gradio's progress tracker about every denoising step. Each call
     is recorded (gradio itself forwards the tracker's latest value to clients at intervals, so sampling
     the stream would make the outcome depend on timing)."""
-    from webui.app import build_app
+    from mtcolor.webui.app import build_app
 
     demo = build_app(server.session)
     demo.upload_file_set.add(files["gray"])  # as if uploaded: the page reads only files it received

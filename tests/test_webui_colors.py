@@ -8,10 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import PIL.Image
 import pytest
-
-from webui import examples, layout
-from webui.colors import row_target, target_rgb
-from webui.session import HistoryStore, ServerConfig, Session
+from mtcolor.webui import examples, layout
+from mtcolor.webui.colors import row_target, target_rgb
+from mtcolor.webui.session import HistoryStore, ServerConfig, Session
 
 H, W = 40, 56
 

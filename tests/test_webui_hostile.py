@@ -15,8 +15,7 @@ import PIL.Image
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-
-from webui.inputs import MAX_INSTANCES
+from mtcolor.webui.inputs import MAX_INSTANCES
 
 H, W = 40, 56
 META = {"_type": "gradio.FileData"}
@@ -24,8 +23,9 @@ META = {"_type": "gradio.FileData"}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    from mtcolor.webui.testing import serve
+
     from mtcolor.threads import torch_threads
-    from webui.testing import serve
 
     with torch_threads(1), serve(tmp_path_factory.mktemp("ui"), example_scenes=1) as running:
         yield running
@@ -217,7 +217,7 @@ def test_a_strip_is_refused_before_the_pipeline_and_the_next_request_is_served(s
 
 
 def test_the_server_budget_caps_the_working_size():
-    from webui.inputs import MAX_WORKING_PIXELS, check_working_size
+    from mtcolor.webui.inputs import MAX_WORKING_PIXELS, check_working_size
 
     assert check_working_size((1024, 1024), 1024) == (1024, 1024)  # the largest square the page offers
     with pytest.raises(ValueError) as info:
@@ -236,7 +236,7 @@ def test_the_server_budget_caps_the_working_size():
 
 
 def test_pipeline_messages_number_instances_as_the_page_does():
-    from webui.overlay import page_numbers
+    from mtcolor.webui.overlay import page_numbers
 
     assert page_numbers("instance masks overlap (0-based pairs [(0, 1), (1, 2)]); each ...", [1, 3, 4]) == (
         "instance masks overlap (instances 1+3, 3+4); each ..."
@@ -268,7 +268,7 @@ def test_run_warnings_name_page_rows(server, tmp_path):
 
 def test_docs_state_the_guidance_the_page_runs():
     """docs/ui.md quotes mtcolor-tiny's defaults; the page reads them from the model's recipe.json."""
-    from webui.models import model_choices, recommended_settings
+    from mtcolor.webui.models import model_choices, recommended_settings
 
     docs = (Path(__file__).parents[1] / "docs" / "ui.md").read_text()
     match = re.search(r"(\d+) steps and\s+guidance ([\d.]+) for `mtcolor-tiny`", docs)

@@ -2,8 +2,7 @@
 command line (help, missing gradio, bad paths refused before serving)."""
 
 import pytest
-
-from webui.inputs import MAX_INSTANCES
+from mtcolor.webui.inputs import MAX_INSTANCES
 
 # ---------------------------------------------------------------------------------------------- CLI
 
@@ -44,8 +43,8 @@ def _components(demo) -> dict:
 
 @pytest.mark.parametrize("sam", [False, True])
 def test_page_shows_sam_prompts_only_with_a_checkpoint(tmp_path, sam):
-    from webui.app import build_app
-    from webui.session import ServerConfig, Session
+    from mtcolor.webui.app import build_app
+    from mtcolor.webui.session import ServerConfig, Session
 
     checkpoint = tmp_path / "sam.pth"
     checkpoint.write_bytes(b"weights")
@@ -70,8 +69,7 @@ def test_handler_errors_become_readable_page_messages():
     import inspect
 
     import gradio as gr
-
-    from webui.app import guarded
+    from mtcolor.webui.app import guarded
 
     @guarded("Cannot colorize")
     def handler(progress=gr.Progress(), **values):

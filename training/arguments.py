@@ -15,8 +15,7 @@ import json
 from pathlib import Path
 
 import yaml
-
-from training.diffusion import PREDICTION_TYPES
+from mtcolor.training.diffusion import PREDICTION_TYPES
 
 #: MT section IV.A.2: AdamW, lr linearly warmed up to 5e-5 over 500 iterations, 50% null condition
 #: (the defaults of the shared flags; the base-model and L-CoIns trainers set their own).

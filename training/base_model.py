@@ -172,7 +172,7 @@ class DecoderTrainingModel(torch.nn.Module):
 @torch.no_grad()
 def latent_std(vae, dataset, batch_size: int, max_batches: int, device) -> float:
     """Standard deviation of the (unscaled) latent means of up to ``max_batches`` training batches."""
-    from training.mtcolor_data import collate
+    from mtcolor.training.mtcolor_data import collate
 
     values = []
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)

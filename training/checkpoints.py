@@ -378,7 +378,7 @@ def release_output_dir(output_dir: str | os.PathLike) -> None:
 
 def stop_if_orphaned() -> None:
     """In the training loop: end the run when the launcher that started it is gone (the portable
-    fallback of the parent-death signal armed by :func:`training.prepare.make_accelerator`)."""
+    fallback of the parent-death signal armed by :func:`mtcolor.training.prepare.make_accelerator`)."""
     if parent_gone():
         logger.error("the launcher of this run is gone; stopping")
         raise SystemExit(128 + 15)

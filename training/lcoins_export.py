@@ -15,8 +15,9 @@ logger = logging.getLogger("train_lcoins")
 
 def log_validation(accelerator, model, text_encoder, tokenizer, samples, args, step: int) -> dict:
     """Colorize the validation samples, log the images and their mean PSNR / SSIM."""
+    from mtcolor.pipelines.pipeline_lcoins import LCoInsPipeline
+
     from mtcolor.metrics import psnr, ssim
-    from pipelines.pipeline_lcoins import LCoInsPipeline
 
     unwrapped_model = accelerator.unwrap_model(model)
     unwrapped_text = accelerator.unwrap_model(text_encoder)

@@ -9,8 +9,7 @@ import random
 from pathlib import Path
 
 import torch
-
-from training.loop import row_seed
+from mtcolor.training.loop import row_seed
 
 TEXT_ENCODER_PRESETS = {
     "tiny": {
@@ -60,7 +59,7 @@ def build_components(args) -> tuple:
     from mtcolor.models.lcoins import LCoInsModel
 
     if args.pretrained_model_name_or_path:
-        from pipelines.pipeline_lcoins import LCoInsPipeline
+        from mtcolor.pipelines.pipeline_lcoins import LCoInsPipeline
 
         pipe = LCoInsPipeline.from_pretrained(args.pretrained_model_name_or_path)
         return pipe.model, pipe.text_encoder, pipe.tokenizer
@@ -128,6 +127,8 @@ def compute_loss(
     Returns:
         ``(loss, logs)``: the scalar loss and its terms as floats.
     """
+    from mtcolor.pipelines.pipeline_lcoins import tokenize_captions
+
     from mtcolor.augment import luminance_augmentation
     from mtcolor.color import rgb_to_lab
     from mtcolor.models.lcoins_losses import (
@@ -137,7 +138,6 @@ def compute_loss(
         smooth_l1_loss,
         total_loss,
     )
-    from pipelines.pipeline_lcoins import tokenize_captions
 
     rgb = batch["pixel_values"]  # (B, 3, S, S) in [0, 1]
     captions = batch["caption"]
@@ -217,7 +217,7 @@ def row_generators(
     seed: int, step: int, first_row: int, count: int
 ) -> list[tuple[torch.Generator, random.Random]]:
     """The generators of rows ``first_row:first_row + count`` of optimizer step ``step``'s global batch
-    (:func:`training.loop.row_seed`): a ``torch.Generator`` for the luminance augmentation and a
+    (:func:`mtcolor.training.loop.row_seed`): a ``torch.Generator`` for the luminance augmentation and a
     ``random.Random`` for the pseudo caption of each sample."""
     rows = range(first_row, first_row + count)
     return [

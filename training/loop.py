@@ -1,11 +1,11 @@
 """The training loop shared by every trainer of this folder (MT-Color stages 1-2, the base model,
 L-CoIns), in the style of diffusers' ``examples/`` scripts with 🤗 Accelerate: ``run_training_loop``
 and its reproducibility helpers (the accelerator, optimiser and the rest it runs on come from
-:mod:`training.prepare`).
+:mod:`mtcolor.training.prepare`).
 
 A trainer supplies its components, a loss ``f(batch, step, micro_position)`` and a validation
 ``f(step)``; the loop does the rest (gradient accumulation, clipping, mixed precision, logging,
-checkpoints and exact resume, see :mod:`training.checkpoints`).
+checkpoints and exact resume, see :mod:`mtcolor.training.checkpoints`).
 
 Reproducibility contract (what makes ``--resume_from_checkpoint latest`` exact):
 
@@ -34,9 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mtcolor.training.checkpoints import resume_from_checkpoint, save_checkpoint, stop_if_orphaned
 from torch import nn
-
-from training.checkpoints import resume_from_checkpoint, save_checkpoint, stop_if_orphaned
 
 logger = logging.getLogger("mtcolor.training")
 
@@ -248,7 +247,7 @@ def run_training_loop(
         run_info: what is trained (e.g. ``{"stage": 1}``, ``{"phase": "vae"}``, the L-CoIns model and
             loss), stored in every checkpoint marker with the processes, batch and seed; resuming a
             checkpoint whose ``run_info`` differs raises, other differences are logged
-            (:func:`training.checkpoints.resume_from_checkpoint`).
+            (:func:`mtcolor.training.checkpoints.resume_from_checkpoint`).
         validate: ``f(step) -> metrics`` run on the main process every ``--validation_steps``
             (the last one is kept in ``TrainResult.validation``).
     """

@@ -248,7 +248,7 @@ def load_training_records(path_or_hub_id: str, split: str | None = None, cache_d
 
 def training_dataset(args, instances: bool = True):
     """``(records, dataset)`` of ``--train_data`` with the augmentation of the shared data flags
-    (:func:`training.arguments.add_data_arguments`), seeded by ``--seed``.
+    (:func:`mtcolor.training.arguments.add_data_arguments`), seeded by ``--seed``.
 
     ``instances=False``: every sample gets the null instance condition (the base model, which
     does not read masks or instance texts).

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-
-from training.mtcolor_data import RECORD_ERRORS, load_training_records
-from training.mtcolor_model import TRAINING_INFO, Components
+from mtcolor.training.mtcolor_data import RECORD_ERRORS, load_training_records
+from mtcolor.training.mtcolor_model import TRAINING_INFO, Components
 
 logger = logging.getLogger("mtcolor.training")
 
@@ -58,7 +57,7 @@ def log_validation(accelerator, model, components, records, args, step, weight_d
     Each logged image is ``ground truth | gray input | instance-conditioned | automatic`` (the
     automatic column uses no masks, no texts and the empty prompt). Returns mean PSNR / SSIM of the
     conditioned colorizations when :mod:`mtcolor.metrics` provides them. The EMA weights, if any,
-    are the caller's to swap in (:func:`training.prepare.ema_weights`).
+    are the caller's to swap in (:func:`mtcolor.training.prepare.ema_weights`).
     """
     import PIL.Image
 

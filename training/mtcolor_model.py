@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mtcolor.training.diffusion import check_prediction_type, decode_latents, diffusion_loss, encode_latents
 from torch import nn
-
-from training.diffusion import check_prediction_type, decode_latents, diffusion_loss, encode_latents
 
 TRAINING_INFO = "training_info.json"
 
@@ -283,18 +282,18 @@ def compute_loss(
     instance_color_ring: int = 0,
 ) -> torch.Tensor:
     """MT eq. 10: ``|| eps - eps_theta(z_t, t, tau_g, c, M_n, T_n) ||^2`` (mean over elements), through
-    the shared :func:`training.diffusion.diffusion_loss`.
+    the shared :func:`mtcolor.training.diffusion.diffusion_loss`.
 
     Args:
         model: the (possibly DDP-wrapped) :class:`MTColorTrainingModel`.
-        batch: a :func:`training.mtcolor_data.collate` batch on the model's device.
+        batch: a :func:`mtcolor.training.mtcolor_data.collate` batch on the model's device.
         draws: the step's random draws (:func:`draw_step`).
         stage: 1 (no ControlNet) or 2 (the gray image conditions the ControlNet).
         prediction_type: ``"epsilon"`` (MT eq. 10) or ``"v_prediction"`` (else ``ValueError``).
-        snr_gamma: Min-SNR-gamma weighting of the samples (:func:`training.diffusion.min_snr_weights`);
+        snr_gamma: Min-SNR-gamma weighting of the samples (:func:`mtcolor.training.diffusion.min_snr_weights`);
             None: unweighted.
         instance_color_weight: weight of the instance colour term
-            (:mod:`training.instance_color`; 0: not computed).
+            (:mod:`mtcolor.training.instance_color`; 0: not computed).
         instance_color_ring: width in pixels of the band outside each mask the colour term also
             compares (0: the masks only).
     """
@@ -353,11 +352,11 @@ def instance_color_term(
     weight_dtype,
     ring=0,
 ) -> torch.Tensor:
-    """The batch's instance colour term (:mod:`training.instance_color`): the predicted clean latents
+    """The batch's instance colour term (:mod:`mtcolor.training.instance_color`): the predicted clean latents
     decoded by the frozen VAE, compared with ``pixels`` inside each instance of ``label_map``, each
     sample weighted by ``abar_t``. A scalar with gradient to ``prediction``."""
-    from training.diffusion import predicted_original
-    from training.instance_color import instance_color_loss
+    from mtcolor.training.diffusion import predicted_original
+    from mtcolor.training.instance_color import instance_color_loss
 
     original = predicted_original(prediction, noisy, timesteps, scheduler, prediction_type)
     decoded = decode_latents(vae, original.to(weight_dtype))

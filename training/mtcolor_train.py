@@ -1,10 +1,10 @@
 """The MT-Color training stages (``training/stage1.py``, ``training/stage2.py``): their flags and
-``train(args, stage, build_components, script)``, built on the shared :mod:`training.loop`.
+``train(args, stage, build_components, script)``, built on the shared :mod:`mtcolor.training.loop`.
 
 Stage 1 trains the instance encoder and instance branches, stage 2 the ControlNet and the PMAM
 modules (MT section III.D); :func:`train` freezes the rest, runs the shared loop with the MT eq. 10
-loss of :mod:`training.mtcolor_model`, validates and exports the pipeline with its model card
-(:mod:`training.mtcolor_export`).
+loss of :mod:`mtcolor.training.mtcolor_model`, validates and exports the pipeline with its model card
+(:mod:`mtcolor.training.mtcolor_export`).
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import logging
 import os
 
 import torch
-
-from training import arguments, loop, prepare
-from training.arguments import PAPER_INSTANCE_DROPOUT, PAPER_LEARNING_RATE, PAPER_WARMUP_STEPS
-from training.mtcolor_data import collate, training_dataset
-from training.mtcolor_export import export_pipeline, log_validation, validation_records
-from training.mtcolor_model import (
+from mtcolor.training import arguments, loop, prepare
+from mtcolor.training.arguments import PAPER_INSTANCE_DROPOUT, PAPER_LEARNING_RATE, PAPER_WARMUP_STEPS
+from mtcolor.training.mtcolor_data import collate, training_dataset
+from mtcolor.training.mtcolor_export import export_pipeline, log_validation, validation_records
+from mtcolor.training.mtcolor_model import (
     MTColorTrainingModel,
     check_resolution,
     compute_loss,
@@ -91,7 +90,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
-    """:func:`training.arguments.parse_args` + the MT-Color stages' own checks (a base model is
+    """:func:`mtcolor.training.arguments.parse_args` + the MT-Color stages' own checks (a base model is
     required; ``--adapter_config`` becomes a dict)."""
     args = arguments.parse_args(parser, argv)
     if not args.pretrained_model_name_or_path:

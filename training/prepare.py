@@ -1,9 +1,9 @@
-"""What the shared training loop (:mod:`training.loop`) runs on, for every trainer of this folder
+"""What the shared training loop (:mod:`mtcolor.training.loop`) runs on, for every trainer of this folder
 (MT-Color stages 1-2, the base model, L-CoIns): the accelerator of a run (seed, output-folder lock),
 the optimiser, lr schedule, EMA, data loader, ``save_state`` hooks and ``accelerator.prepare``.
 
 A trainer builds its models, then calls :func:`setup_training` and hands the result to
-:func:`training.loop.run_training_loop`.
+:func:`mtcolor.training.loop.run_training_loop`.
 
 Generic: no MT-Color or L-CoIns module is imported here.
 """
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from mtcolor.training.checkpoints import lock_output_dir, release_output_dir
 from torch import nn
 
 from mtcolor.locks import exit_with_parent_if_launched
-from training.checkpoints import lock_output_dir, release_output_dir
 
 logger = logging.getLogger("mtcolor.training")
 
@@ -230,7 +230,7 @@ class Prepared:
     ema: object = None
 
     def loop_arguments(self) -> dict:
-        """Keyword arguments of :func:`training.loop.run_training_loop`."""
+        """Keyword arguments of :func:`mtcolor.training.loop.run_training_loop`."""
         return {
             "model": self.model, "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler,
             "dataloader": self.dataloader, "max_train_steps": self.max_train_steps, "ema": self.ema,

@@ -16,15 +16,11 @@ The result is ``<output_dir>/pipeline`` (an ``MTColorPipeline`` without ControlN
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # `accelerate launch training/stage1.py` runs this file as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from training import mtcolor_train  # noqa: E402
-from training.loop import TrainResult  # noqa: E402
-from training.mtcolor_model import Components, load_adapter, load_base_models  # noqa: E402
+# `accelerate launch training/stage1.py` runs this file as a script; it imports the installed package
+# (`pip install -e .` in the checkout, as run.sh does), whose modules are mtcolor.training.*
+from mtcolor.training import mtcolor_train
+from mtcolor.training.loop import TrainResult
+from mtcolor.training.mtcolor_model import Components, load_adapter, load_base_models
 
 STAGE = 1
 

@@ -41,17 +41,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `accelerate launch training/train_base.py` runs this file as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from training import arguments, loop, prepare  # noqa: E402
-from training.base_model import (  # noqa: E402
+# `accelerate launch training/train_base.py` runs this file as a script; it imports the installed package
+# (`pip install -e .` in the checkout, as run.sh does), whose modules are mtcolor.training.*
+import numpy as np
+import torch
+from mtcolor.training import arguments, loop, prepare
+from mtcolor.training.base_model import (
     RANDOM_CLIP,
     DecoderTrainingModel,
     VAETrainingModel,
@@ -62,9 +59,9 @@ from training.base_model import (  # noqa: E402
     noise_schedulers,
     save_model_folder,
 )
-from training.diffusion import check_prediction_type, diffusion_loss, encode_latents  # noqa: E402
-from training.mtcolor_data import collate, training_dataset  # noqa: E402
-from training.mtcolor_model import draw_step, latent_shape  # noqa: E402
+from mtcolor.training.diffusion import check_prediction_type, diffusion_loss, encode_latents
+from mtcolor.training.mtcolor_data import collate, training_dataset
+from mtcolor.training.mtcolor_model import draw_step, latent_shape
 
 logger = logging.getLogger("mtcolor.training")
 

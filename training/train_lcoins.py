@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train L-CoIns (LC section 5) with 🤗 Accelerate, on the shared loop of :mod:`training.loop`.
+"""Train L-CoIns (LC section 5) with 🤗 Accelerate, on the shared loop of :mod:`mtcolor.training.loop`.
 
     accelerate launch training/train_lcoins.py --config training/configs/lcoins_paper.yaml \\
         --train_data path/to/dataset --output_dir out/lcoins
@@ -13,11 +13,11 @@ multi-GPU come from Accelerate (``--mixed_precision``, ``--gradient_accumulation
 number of processes.
 
 Randomness: the augmentation and the pseudo captions of every sample draw from generators seeded
-with (seed, step, row of the global batch) (:func:`training.loop.row_seed`), so two processes with
+with (seed, step, row of the global batch) (:func:`mtcolor.training.loop.row_seed`), so two processes with
 batch B compute the update of one process with batch B and 2 accumulation steps, and a resumed run
 is bit-identical to an uninterrupted one.
 
-Checkpoints (:mod:`training.checkpoints`): every ``--checkpointing_steps`` into
+Checkpoints (:mod:`mtcolor.training.checkpoints`): every ``--checkpointing_steps`` into
 ``<output_dir>/checkpoint-<step>`` (``model/``, and ``text_encoder/`` when it is trained), at most
 ``--checkpoints_total_limit`` kept. ``--resume_from_checkpoint latest`` restores weights, optimiser,
 scheduler, RNG states and the data position at the step recorded in the checkpoint's marker, and
@@ -27,7 +27,7 @@ SSIM (``<output_dir>/validation/step-<step>/``). At the end the pipeline is save
 ``save_pretrained`` (and a model card) into ``<output_dir>``.
 
 Data: ``--data_format records`` (dataset_builder's record format; the caption is ``global_text``)
-or ``pairs`` (the caption-only L-CoIns multi-instance layout); see :mod:`training.lcoins_data`.
+or ``pairs`` (the caption-only L-CoIns multi-instance layout); see :mod:`mtcolor.training.lcoins_data`.
 
 Ablations of LC Table 1: ``--no_group_embedding`` (w/o GE), ``--no_grouping_attention`` (w/o GA),
 ``--no_luminance_augmentation`` (w/o LA), ``--no_counter_color_loss`` (w/o CL).
@@ -41,16 +41,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `accelerate launch training/train_lcoins.py` runs this file as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from training import arguments, loop, prepare  # noqa: E402
-from training.lcoins_data import DATA_FORMATS, collate, load_caption_dataset  # noqa: E402
-from training.lcoins_export import card_sections, log_validation  # noqa: E402
-from training.lcoins_model import (  # noqa: E402  (public names of this script, used by benchmarks and tests)
+# `accelerate launch training/train_lcoins.py` runs this file as a script; it imports the installed package
+# (`pip install -e .` in the checkout, as run.sh does), whose modules are mtcolor.training.*
+from mtcolor.training import arguments, loop, prepare
+from mtcolor.training.lcoins_data import DATA_FORMATS, collate, load_caption_dataset
+from mtcolor.training.lcoins_export import card_sections, log_validation
+from mtcolor.training.lcoins_model import (  # (public names of this script, used by benchmarks and tests)
     MINILM,
     TEXT_ENCODER_PRESETS,
     LCoInsTrainingModel,
@@ -296,9 +294,10 @@ def main(args: argparse.Namespace) -> Path:
 
 
 def _train(accelerator, args) -> Path:
+    from mtcolor.pipelines.pipeline_lcoins import LCoInsPipeline
+
     from mtcolor.conditioning import CachedTokenStates
     from mtcolor.lexicon import default_lexicon
-    from pipelines.pipeline_lcoins import LCoInsPipeline
 
     # 1. Models: a frozen text encoder runs in the mixed-precision dtype with memoised captions
     model, text_encoder, tokenizer = build_components(args)

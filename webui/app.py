@@ -1,5 +1,5 @@
-"""The gradio page's events: each handler moves values between the page (:mod:`webui.layout`) and
-:class:`webui.session.Session`.
+"""The gradio page's events: each handler moves values between the page (:mod:`mtcolor.webui.layout`) and
+:class:`mtcolor.webui.session.Session`.
 
 Any exception of a handler is turned into a readable message in the page (``gr.Error``, escaped, no
 traceback) and the server keeps serving. The ``colorize`` endpoint takes named parameters (``image``,
@@ -8,7 +8,7 @@ traceback) and the server keeps serving. The ``colorize`` endpoint takes named p
 ``client.predict(image=handle_file(p), text_1="a red car", mask_1=handle_file(m), api_name="/colorize")``.
 
 Handlers read only files gradio itself received or produced for this server
-(:class:`webui.received.ReceivedFiles`); a path a client makes up is refused. A run clears the previous
+(:class:`mtcolor.webui.received.ReceivedFiles`); a path a client makes up is refused. A run clears the previous
 result when it starts, so a failed run leaves none on the page, and says so in the status.
 """
 
@@ -71,7 +71,7 @@ def guarded(title: str):
 
 
 def build_app(session: Session) -> gr.Blocks:
-    """The page for ``session`` (not launched; see :func:`webui.server.launch`)."""
+    """The page for ``session`` (not launched; see :func:`mtcolor.webui.server.launch`)."""
     with gr.Blocks(title="mtcolor", delete_cache=(1800, 3600)) as demo:
         page = build_layout(session)
         files = ReceivedFiles(lambda: demo.temp_file_sets)
@@ -110,13 +110,13 @@ def _run_options(page: Page) -> dict:
         "show_progress_on": [page.compare],
         "concurrency_limit": 1,
         "concurrency_id": "pipeline",
-        "preprocess": False,  # every value is checked by webui.inputs, with readable messages
+        "preprocess": False,  # every value is checked by mtcolor.webui.inputs, with readable messages
     }
 
 
 def colorize_handler(session: Session, files: ReceivedFiles, names: list[str]):
     """The ``colorize`` endpoint: the optional parameters ``names`` (the page's
-    :attr:`~webui.layout.Page.run_inputs`; the function itself takes ``**values``)."""
+    :attr:`~mtcolor.webui.layout.Page.run_inputs`; the function itself takes ``**values``)."""
 
     @guarded("Cannot colorize")
     def colorize(request: gr.Request = None, progress=gr.Progress(), **values):
@@ -158,7 +158,7 @@ def _history_key(request) -> str | None:
 
 
 def _view_outputs(view) -> tuple:
-    """A :class:`webui.session.RunView` as the values of :attr:`webui.layout.Page.run_outputs`."""
+    """A :class:`mtcolor.webui.session.RunView` as the values of :attr:`mtcolor.webui.layout.Page.run_outputs`."""
     download = gr.DownloadButton(value=view.png, interactive=True)
     return (
         view.image,
@@ -173,7 +173,7 @@ def _view_outputs(view) -> tuple:
 
 def _preview(session: Session, files: ReceivedFiles, image_value, model_value, working_value, rows):
     """The session's preview of the page's values (the files through the gate first); ``rows`` are
-    the texts, the masks and the colours of every row (:attr:`webui.layout.Page.preview_inputs`)."""
+    the texts, the masks and the colours of every row (:attr:`mtcolor.webui.layout.Page.preview_inputs`)."""
     image, masks = files.check_rows(image_value, list(rows[MAX_INSTANCES : 2 * MAX_INSTANCES]))
     texts, colors = list(rows[:MAX_INSTANCES]), list(rows[2 * MAX_INSTANCES : 3 * MAX_INSTANCES])
     return image, session.preview(image, texts, masks, model_value, working_value, colors)

@@ -5,7 +5,7 @@ test split, each with a colour-shape pair never seen in training; their texts na
 colours) and :func:`mtcolor.demo_scenes.voc_scene` (a VOC photo with 19 instance masks and texts from the
 rule-based colour namer). Each example is written once as a gray PNG, one 0/255 mask PNG per
 instance and a thumbnail with each instance tinted and outlined in the colour its text requests
-(a neutral outline where the text names none: :func:`webui.overlay.label_overlay`).
+(a neutral outline where the text names none: :func:`mtcolor.webui.overlay.label_overlay`).
 """
 
 from __future__ import annotations

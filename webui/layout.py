@@ -1,7 +1,7 @@
 """The gradio page's layout: every component of the page, created in order, and the texts shown in it.
 
 :func:`build_layout` creates the components inside the caller's ``gr.Blocks`` and returns them as one
-:class:`Page`; :mod:`webui.app` wires their events to :class:`webui.session.Session`. Nothing here
+:class:`Page`; :mod:`mtcolor.webui.app` wires their events to :class:`mtcolor.webui.session.Session`. Nothing here
 handles an event.
 """
 
@@ -81,7 +81,7 @@ def describe_settings(session: Session, label: str) -> str:
 @dataclass
 class Page:
     """The page's components (gradio blocks), by role. ``groups``, ``texts``, ``masks``, ``sams`` and
-    ``removes`` hold one per instance row (:data:`~webui.inputs.MAX_INSTANCES`)."""
+    ``removes`` hold one per instance row (:data:`~mtcolor.webui.inputs.MAX_INSTANCES`)."""
 
     examples: gr.Gallery
     count: gr.State
@@ -125,7 +125,7 @@ class Page:
 
     @property
     def settings(self) -> list:
-        """The sampling-setting components, in :data:`~webui.session.SETTING_NAMES` order."""
+        """The sampling-setting components, in :data:`~mtcolor.webui.session.SETTING_NAMES` order."""
         return [
             self.steps,
             self.guidance,

@@ -143,9 +143,9 @@ class PipelineCache:
 
     def _load(self, choice: ModelChoice):
         if choice.kind == "mtcolor":
-            from pipelines.pipeline_mtcolor import MTColorPipeline as pipeline_class
+            from mtcolor.pipelines.pipeline_mtcolor import MTColorPipeline as pipeline_class
         else:
-            from pipelines.pipeline_lcoins import LCoInsPipeline as pipeline_class
+            from mtcolor.pipelines.pipeline_lcoins import LCoInsPipeline as pipeline_class
         pipe = pipeline_class.from_pretrained(choice.path)
         if self.device:
             pipe.to(self.device)

@@ -1,7 +1,7 @@
 """The instance overlay: the label map the masks resolve to, over the gray image.
 
 Each instance is tinted in the colour its row requests (the row's explicit colour, else the colour
-its text names: :func:`webui.colors.row_target`) and outlined; an instance without a requested
+its text names: :func:`mtcolor.webui.colors.row_target`) and outlined; an instance without a requested
 colour gets a neutral black-and-white outline only, never a made-up tint.
 
 Masks resolve exactly as the pipeline resolves them (:func:`mtcolor.masks.masks_to_label_map`:

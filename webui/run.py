@@ -4,7 +4,7 @@ The colorization is the pipeline's: :func:`colorize` resolves SAM prompts to mas
 (the session's :class:`mtcolor.sam.SamMasker`), makes **one** call to ``MTColorPipeline`` (masks + texts +
 prompt + settings) or ``LCoInsPipeline`` (one caption), records the warnings the pipeline emits
 (overlapping masks, instances too small for an attention grid) and measures each instance's colour
-against its target (:func:`webui.colors.color_table`: CIEDE2000 at the same L). An edit
+against its target (:func:`mtcolor.webui.colors.color_table`: CIEDE2000 at the same L). An edit
 (``edit_from``: the previous pipeline output, ``edit_instances``) is the same one call.
 """
 
@@ -35,7 +35,7 @@ class ColorizeResult:
         caption: the caption L-CoIns was given (None for MT-Color).
         seconds: wall time of the pipeline call.
         output: the MT-Color pipeline's output (its ``edit_states`` make the next edit), else None.
-        targets / reasons: per instance the colour target (:func:`webui.colors.row_target`) or None
+        targets / reasons: per instance the colour target (:func:`mtcolor.webui.colors.row_target`) or None
             and why there is none.
     """
 
@@ -97,7 +97,7 @@ def colorize(
 
     Args:
         pipe: a loaded ``MTColorPipeline`` (``kind="mtcolor"``) or ``LCoInsPipeline`` (``kind="lcoins"``).
-        request: from :func:`webui.inputs.build_request`.
+        request: from :func:`mtcolor.webui.inputs.build_request`.
         sam_masker: a :class:`mtcolor.sam.SamMasker` (or a callable building one when first needed)
             for instances given by prompts; None refuses SAM prompts.
         on_step: ``f(done, total)`` after every denoising step (the page's progress bar).

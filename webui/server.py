@@ -2,10 +2,10 @@
 
 Limits that keep one server answering whatever it is sent: the pipeline runs one request at a
 time (``concurrency_limit=1``), at most ``queue_size`` requests wait (more are refused with "queue
-full"), uploads are capped at ``max_file_size`` and images at :data:`webui.inputs.MAX_PIXELS`, every
-setting is range-checked (:data:`webui.inputs.LIMITS`), the working size is capped on both sides and
-in area before the pipeline runs (:func:`webui.inputs.check_working_size`), and handlers read only
-files gradio received for this server (:mod:`webui.received`).
+full"), uploads are capped at ``max_file_size`` and images at :data:`mtcolor.webui.inputs.MAX_PIXELS`, every
+setting is range-checked (:data:`mtcolor.webui.inputs.LIMITS`), the working size is capped on both sides and
+in area before the pipeline runs (:func:`mtcolor.webui.inputs.check_working_size`), and handlers read only
+files gradio received for this server (:mod:`mtcolor.webui.received`).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def launch(
     """Build the session and the page and serve them.
 
     Args:
-        config: models, SAM checkpoint, device (see :class:`webui.session.ServerConfig`).
+        config: models, SAM checkpoint, device (see :class:`mtcolor.webui.session.ServerConfig`).
         host: interface to bind (loopback unless told otherwise).
         port: TCP port (None: gradio's default search from 7860).
         queue_size: most requests waiting in the queue.

@@ -3,7 +3,7 @@
 :class:`Session` owns the model menu, the loaded pipelines, the examples and a scratch folder for
 the files it serves (results, painted masks, gray previews). Its methods take the page's values
 and return plain Python values; user mistakes raise ``ValueError`` with a readable message, which
-:mod:`webui.app` shows in the page.
+:mod:`mtcolor.webui.app` shows in the page.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ HISTORY_SESSIONS = 16
 #: kept whatever its size, as the next re-colour edits it
 HISTORY_BYTES = 512 * 2**20
 
-#: the settings the page sends with every run, in the order of :func:`webui.inputs.check_settings`
+#: the settings the page sends with every run, in the order of :func:`mtcolor.webui.inputs.check_settings`
 SETTING_NAMES = (
     "num_inference_steps",
     "guidance_scale",
@@ -261,7 +261,7 @@ class Session:
         )
 
     def defaults(self, label: str | None = None) -> dict:
-        """The recommended settings of a model (see :func:`webui.models.recommended_settings`)."""
+        """The recommended settings of a model (see :func:`mtcolor.webui.models.recommended_settings`)."""
         return recommended_settings(self.choice(label))
 
     def preload(self, label: str | None = None) -> None:
@@ -329,7 +329,7 @@ class Session:
 
     def _model_messages(self, size, label_map, names, rows, model, working_resolution) -> list[str]:
         """What the chosen MT-Color model would refuse or lose at the working resolution: a working size
-        beyond the limits (:func:`webui.inputs.check_working_size`), instances smaller than a token."""
+        beyond the limits (:func:`mtcolor.webui.inputs.check_working_size`), instances smaller than a token."""
         try:
             choice = self.choice(model)
             resolution = check_settings(
@@ -372,7 +372,7 @@ class Session:
     def request(
         self, image, texts, masks, sam_prompts, prompt, settings: dict, colors=None
     ) -> ColorizeRequest:
-        """Check the page's values (see :func:`webui.inputs.build_request`)."""
+        """Check the page's values (see :func:`mtcolor.webui.inputs.build_request`)."""
         checked = check_settings(*(settings.get(name) for name in SETTING_NAMES))
         return build_request(image, texts, masks, sam_prompts, prompt, checked, self.sam_enabled, colors)
 

@@ -15,12 +15,12 @@ It returns ``None`` (or any text: the chain validates) where it cannot describe 
   (base URL, model and key from the environment), with retries, backoff and a rate limit.
 
 :class:`CaptionerChain` tries captioners in order and keeps, per text, the first one that passes
-:func:`~dataset_builder.verification.text_problem` (no refusal, has a colour word): the paper's
+:func:`~mtcolor.dataset_builder.verification.text_problem` (no refusal, has a colour word): the paper's
 GPT-4 -> BLIP-2 fallback is the chain ``[openai, blip2]`` (add ``rule`` last for a text everywhere).
 
 Modules: :mod:`.base` (the interface, :class:`InstanceInput`, :func:`crop_instance`, the errors),
 :mod:`.local` (rule-based and BLIP-2, in this process), :mod:`.openai_api` (the HTTP API client),
-:mod:`.chain` (the fallback chain). Import the names from ``dataset_builder.captioners``.
+:mod:`.chain` (the fallback chain). Import the names from ``mtcolor.dataset_builder.captioners``.
 """
 
 from .base import Captioner, CaptionerConfigError, CaptionerError, InstanceInput, crop_instance

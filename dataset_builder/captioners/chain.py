@@ -27,7 +27,7 @@ class ChainResult:
 
 class CaptionerChain:
     """Try captioners in order; per text keep the first answer without a problem
-    (:func:`~dataset_builder.verification.text_problem`: empty, refusal, no colour word).
+    (:func:`~mtcolor.dataset_builder.verification.text_problem`: empty, refusal, no colour word).
 
     :class:`CaptionerError` from a captioner counts as ``"<name>:error"`` and falls through;
     :class:`CaptionerConfigError` is raised.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 #: packages searched for benchmark modules, in order
-BENCHMARK_PACKAGES = ("mtcolor.bench", "benchmarks")
+BENCHMARK_PACKAGES = ("mtcolor.bench", "mtcolor.benchmarks")
 
 
 def available() -> dict[str, str]:
@@ -27,7 +27,7 @@ def available() -> dict[str, str]:
         except ModuleNotFoundError as error:
             if error.name != package:
                 raise
-            continue  # the repository's benchmarks/ is not on the path (an install without it)
+            continue
         for info in pkgutil.iter_modules(module.__path__):
             if not info.name.startswith("_"):
                 found.setdefault(info.name, f"{package}.{info.name}")

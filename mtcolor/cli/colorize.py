@@ -581,7 +581,7 @@ def _generate(
     colors = [instance.color for instance in instances]
     edit_from = None
     if edit is not None:
-        from pipelines.pipeline_mtcolor import MTColorPipelineOutput
+        from mtcolor.pipelines.pipeline_mtcolor import MTColorPipelineOutput
 
         edit_from = edit.image
         if edit.state is not None:

@@ -102,7 +102,7 @@ def load_pipeline(model: str | None, device: str | None = None):
     """
     from mtcolor.embedded import embedded_model
     from mtcolor.model_configs import untrained_tiny_components
-    from pipelines.pipeline_mtcolor import MTColorPipeline
+    from mtcolor.pipelines.pipeline_mtcolor import MTColorPipeline
 
     if model is None:
         try:
@@ -220,7 +220,7 @@ def run_demo(
     from mtcolor.color import image_luminance
     from mtcolor.demo_scenes import demo_scenes, mask_overlay, synthetic_config, voc_scene
     from mtcolor.embedded import recommended_guidance_scale
-    from pipelines.pipeline_mtcolor import SmallInstanceWarning
+    from mtcolor.pipelines.pipeline_mtcolor import SmallInstanceWarning
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -78,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; user errors (bad flags, missing gradio) print one line and return 2."""
     try:
         _check(args)
-        from webui.server import launch
-        from webui.session import ServerConfig
+        from mtcolor.webui.server import launch
+        from mtcolor.webui.session import ServerConfig
 
         config = ServerConfig(
             model=args.model,

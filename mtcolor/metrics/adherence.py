@@ -231,7 +231,7 @@ def match_color_word(
 ) -> WordMatch:
     """Does a region have the colour ``word`` names? The project's one colour-word matcher: the
     adherence metric scores each instance with it and the dataset builder's verifier
-    (:class:`dataset_builder.verification.Verifier`) checks instance texts with it, so the two
+    (:class:`mtcolor.dataset_builder.verification.Verifier`) checks instance texts with it, so the two
     cannot disagree on an instance.
 
     Args:

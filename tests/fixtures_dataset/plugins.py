@@ -1,8 +1,7 @@
 """A plug-in segmenter for the dataset_builder tests (loaded by import path "plugins:CenterBoxSegmenter")."""
 
 import numpy as np
-
-from dataset_builder.segmenters import Instance, Segmenter
+from mtcolor.dataset_builder.segmenters import Instance, Segmenter
 
 
 class CenterBoxSegmenter(Segmenter):

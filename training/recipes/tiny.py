@@ -1,10 +1,10 @@
 """The embedded default models, from scratch, on this project's own code and data.
 
-``python -m training.recipes.tiny --out runs/tiny [--export]``
+``python -m mtcolor.training.recipes.tiny --out runs/tiny [--export]``
 
 No SD-1.5, ControlNet or CLIP weights can be had offline, so the recipe builds everything:
 
-1. **data**: synthetic scenes (:mod:`mtcolor.synthetic`, written by ``dataset_builder.synthetic``)
+1. **data**: synthetic scenes (:mod:`mtcolor.synthetic`, written by ``mtcolor.dataset_builder.synthetic``)
    with luminance decorrelated from colour and some colour-shape pairs held out of the training
    split (the test split contains them);
 2. **base**: a small latent diffusion backbone (AutoencoderKL, its decoder then fine-tuned with a
@@ -23,8 +23,8 @@ Every stage is a subprocess of the real training script, seeded, and skipped whe
 folder is complete (re-running resumes). ``--scale`` multiplies every step count (``--scale 0.01``
 is a smoke run of the whole chain).
 
-The settings and stage commands are :mod:`training.recipes.tiny_stages`, the export
-:mod:`training.recipes.tiny_export`.
+The settings and stage commands are :mod:`mtcolor.training.recipes.tiny_stages`, the export
+:mod:`mtcolor.training.recipes.tiny_export`.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _record_time(out: Path, times: dict, name: str, seconds: float) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m training.recipes.tiny", description=__doc__.splitlines()[0]
+        prog="python -m mtcolor.training.recipes.tiny", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--out", default="runs/tiny", help="working folder (data, runs, logs)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every step count")

@@ -36,7 +36,7 @@ def choose_guidance(
     scenes the README's tables report. Returns the ``"inference"`` entry of ``recipe.json``:
     ``{"guidance_scale", "num_inference_steps", "sweep": {scale: adherence}, "scenes", "seed"}``.
     """
-    from pipelines.pipeline_mtcolor import MTColorPipeline  # (heavy: imported when the sweep runs)
+    from mtcolor.pipelines.pipeline_mtcolor import MTColorPipeline  # (heavy: imported when the sweep runs)
 
     config = synthetic_config()
     pipe = MTColorPipeline.from_pretrained(pipeline_folder)
@@ -123,12 +123,12 @@ def reference_frozen_text_encoder(text_encoder, folder: Path) -> None:
 
 def export(out: Path, times: dict, args) -> None:
     """Copy the trained pipelines into ``mtcolor/embedded/`` with the recipe facts in their cards."""
-    from pipelines.pipeline_lcoins import LCoInsPipeline  # (heavy: imported when the export runs)
-    from pipelines.pipeline_mtcolor import MTColorPipeline
+    from mtcolor.pipelines.pipeline_lcoins import LCoInsPipeline  # (heavy: imported when the export runs)
+    from mtcolor.pipelines.pipeline_mtcolor import MTColorPipeline
 
     config = synthetic_config()
     recipe = (
-        f"`python -m training.recipes.tiny --scale {args.scale} --seed {args.seed}` on 2 CPU cores; data: "
+        f"`python -m mtcolor.training.recipes.tiny --scale {args.scale} --seed {args.seed}` on 2 CPU cores; data: "
         f"{DATA[0]} + {DATA[1]} synthetic {SYNTHETIC['image_size']} px scenes (luminance decorrelated from "
         f"colour; held-out colour-shape pairs {SYNTHETIC['holdout_pairs']}); steps: "
         + ", ".join(f"{k} {scaled_steps(k, args.scale)}" for k in STEPS)
@@ -171,7 +171,7 @@ def export(out: Path, times: dict, args) -> None:
         reference_frozen_text_encoder(pipe.text_encoder, tmp)
         (tmp / "synthetic_config.json").write_text(json.dumps(asdict(config), indent=2))
         facts = {
-            "recipe": "python -m training.recipes.tiny",
+            "recipe": "python -m mtcolor.training.recipes.tiny",
             "seed": args.seed,
             "scale": args.scale,
             "steps": {k: scaled_steps(k, args.scale) for k in STEPS},

@@ -1,6 +1,6 @@
 """The tiny recipe's settings and stages: data, commands of the real training scripts, ablation models.
 
-:mod:`training.recipes.tiny` runs them (``python -m training.recipes.tiny``); the ablation benchmark
+:mod:`mtcolor.training.recipes.tiny` runs them (``python -m mtcolor.training.recipes.tiny``); the ablation benchmark
 (``benchmarks/ablations.py``) reuses :func:`build_data`, :func:`mtcolor_ablations`,
 :func:`lcoins_command` and :func:`run_stage` to train its retrained rows with the recipe's data,
 steps and seed. Nothing here imports the benchmarks (the recipe is below them).
@@ -16,7 +16,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from dataset_builder.synthetic import build_synthetic
+from mtcolor.dataset_builder.synthetic import build_synthetic
+
 from mtcolor.synthetic import SyntheticConfig
 
 ROOT = Path(__file__).resolve().parents[2]
