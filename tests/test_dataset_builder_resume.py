@@ -195,7 +195,7 @@ class BlockingSegmenter(Segmenter):
 
     def segment(self, image, annotations):
         # one write per line: workers share the pipe, and print() may write its pieces separately
-        os.write(1, f"ready {os.getpid()}\n".encode())
+        os.write(1, f"ready {os.getpid()}\\n".encode())
         threading.Event().wait()
 '''
 

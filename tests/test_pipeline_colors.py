@@ -104,7 +104,7 @@ def test_steering_moves_the_instance_toward_its_target_on_the_shipped_model(ship
 
     def run(target):
         out = shipped(gray, masks, texts, colors=[target] + [None] * (len(masks) - 1), exact_colors=False,
-                      num_inference_steps=20, guidance_scale=1.5, generator=torch.Generator().manual_seed(0),
+                      color_steering=1.0, num_inference_steps=20, guidance_scale=1.5, generator=torch.Generator().manual_seed(0),
                       output_type="pt")  # fmt: skip
         return rgb_to_lab(out.images)[0]
 

@@ -562,7 +562,7 @@ import os, threading
 from mtcolor.training import stage1
 
 def blocked(args):  # called after start_run (lock + parent watch): a trainer busy in its first step
-    os.write(1, f"ready {os.getpid()}\n".encode())  # one write, on the launcher's stdout the trainer inherits
+    os.write(1, f"ready {os.getpid()}\\n".encode())  # one write, on the launcher's stdout the trainer inherits
     threading.Event().wait()
 
 stage1.build_components = blocked

@@ -117,7 +117,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     colors.add_argument(
         "--color-steering",
         type=float,
-        default=1.0,
+        default=_DEFAULTS["color_steering"],
         metavar="S",
         help="strength of the steering toward the targets during sampling (default 0 = off; 1 = the calibrated strength)",
     )
