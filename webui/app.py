@@ -194,7 +194,9 @@ def _wire_previews(session: Session, page: Page, files: ReceivedFiles):
         _, p = _preview(session, files, image_value, model_value, working_value, rows)
         return p.overlay, p.legend
 
-    latest = {**RAW, "trigger_mode": "always_last"}  # a preview of the newest values, none dropped
+    # a preview of the newest values, none dropped; outside the bounded queue (a page change such as an
+    # example load fires many of these, and a full queue answers 503), bounded by the input limits
+    latest = {**RAW, "trigger_mode": "always_last", "queue": False}
     outputs = [page.overlay, page.mask_check, page.input_note, page.editor, page.accepted]
     gr.on([page.image.upload, page.image.clear], on_image, page.preview_inputs, outputs, **latest)
     triggers = [m.upload for m in page.masks] + [m.clear for m in page.masks] + [t.blur for t in page.texts]
@@ -380,6 +382,7 @@ def _wire_colors(page: Page) -> None:
         [*page.texts, *page.colors],
         page.chips,
         trigger_mode="always_last",
+        queue=False,  # pure and cheap: never a slot of the bounded queue (a full queue answers 503)
         **QUIET,
     )
 
