@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 
 from .color import fit_chroma_to_gamut
-from .color_targets import ColorTarget
+from .color_targets import target_lab
 
 BIN = 2.0
 """Histogram bin width (Lab units) of the mode search."""
@@ -481,23 +481,6 @@ class ChromaAlignment:
     __call__ = apply
 
 
-def _target_lab(value, label: int) -> tuple[float, float, float] | None:
-    """A target (ColorTarget, Lab triple or None) -> Lab tuple or None."""
-    if value is None:
-        return None
-    if isinstance(value, ColorTarget):
-        return value.lab
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 3:
-        raise TypeError(
-            f"targets[{label}]={value!r}; expected a ColorTarget (mtcolor.color_targets.parse_color('#d0302a')), "
-            "a Lab triple (L, a, b) such as (46.6, 61.0, 42.7), or None."
-        )
-    lab = tuple(float(v) for v in value)
-    if not all(math.isfinite(v) for v in lab) or not 0 <= lab[0] <= 100:
-        raise ValueError(f"targets[{label}]={value!r}; a Lab triple needs finite values and L in [0, 100].")
-    return lab
-
-
 def _target_items(targets) -> dict:
     if isinstance(targets, Mapping):
         return dict(targets)
@@ -541,7 +524,7 @@ def plan_alignment(
     instances, skipped = [], []
     labels = label_map.to(ab.device)
     for label, value in sorted(_target_items(targets).items()):
-        lab = _target_lab(value, label)
+        lab = target_lab(value, f"targets[{label}]")
         if lab is None:
             continue
         inside = labels == int(label)

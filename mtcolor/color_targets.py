@@ -189,6 +189,25 @@ def parse_color(value, name: str = "colors[0]") -> ColorTarget | None:
     )
 
 
+def target_lab(value, name: str, none_means: str = "") -> tuple[float, float, float] | None:
+    """A resolved target (a :class:`ColorTarget`, a Lab triple (L in [0, 100], a, b) or None) -> its Lab
+    tuple or None; ``name`` names the argument in errors, ``none_means`` says what None does
+    (e.g. ``" (not measured)"``)."""
+    if value is None:
+        return None
+    if isinstance(value, ColorTarget):
+        return value.lab
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 3:
+        raise TypeError(
+            f"{name}={value!r}; expected a ColorTarget (mtcolor.color_targets.parse_color('#d0302a')), a Lab "
+            f"triple (L, a, b) such as (46.6, 61.0, 42.7), or None{none_means}."
+        )
+    lab = tuple(float(v) for v in value)
+    if not all(math.isfinite(v) for v in lab) or not 0 <= lab[0] <= 100:
+        raise ValueError(f"{name}={value!r}; a Lab triple needs finite values and L in [0, 100].")
+    return lab
+
+
 def parse_colors(colors, count: int, name: str = "colors") -> list[ColorTarget | None]:
     """Per-instance targets aligned with ``count`` masks (entry ``k`` belongs to mask ``k``).
 

@@ -32,7 +32,7 @@ import torch
 
 from ..chroma_alignment import dominant_chroma_mode, gamut_factor
 from ..color import rgb_to_lab
-from ..color_targets import ColorTarget
+from ..color_targets import target_lab
 from ._inputs import check_images, check_instance_count, check_label_maps
 
 
@@ -86,22 +86,6 @@ class InstanceColorError:
     hue_error: float
     passes: bool
     pixels: int
-
-
-def _target_lab(value, where: str) -> tuple[float, float, float] | None:
-    if value is None:
-        return None
-    if isinstance(value, ColorTarget):
-        return value.lab
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 3:
-        raise TypeError(
-            f"{where}={value!r}; expected a ColorTarget (mtcolor.color_targets.parse_color('#d0302a')), a Lab "
-            "triple (L, a, b) such as (46.6, 61.0, 42.7), or None (not measured)."
-        )
-    lab = tuple(float(v) for v in value)
-    if not all(math.isfinite(v) for v in lab) or not 0 <= lab[0] <= 100:
-        raise ValueError(f"{where}={value!r}; a Lab triple needs finite values and L in [0, 100].")
-    return lab
 
 
 def _hue_error(first: torch.Tensor, second: torch.Tensor, achromatic: float) -> float:
@@ -191,7 +175,7 @@ def instance_color_errors(
             )
         check_instance_count(label_map, len(items), index, "targets")
         for label, item in enumerate(items, start=1):
-            target = _target_lab(item, f"targets[{index}][{label - 1}]")
+            target = target_lab(item, f"targets[{index}][{label - 1}]", " (not measured)")
             if target is None:
                 continue
             pixels = lab[:, label_map == label].to(torch.float64)  # (3, n)
