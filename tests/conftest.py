@@ -22,3 +22,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    """The tiny MTColorPipeline with a "trained" adapter (random non-zero gates and weights), one per
+    test module; modules that need another pipeline define their own ``pipe``."""
+    from mtcolor.pipelines.pipeline_mtcolor import MTColorPipeline
+
+    from mtcolor.testing import randomize_adapter, tiny_components
+
+    components = tiny_components(0, tokenizer_cache=str(tmp_path_factory.mktemp("tok")))
+    randomize_adapter(components["adapter"], seed=1, gate=0.5, scale=0.05)
+    pipeline = MTColorPipeline(**components)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline

@@ -10,18 +10,9 @@ import torch
 
 from mtcolor import MTColorPipeline
 from mtcolor.editing import edit_window, edited_region, known_cells
-from mtcolor.testing import randomize_adapter, tiny_components
+from mtcolor.testing import tiny_components
 
 STEPS = dict(num_inference_steps=3, working_resolution=64, alpha=0.34)
-
-
-@pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    components = tiny_components(0, tokenizer_cache=str(tmp_path_factory.mktemp("tok")))
-    randomize_adapter(components["adapter"], seed=1, gate=0.5, scale=0.05)
-    pipeline = MTColorPipeline(**components)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
 
 
 def _scene(h=45, w=71, seed=0):

@@ -14,20 +14,10 @@ from mtcolor.pipelines.pipeline_mtcolor import SmallInstanceWarning
 
 from mtcolor import MTColorPipeline, MTColorPipelineOutput
 from mtcolor.color import image_luminance, rgb_to_lab
-from mtcolor.testing import randomize_adapter, tiny_components
 
 #: the denoising machinery alone: colour targets from the texts (steering, exact mode) are tested in
 #: test_pipeline_colors.py and test_color_steering.py
 STEPS = dict(num_inference_steps=3, working_resolution=64, colors_from_texts=False)
-
-
-@pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    components = tiny_components(0, tokenizer_cache=str(tmp_path_factory.mktemp("tok")))
-    randomize_adapter(components["adapter"], seed=1, gate=0.5, scale=0.05)  # a "trained" adapter
-    pipeline = MTColorPipeline(**components)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
 
 
 def _scene(h=48, w=64, seed=0):

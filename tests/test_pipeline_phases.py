@@ -9,22 +9,10 @@ import pytest
 import torch
 from test_pipeline_mtcolor import _run, _scene
 
-from mtcolor import MTColorPipeline
 from mtcolor.denoise import predict_noise
 from mtcolor.inputs import prepare_samples, working_size
 from mtcolor.masks import resize_label_map
 from mtcolor.sampling import fuse_latents
-from mtcolor.testing import randomize_adapter, tiny_components
-
-
-@pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    """The tiny pipeline of ``test_pipeline_mtcolor`` (same seeds: a "trained" adapter)."""
-    components = tiny_components(0, tokenizer_cache=str(tmp_path_factory.mktemp("tok")))
-    randomize_adapter(components["adapter"], seed=1, gate=0.5, scale=0.05)
-    pipeline = MTColorPipeline(**components)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
 
 
 def test_instance_passes_batched_equal_looped(pipe):
