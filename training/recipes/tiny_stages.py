@@ -78,7 +78,7 @@ LCOINS_RECIPE_FLAGS = ("--no_luminance_augmentation",)
 #: the shipped MT-Color model's extra stage-1 and stage-2 flags (training levers kept after their
 #: measurement on the validation scenes); the module ablations train with them too
 MTCOLOR_STAGE1_FLAGS: tuple[str, ...] = ()
-MTCOLOR_STAGE2_FLAGS: tuple[str, ...] = ()
+MTCOLOR_STAGE2_FLAGS: tuple[str, ...] = ("--instance_color_weight", "20.0", "--instance_color_ring", "2")
 
 
 def usable_cores() -> int:
