@@ -20,7 +20,16 @@ from mtcolor import scene_eval
 from mtcolor.synthetic import generate_scene, scene_seed
 from mtcolor.text_encoders import load_packaged_text_encoder, write_text_encoder_reference
 
-from .tiny_stages import DATA, EMBEDDED, STEPS, SYNTHETIC, TEXT_ENCODER, scaled_steps, synthetic_config
+from .tiny_stages import (
+    DATA,
+    EMBEDDED,
+    MTCOLOR_STAGE2_FLAGS,
+    STEPS,
+    SYNTHETIC,
+    TEXT_ENCODER,
+    scaled_steps,
+    synthetic_config,
+)
 
 #: guidance scales the export compares (MT-Color's sampling default is SD's 7.5)
 GUIDANCE_SWEEP = (1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 7.5)
@@ -121,20 +130,38 @@ def reference_frozen_text_encoder(text_encoder, folder: Path) -> None:
     write_text_encoder_reference(folder, TEXT_ENCODER)
 
 
+def recipe_section(scale: float, seed: int, times: dict) -> str:
+    """The "Recipe" section of the model cards: command, data, steps and each stage's wall time (s)."""
+    return (
+        f"`python -m mtcolor.training.recipes.tiny --scale {scale} --seed {seed}` on 2 CPU cores; data: "
+        f"{DATA[0]} + {DATA[1]} synthetic {SYNTHETIC['image_size']} px scenes (luminance decorrelated from "
+        f"colour; held-out colour-shape pairs {SYNTHETIC['holdout_pairs']}); steps: "
+        + ", ".join(f"{k} {scaled_steps(k, scale)}" for k in STEPS)
+        + "; MT-Color stage 2 flags: "
+        + (" ".join(MTCOLOR_STAGE2_FLAGS) or "none")
+        + "; wall time (s): "
+        + ", ".join(f"{k} {v}" for k, v in times.items())
+    )
+
+
+def inference_section(inference: dict) -> str:
+    """The "Inference settings" section of mtcolor-tiny's card (``inference``: :func:`choose_guidance`'s result)."""
+    sweep = ", ".join(f"{float(scale):g}: {acc:.1%}" for scale, acc in inference["sweep"].items())
+    return (
+        f"`guidance_scale={inference['guidance_scale']:g}`, {inference['num_inference_steps']} steps (read by "
+        f"`mtcolor demo` and `mtcolor.bench ablations` from `recipe.json`): the best colour adherence of a "
+        f"guidance sweep on {inference['scenes']} validation scenes (seed {inference['seed']}, not the "
+        f"reported test scenes): {sweep}."
+    )
+
+
 def export(out: Path, times: dict, args) -> None:
     """Copy the trained pipelines into ``mtcolor/embedded/`` with the recipe facts in their cards."""
     from mtcolor.pipelines.pipeline_lcoins import LCoInsPipeline  # (heavy: imported when the export runs)
     from mtcolor.pipelines.pipeline_mtcolor import MTColorPipeline
 
     config = synthetic_config()
-    recipe = (
-        f"`python -m mtcolor.training.recipes.tiny --scale {args.scale} --seed {args.seed}` on 2 CPU cores; data: "
-        f"{DATA[0]} + {DATA[1]} synthetic {SYNTHETIC['image_size']} px scenes (luminance decorrelated from "
-        f"colour; held-out colour-shape pairs {SYNTHETIC['holdout_pairs']}); steps: "
-        + ", ".join(f"{k} {scaled_steps(k, args.scale)}" for k in STEPS)
-        + "; wall time (s): "
-        + ", ".join(f"{k} {v}" for k, v in times.items())
-    )
+    recipe = recipe_section(args.scale, args.seed, times)
     inference = None
     if (out / "stage2" / "pipeline" / "model_index.json").is_file():
         cache = out / "guidance.json"  # the sweep is measured once per trained model
@@ -156,13 +183,7 @@ def export(out: Path, times: dict, args) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         sections = {"Recipe": recipe}
         if name == "mtcolor-tiny" and inference:
-            sweep = ", ".join(f"{float(scale):g}: {acc:.1%}" for scale, acc in inference["sweep"].items())
-            sections["Inference settings"] = (
-                f"`guidance_scale={inference['guidance_scale']:g}`, {inference['num_inference_steps']} steps (read by "
-                f"`mtcolor demo` and `mtcolor.bench ablations` from `recipe.json`): the best colour adherence of a "
-                f"guidance sweep on {inference['scenes']} validation scenes (seed {inference['seed']}, not the "
-                f"reported test scenes): {sweep}."
-            )
+            sections["Inference settings"] = inference_section(inference)
         measured = measured_section(bench, name)
         if measured:
             sections["Measured"] = measured
