@@ -23,6 +23,8 @@ from mtcolor.text_encoders import load_packaged_text_encoder, write_text_encoder
 from .tiny_stages import (
     DATA,
     EMBEDDED,
+    LCOINS_RECIPE_FLAGS,
+    MTCOLOR_STAGE1_FLAGS,
     MTCOLOR_STAGE2_FLAGS,
     STEPS,
     SYNTHETIC,
@@ -30,6 +32,9 @@ from .tiny_stages import (
     scaled_steps,
     synthetic_config,
 )
+
+#: each stage's extra training flags, as the model cards list them
+RECIPE_FLAGS = {"stage1": MTCOLOR_STAGE1_FLAGS, "stage2": MTCOLOR_STAGE2_FLAGS, "lcoins": LCOINS_RECIPE_FLAGS}
 
 #: guidance scales the export compares (MT-Color's sampling default is SD's 7.5)
 GUIDANCE_SWEEP = (1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 7.5)
@@ -131,14 +136,14 @@ def reference_frozen_text_encoder(text_encoder, folder: Path) -> None:
 
 
 def recipe_section(scale: float, seed: int, times: dict) -> str:
-    """The "Recipe" section of the model cards: command, data, steps and each stage's wall time (s)."""
+    """The "Recipe" section of the model cards: command, data, steps, each stage's extra flags and wall time (s)."""
     return (
         f"`python -m mtcolor.training.recipes.tiny --scale {scale} --seed {seed}` on 2 CPU cores; data: "
         f"{DATA[0]} + {DATA[1]} synthetic {SYNTHETIC['image_size']} px scenes (luminance decorrelated from "
         f"colour; held-out colour-shape pairs {SYNTHETIC['holdout_pairs']}); steps: "
         + ", ".join(f"{k} {scaled_steps(k, scale)}" for k in STEPS)
-        + "; MT-Color stage 2 flags: "
-        + (" ".join(MTCOLOR_STAGE2_FLAGS) or "none")
+        + "; extra flags: "
+        + ", ".join(f"{stage} {' '.join(flags) or 'none'}" for stage, flags in RECIPE_FLAGS.items())
         + "; wall time (s): "
         + ", ".join(f"{k} {v}" for k, v in times.items())
     )
