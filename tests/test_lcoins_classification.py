@@ -15,6 +15,7 @@ from mtcolor.models.lcoins_bins import (
     annealed_mean,
     classification_loss,
     empirical_prior,
+    nearest_classes,
     rebalancing_weights,
     soft_encode,
 )
@@ -98,16 +99,45 @@ def test_empirical_prior_counts_nearest_classes(bins):
     assert prior[zero] == pytest.approx(0.75) and prior[other] == pytest.approx(0.25)
 
 
+@pytest.mark.parametrize("bin_size", [10.0, 7.0])
+def test_windowed_neighbour_search_equals_the_dense_search(bin_size):
+    """The 5x5-cell window search (with its dense fallback at the gamut's edge and outside the grid)
+    returns the same classes and distances as a top-k over the distances to every centre."""
+    centres = ab_bins(bin_size)
+    generator = torch.Generator().manual_seed(3)
+    inside = rgb_to_lab(torch.rand(2, 3, 16, 16, generator=generator))[:, 1:]  # sRGB colours
+    beyond = (torch.rand(2, 2, 16, 16, generator=generator) * 2 - 1) * 160  # also far off the gamut
+    for ab in (inside, beyond, torch.zeros(1, 2, 2, 2)):
+        nearest, index = nearest_classes(ab, centres, 5)
+        points = ab.permute(0, 2, 3, 1).reshape(-1, 1, 2)
+        dense = ((points - centres) ** 2).sum(-1)  # (N, Q), direct transcription
+        expected, expected_index = dense.topk(5, dim=-1, largest=False)
+        torch.testing.assert_close(nearest.reshape(-1, 5), expected, rtol=1e-5, atol=1e-3)
+        # the same classes (exact ties, as the four around a centre, may come in another order)
+        assert torch.equal(index.reshape(-1, 5).sort(-1).values, expected_index.sort(-1).values)
+    with pytest.raises(ValueError, match="regular grid"):
+        nearest_classes(inside, centres + torch.rand(centres.shape, generator=generator))
+
+
 def test_classification_loss_is_the_weighted_soft_cross_entropy(bins):
     generator = torch.Generator().manual_seed(2)
-    logits = torch.randn(2, len(bins), 4, 4, generator=generator)
+    logits = torch.randn(2, len(bins), 4, 4, generator=generator, requires_grad=True)
     target_ab = torch.randn(2, 2, 4, 4, generator=generator) * 30
     weights = torch.rand(len(bins), generator=generator) + 0.5
-    z = soft_encode(target_ab, bins)
-    v = weights[z.argmax(1)]  # the weight of each pixel's nearest class
+    # the dense transcription: distances to all centres, 5 nearest, Gaussian sigma 5, normalised
+    d2 = ((target_ab.permute(0, 2, 3, 1).unsqueeze(-2) - bins) ** 2).sum(-1)  # (B, H, W, Q)
+    nearest, order = d2.topk(5, dim=-1, largest=False)
+    g = torch.exp(-nearest / (2 * 5.0**2))
+    z = torch.zeros_like(d2).scatter(-1, order, g / g.sum(-1, keepdim=True)).permute(0, 3, 1, 2)
+    torch.testing.assert_close(soft_encode(target_ab, bins), z)
+    v = weights[d2.argmin(-1)]  # the weight of each pixel's nearest class
     expected = (-(v * (z * torch.log_softmax(logits, 1)).sum(1))).mean()
-    torch.testing.assert_close(classification_loss(logits, target_ab, bins, weights), expected)
-    better = logits + 20 * z  # mass on the target classes lowers the loss
+    loss = classification_loss(logits, target_ab, bins, weights)
+    torch.testing.assert_close(loss, expected)
+    (grad,) = torch.autograd.grad(loss, logits)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(grad, expected_grad)
+    better = logits.detach() + 20 * z  # mass on the target classes lowers the loss
     assert classification_loss(better, target_ab, bins, weights) < expected
 
 
@@ -125,7 +155,11 @@ def test_classification_model_decodes_its_logits_and_round_trips(tmp_path, bins)
     loaded = LCoInsModel.from_pretrained(tmp_path / "m").eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(lightness, text).ab, output.ab)
-    assert LCoInsModel(**LCOINS_PRESETS["tiny"])(lightness, text).ab_logits is None  # regression head
+        logits_only = model(lightness, text, decode_ab=False)  # what the training loss needs
+    assert logits_only.ab is None and torch.equal(logits_only.ab_logits, output.ab_logits)
+    regression = LCoInsModel(**LCOINS_PRESETS["tiny"])
+    assert regression(lightness, text).ab_logits is None  # regression head
+    assert regression(lightness, text, decode_ab=False).ab.shape == (2, 2, 32, 32)  # nothing to skip
 
 
 def test_classification_training_runs_and_records_its_loss(tmp_path, pairs_data):  # noqa: F811

@@ -179,7 +179,8 @@ def compute_loss(
     kwargs = {}
     if use_counter:
         kwargs = {"counter_hidden_states": hidden[batch_size:], "counter_attention_mask": mask[batch_size:]}
-    output = model(lightness, hidden[:batch_size], mask[:batch_size], **kwargs)
+    # a classification model's loss needs its logits only: skip the annealed-mean decoding
+    output = model(lightness, hidden[:batch_size], mask[:batch_size], decode_ab=False, **kwargs)
     if output.ab_logits is not None:
         from mtcolor.models.lcoins_bins import classification_loss
 

@@ -93,7 +93,8 @@ class LCoInsModelOutput(BaseOutput):
     """Output of :class:`LCoInsModel`.
 
     Attributes:
-        ab: (B, 2, S, S) predicted chroma in Lab units (a, b roughly in [-110, 110]).
+        ab: (B, 2, S, S) predicted chroma in Lab units (a, b roughly in [-110, 110]); None when a
+            classification model was called with ``decode_ab=False``.
         image_tokens: (B, N_I, C) Z_img^{L+1}.
         text_tokens: (B, N_L, C) Z_lag^{L+1}.
         group_tokens: (B, N_G, C) Z_grp^{L+1}, or None without group tokens.
@@ -107,7 +108,7 @@ class LCoInsModelOutput(BaseOutput):
         ab_logits: (B, Q, S, S) logits over the quantised ab classes (models with ``ab_bin_size``), or None.
     """
 
-    ab: torch.Tensor
+    ab: torch.Tensor | None
     image_tokens: torch.Tensor
     text_tokens: torch.Tensor
     group_tokens: torch.Tensor | None = None
@@ -282,12 +283,16 @@ class LCoInsModel(ModelMixin, ConfigMixin):
             )
         return mask.bool()
 
-    def _decode_ab(self, image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _decode_ab(
+        self, image_tokens: torch.Tensor, decode: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """LC eq. 10: ``(ab (B, 2, S, S) in Lab units, class logits (B, Q, S, S) or None)``; with
-        ``ab_bin_size`` ab is the annealed mean of the class distribution."""
+        ``ab_bin_size`` ab is the annealed mean of the class distribution (None unless ``decode``)."""
         out = self.upsampler(image_tokens, self.grid)
         if self.config.ab_bin_size is None:
             return out * self.config.ab_norm, None
+        if not decode:
+            return None, out
         from .lcoins_bins import annealed_mean
 
         return annealed_mean(out, self.ab_classes, self.config.annealed_temperature), out
@@ -299,6 +304,7 @@ class LCoInsModel(ModelMixin, ConfigMixin):
         encoder_attention_mask: torch.Tensor | None = None,
         counter_hidden_states: torch.Tensor | None = None,
         counter_attention_mask: torch.Tensor | None = None,
+        decode_ab: bool = True,
         return_dict: bool = True,
     ) -> LCoInsModelOutput | tuple:
         """Colorize and compute the counter-colour embeddings.
@@ -311,6 +317,9 @@ class LCoInsModel(ModelMixin, ConfigMixin):
                 captions (LC eq. 14-15). The grouping transformer then runs a second time on the same
                 image tokens (batched with the first pass); ab comes from the true captions only.
             counter_attention_mask: (B, N_L') mask of the pseudo captions.
+            decode_ab: False skips a classification model's annealed-mean decoding (its training
+                loss needs ``ab_logits`` only); ``ab`` is then None. A regression model always
+                returns ``ab``.
             return_dict: return a :class:`LCoInsModelOutput` (True) or a tuple of its fields.
         """
         batch = lightness.shape[0]
@@ -335,7 +344,7 @@ class LCoInsModel(ModelMixin, ConfigMixin):
             text_mask = torch.cat([text_mask, counter_mask])
 
         z_img, z_lag, z_grp = self._transformer(image_tokens, text_tokens, text_mask)
-        ab, ab_logits = self._decode_ab(z_img[:batch])
+        ab, ab_logits = self._decode_ab(z_img[:batch], decode_ab)
         merged = assignment = None
         if z_grp is not None:
             merged, assignment, _ = self.grouping_layer(z_grp, z_img)  # eq. 11-12

@@ -62,9 +62,71 @@ def annealed_mean(
 
 
 def _squared_distances(ab: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """(B, 2, H, W) ab and (Q, 2) centres -> (B, H, W, Q) squared distances."""
+    """(B, 2, H, W) ab and (Q, 2) centres -> (B, H, W, Q) squared distances (the dense reference)."""
     points = ab.float().permute(0, 2, 3, 1)  # (B, H, W, 2)
     return ((points.unsqueeze(-2) - bins.to(points)) ** 2).sum(-1)
+
+
+#: the half-width (in cells) of the window :func:`nearest_classes` searches around a pixel's cell
+_WINDOW = 2
+
+
+def _cell_table(bins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The class index of every cell of the centres' grid, padded by ``_WINDOW`` cells (-1: no
+    class): ``(table (Na, Nb) int64, origin (2,) int64 cell of table[0, 0], cell size)``."""
+    if len(bins) < 2:
+        raise ValueError(f"bins holds {len(bins)} centre(s); pass ab_bins(bin_size) (at least two).")
+    gaps = torch.cat([torch.unique(bins[:, axis].double()).diff() for axis in (0, 1)])
+    size = float(gaps.min())
+    cells = torch.round(bins.double() / size).long()  # (Q, 2)
+    if not torch.equal(cells.double() * size, bins.double()):
+        raise ValueError("bins are not the centres of a regular grid; pass ab_bins(bin_size).")
+    origin = cells.min(0).values - _WINDOW
+    extent = cells.max(0).values + _WINDOW - origin + 1
+    table = torch.full(tuple(extent.tolist()), -1, dtype=torch.long)
+    table[cells[:, 0] - origin[0], cells[:, 1] - origin[1]] = torch.arange(len(bins))
+    return table, origin, size
+
+
+def nearest_classes(
+    ab: torch.Tensor, bins: torch.Tensor, neighbours: int = NEIGHBOURS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``neighbours`` nearest class centres of each pixel, nearest first: ``(squared distances
+    (B, H, W, k) float32, indices (B, H, W, k) int64)``.
+
+    ``bins`` must be the centres of a regular grid (:func:`ab_bins`). Each pixel searches the
+    (2 * 2 + 1)^2 cells around its own cell: any centre outside that window is at least 2.5 cells
+    away, so a pixel whose k-th candidate is nearer is exact; the others (near the gamut's edge,
+    where cells are missing) fall back to the distances to all Q centres. Equal to
+    ``_squared_distances(ab, bins).topk(k, largest=False)`` up to the order of exact ties.
+    """
+    table, origin, size = _cell_table(bins.cpu())
+    table, origin = table.to(ab.device), origin.to(ab.device)
+    points = ab.float().permute(0, 2, 3, 1).reshape(-1, 2)  # (N, 2)
+    centres = bins.to(points)
+    offsets = torch.arange(-_WINDOW, _WINDOW + 1, device=ab.device)
+    window = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), -1).reshape(-1, 2)  # (25, 2)
+    limit = torch.tensor(table.shape, device=ab.device) - 1 - _WINDOW
+    cell = (torch.round(points / size).long() - origin).clamp(min=_WINDOW)
+    cell = torch.minimum(cell, limit)
+    candidates = cell[:, None] + window  # (N, 25, 2)
+    index = table[candidates[..., 0], candidates[..., 1]]  # (N, 25), -1 where no class
+    distances = ((points[:, None] - centres[index.clamp(min=0)]) ** 2).sum(-1)
+    distances = distances.masked_fill(index < 0, float("inf"))
+    nearest, order = distances.topk(neighbours, dim=-1, largest=False)
+    chosen = index.gather(-1, order)
+    # exact where the k-th candidate is nearer than anything outside the window (and the pixel's
+    # cell was not clamped into the table)
+    outside = (_WINDOW + 0.5) * size - (points / size - torch.round(points / size)).abs().max(
+        -1
+    ).values * size
+    clamped = (torch.round(points / size).long() - origin != cell).any(-1)
+    redo = (nearest[:, -1] > outside**2) | clamped
+    if redo.any():
+        dense = ((points[redo, None] - centres) ** 2).sum(-1)
+        nearest[redo], chosen[redo] = dense.topk(neighbours, dim=-1, largest=False)
+    shape = (*ab.shape[:1], *ab.shape[2:], neighbours)
+    return nearest.reshape(shape), chosen.reshape(shape)
 
 
 def soft_encode(
@@ -72,16 +134,15 @@ def soft_encode(
 ) -> torch.Tensor:
     """Zhang et al.'s soft-encoded target: (B, Q, H, W), each pixel's ``neighbours`` nearest classes
     weighted by ``exp(-d^2 / (2 sigma^2))`` and normalised to sum 1 (the other classes 0)."""
-    distances = _squared_distances(ab, bins)  # (B, H, W, Q)
-    nearest, index = distances.topk(neighbours, dim=-1, largest=False)
+    nearest, index = nearest_classes(ab, bins, neighbours)  # (B, H, W, k)
     weights = torch.softmax(-nearest / (2 * sigma**2), dim=-1)  # = normalised Gaussian
-    target = torch.zeros_like(distances).scatter_(-1, index, weights)
-    return target.permute(0, 3, 1, 2)
+    target = ab.new_zeros((*nearest.shape[:-1], len(bins)), dtype=torch.float32)
+    return target.scatter_(-1, index, weights).permute(0, 3, 1, 2)
 
 
 def nearest_class(ab: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     """(B, 2, H, W) ab -> (B, H, W) int64 index of the nearest class centre."""
-    return _squared_distances(ab, bins).argmin(-1)
+    return nearest_classes(ab, bins, 1)[1][..., 0]
 
 
 def empirical_prior(ab_images, bins: torch.Tensor) -> torch.Tensor:
@@ -116,9 +177,14 @@ def classification_loss(
 ) -> torch.Tensor:
     """Zhang et al. eq. 2: ``-mean_hw v(Z_hw) sum_q Z_hwq log softmax(logits)_hwq`` averaged over the
     batch, with ``Z`` = :func:`soft_encode` of ``target_ab`` (B, 2, H, W) and ``v(Z_hw)`` the
-    rebalancing weight (Q,) of the pixel's nearest class. ``logits``: (B, Q, H, W)."""
-    target = soft_encode(target_ab, bins)
-    log_probs = torch.log_softmax(logits.float(), dim=1)
-    cross_entropy = -(target * log_probs).sum(1)  # (B, H, W)
-    pixel_weights = weights.to(logits.device)[nearest_class(target_ab, bins)]
+    rebalancing weight (Q,) of the pixel's nearest class. ``logits``: (B, Q, H, W).
+
+    ``Z`` has ``NEIGHBOURS`` non-zero entries per pixel, which sum to 1, so the cross-entropy is
+    computed without the dense target as ``logsumexp_q(logits) - sum_k Z_k logits_k``."""
+    nearest, index = nearest_classes(target_ab, bins)  # (B, H, W, k), nearest first
+    z = torch.softmax(-nearest / (2 * SIGMA**2), dim=-1)
+    logits = logits.float()
+    picked = logits.gather(1, index.permute(0, 3, 1, 2))  # (B, k, H, W)
+    cross_entropy = torch.logsumexp(logits, dim=1) - (z.permute(0, 3, 1, 2) * picked).sum(1)  # (B, H, W)
+    pixel_weights = weights.to(logits.device)[index[..., 0]]
     return (pixel_weights * cross_entropy).mean()
