@@ -492,6 +492,11 @@ class LCoInsPipeline(ModelCardMixin, DiffusionPipeline):
             f"* text encoder: {type(self.text_encoder).__name__} ({getattr(text, 'num_hidden_layers', '?')} layers, "
             f"hidden {getattr(text, 'hidden_size', '?')})",
         ]
+        if cfg.ab_bin_size is not None:
+            parts.append(
+                f"* chroma: classification over {len(self.model.ab_classes)} ab cells of {cfg.ab_bin_size:g} Lab "
+                f"units (Zhang, Isola and Efros 2016), decoded by the annealed mean at T = {cfg.annealed_temperature:g}"
+            )
         if ablations:
             parts.append(f"* ablation: {', '.join(ablations)}")
         return "\n".join(parts)

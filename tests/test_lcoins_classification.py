@@ -2,6 +2,8 @@
 classification``): Zhang, Isola and Efros (2016) quantised ab classes, soft encoding, class
 rebalancing and annealed-mean decoding, against direct transcriptions of the paper's equations."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from mtcolor.training import train_lcoins
@@ -168,6 +170,8 @@ def test_classification_training_runs_and_records_its_loss(tmp_path, pairs_data)
     folder = train_lcoins.main(args)
     pipe = LCoInsPipeline.from_pretrained(folder)
     assert pipe.model.config.ab_bin_size == 10.0 and pipe.model.config.annealed_temperature == 0.38
+    card = (Path(folder) / "README.md").read_text()
+    assert "classification over 261 ab cells of 10 Lab units" in card and "T = 0.38" in card
     marker = train_lcoins.run_info(args, pipe.model)
     assert marker["loss"]["ab_loss"] == "classification" and marker["model_config"]["ab_bin_size"] == 10.0
     plain = tiny_args(pairs_data, tmp_path / "plain")

@@ -58,7 +58,7 @@ def test_one_job_runs_the_stages_one_after_the_other(tmp_path, recorded):
     assert calls == [("data", None), *((name, 2) for name in CHAIN), ("lcoins", 2)]
 
 
-def test_the_shipped_lcoins_trains_without_luminance_augmentation_and_the_ablations_keep_it(
+def test_the_shipped_lcoins_trains_its_deviations_and_the_ablations_keep_the_papers_setting(
     tmp_path, recorded, commands
 ):
     from mtcolor.training.recipes.tiny_stages import STEPS, lcoins_command
@@ -66,9 +66,9 @@ def test_the_shipped_lcoins_trains_without_luminance_augmentation_and_the_ablati
     assert tiny.main(["--out", str(tmp_path), "--jobs", "1", "--stages", "lcoins"]) == 0
     out = tmp_path.resolve()
     paper = lcoins_command(out / "data", out / "lcoins", STEPS["lcoins"], 0)
-    assert commands["lcoins"] == [*paper, "--no_luminance_augmentation"]
+    assert commands["lcoins"] == [*paper, "--no_luminance_augmentation", "--ab_loss", "classification"]
     # the Table 1 ablations and their reference (benchmarks/ablations.py) keep the paper's setting
-    assert "--no_luminance_augmentation" not in paper
+    assert "--no_luminance_augmentation" not in paper and "--ab_loss" not in paper
 
 
 def test_a_failed_lcoins_stage_fails_the_recipe_after_the_chain(tmp_path, recorded):
