@@ -61,10 +61,9 @@ def annealed_mean(
     return torch.einsum("bqhw,qc->bchw", weights, bins.to(weights))
 
 
-def _squared_distances(ab: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """(B, 2, H, W) ab and (Q, 2) centres -> (B, H, W, Q) squared distances (the dense reference)."""
-    points = ab.float().permute(0, 2, 3, 1)  # (B, H, W, 2)
-    return ((points.unsqueeze(-2) - bins.to(points)) ** 2).sum(-1)
+def _squared_distances(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """(..., 2) ab points and (Q, 2) centres -> (..., Q) squared distances (the dense search)."""
+    return ((points.unsqueeze(-2) - centres) ** 2).sum(-1)
 
 
 #: the half-width (in cells) of the window :func:`nearest_classes` searches around a pixel's cell
@@ -98,7 +97,7 @@ def nearest_classes(
     (2 * 2 + 1)^2 cells around its own cell: any centre outside that window is at least 2.5 cells
     away, so a pixel whose k-th candidate is nearer is exact; the others (near the gamut's edge,
     where cells are missing) fall back to the distances to all Q centres. Equal to
-    ``_squared_distances(ab, bins).topk(k, largest=False)`` up to the order of exact ties.
+    a top-k over the distances to all Q centres up to the order of exact ties.
     """
     table, origin, size = _cell_table(bins.cpu())
     table, origin = table.to(ab.device), origin.to(ab.device)
@@ -106,25 +105,24 @@ def nearest_classes(
     centres = bins.to(points)
     offsets = torch.arange(-_WINDOW, _WINDOW + 1, device=ab.device)
     window = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), -1).reshape(-1, 2)  # (25, 2)
+    rounded = torch.round(points / size)
+    own = rounded.long() - origin  # each pixel's cell in the table
     limit = torch.tensor(table.shape, device=ab.device) - 1 - _WINDOW
-    cell = (torch.round(points / size).long() - origin).clamp(min=_WINDOW)
-    cell = torch.minimum(cell, limit)
+    cell = torch.minimum(own.clamp(min=_WINDOW), limit)  # the window's centre, inside the table
     candidates = cell[:, None] + window  # (N, 25, 2)
     index = table[candidates[..., 0], candidates[..., 1]]  # (N, 25), -1 where no class
     distances = ((points[:, None] - centres[index.clamp(min=0)]) ** 2).sum(-1)
     distances = distances.masked_fill(index < 0, float("inf"))
     nearest, order = distances.topk(neighbours, dim=-1, largest=False)
     chosen = index.gather(-1, order)
-    # exact where the k-th candidate is nearer than anything outside the window (and the pixel's
-    # cell was not clamped into the table)
-    outside = (_WINDOW + 0.5) * size - (points / size - torch.round(points / size)).abs().max(
-        -1
-    ).values * size
-    clamped = (torch.round(points / size).long() - origin != cell).any(-1)
-    redo = (nearest[:, -1] > outside**2) | clamped
+    # exact where the k-th candidate is nearer than anything outside the window (and the window is
+    # centred on the pixel's own cell); the dense search for the others
+    outside = (_WINDOW + 0.5 - (points / size - rounded).abs().amax(-1)) * size
+    redo = (nearest[:, -1] > outside**2) | (own != cell).any(-1)
     if redo.any():
-        dense = ((points[redo, None] - centres) ** 2).sum(-1)
-        nearest[redo], chosen[redo] = dense.topk(neighbours, dim=-1, largest=False)
+        nearest[redo], chosen[redo] = _squared_distances(points[redo], centres).topk(
+            neighbours, dim=-1, largest=False
+        )
     shape = (*ab.shape[:1], *ab.shape[2:], neighbours)
     return nearest.reshape(shape), chosen.reshape(shape)
 
