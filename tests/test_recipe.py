@@ -98,3 +98,34 @@ def test_bad_jobs_or_threads_are_refused(tmp_path, argv, capsys):
         tiny.main(["--out", str(tmp_path), *argv])
     assert exit_info.value.code == 2
     assert "pass positive numbers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, expected", [([], "epsilon"), (["--prediction_type", "v_prediction"], "v_prediction")]
+)
+def test_the_prediction_target_goes_to_the_base_unet_alone(tmp_path, recorded, commands, argv, expected):
+    assert tiny.main(["--out", str(tmp_path), "--jobs", "1", *argv]) == 0
+    unet = commands["base_unet"]
+    assert unet[unet.index("--prediction_type") + 1] == expected
+    # stages 1 and 2 read it from the base model's scheduler; the VAE phases have no prediction
+    assert all(
+        "--prediction_type" not in commands[name] for name in ["base_vae", "base_decoder", "stage1", "stage2"]
+    )
+
+
+def test_a_rerun_with_another_prediction_target_is_refused(tmp_path, recorded, capsys):
+    calls, _, _ = recorded
+    scheduler = tmp_path / "base" / "model" / "scheduler"
+    scheduler.mkdir(parents=True)
+    (scheduler / "scheduler_config.json").write_text(json.dumps({"prediction_type": "epsilon"}))
+    with pytest.raises(SystemExit) as exit_info:
+        tiny.main(["--out", str(tmp_path), "--prediction_type", "v_prediction"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        "--prediction_type=v_prediction" in err
+        and "predicts epsilon" in err
+        and "--prediction_type epsilon" in err
+    )
+    assert calls == []  # nothing ran, nothing recorded
+    assert not (tmp_path / "times.json").exists()

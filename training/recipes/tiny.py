@@ -42,6 +42,7 @@ from .tiny_stages import (
     LCOINS_RECIPE_FLAGS,
     MTCOLOR_STAGE1_FLAGS,
     MTCOLOR_STAGE2_FLAGS,
+    PREDICTION_TYPE,
     SYNTHETIC,
     TEXT_ENCODER,
     TOKENIZER_MAX_LENGTH,
@@ -91,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="stages to run; 'ablations' trains the MT-Color ablation models (MT_ABLATIONS) after stage 2",
     )
     parser.add_argument(
+        "--prediction_type",
+        choices=["epsilon", "v_prediction"],
+        default=PREDICTION_TYPE,
+        help="what the base UNet predicts, and so stages 1 and 2 and the pipeline (default: %(default)s, "
+        "the embedded model's)",
+    )
+    parser.add_argument(
         "--bench_json",
         default=None,
         help="with --export: a `mtcolor.bench ablations --json` file whose rows go into the model cards",
@@ -107,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _base_command(phase: str, out: Path, data: Path, args) -> list[str]:
     """The ``train_base.py`` command of one base phase (``vae``, ``decoder`` or ``unet``)."""
+    target = ["--prediction_type", args.prediction_type] if phase == "unet" else []
     return [
         sys.executable, "training/train_base.py", "--phase", phase, "--train_data", str(data),
         "--output_dir", str(out / "base"), "--max_train_steps", str(scaled_steps(f"base_{phase}", args.scale)),
@@ -115,8 +124,14 @@ def _base_command(phase: str, out: Path, data: Path, args) -> list[str]:
         "--tokenizer_max_length", str(TOKENIZER_MAX_LENGTH),
         "--checkpointing_steps", "500", "--checkpoints_total_limit", "1",
         "--resume_from_checkpoint", "latest", "--resolution", str(SYNTHETIC["image_size"]),
-        "--seed", str(args.seed), "--report_to", "none",
+        "--seed", str(args.seed), "--report_to", "none", *target,
     ]  # fmt: skip
+
+
+def _trained_prediction_type(out: Path) -> str | None:
+    """The prediction target of the base model already trained in ``out`` (None: none trained yet)."""
+    config = out / "base" / "model" / "scheduler" / "scheduler_config.json"
+    return json.loads(config.read_text()).get("prediction_type", "epsilon") if config.is_file() else None
 
 
 def _mtcolor_chain(out: Path, data: Path, times: dict, args, done) -> None:
@@ -153,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is None:
         args.threads = max(1, usable_cores() // args.jobs)
     out = Path(args.out).resolve()
+    trained = _trained_prediction_type(out)
+    if trained is not None and trained != args.prediction_type:
+        parser.error(
+            f"--prediction_type={args.prediction_type} but the base model in {out / 'base' / 'model'} predicts "
+            f"{trained}; pass --prediction_type {trained} to resume it, or another --out to train anew."
+        )
     out.mkdir(parents=True, exist_ok=True)
     times = json.loads((out / "times.json").read_text()) if (out / "times.json").is_file() else {}
     data = out / "data"

@@ -86,6 +86,9 @@ LCOINS_RECIPE_FLAGS = ("--no_luminance_augmentation", "--ab_loss", "classificati
 #: measurement on the validation scenes); the module ablations train with them too
 MTCOLOR_STAGE1_FLAGS: tuple[str, ...] = ()
 MTCOLOR_STAGE2_FLAGS: tuple[str, ...] = ("--instance_color_weight", "20.0", "--instance_color_ring", "2")
+#: the base UNet's prediction target, and so the whole MT-Color chain's (stages 1 and 2 and the
+#: pipeline read it from the base model's scheduler): the recipe's ``--prediction_type`` default
+PREDICTION_TYPE = "epsilon"
 
 
 def usable_cores() -> int:
