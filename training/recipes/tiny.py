@@ -37,6 +37,8 @@ import threading
 import time
 from pathlib import Path
 
+from mtcolor.training.diffusion import PREDICTION_TYPES
+
 from .tiny_export import export
 from .tiny_stages import (
     LCOINS_RECIPE_FLAGS,
@@ -93,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--prediction_type",
-        choices=["epsilon", "v_prediction"],
+        choices=list(PREDICTION_TYPES),
         default=PREDICTION_TYPE,
         help="what the base UNet predicts, and so stages 1 and 2 and the pipeline (default: %(default)s, "
         "the embedded model's)",
