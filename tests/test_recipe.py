@@ -101,7 +101,12 @@ def test_bad_jobs_or_threads_are_refused(tmp_path, argv, capsys):
 
 
 @pytest.mark.parametrize(
-    "argv, expected", [([], "epsilon"), (["--prediction_type", "v_prediction"], "v_prediction")]
+    "argv, expected",
+    [
+        ([], "v_prediction"),  # the default: the embedded model's target
+        (["--prediction_type", "epsilon"], "epsilon"),
+        (["--prediction_type", "v_prediction"], "v_prediction"),
+    ],
 )
 def test_the_prediction_target_goes_to_the_base_unet_alone(tmp_path, recorded, commands, argv, expected):
     assert tiny.main(["--out", str(tmp_path), "--jobs", "1", *argv]) == 0
@@ -129,3 +134,14 @@ def test_a_rerun_with_another_prediction_target_is_refused(tmp_path, recorded, c
     )
     assert calls == []  # nothing ran, nothing recorded
     assert not (tmp_path / "times.json").exists()
+
+
+@pytest.mark.parametrize("stages", [["lcoins"], ["data", "lcoins"]])
+def test_stages_without_the_diffusion_chain_ignore_the_prediction_target(tmp_path, recorded, stages):
+    calls, _, _ = recorded
+    scheduler = tmp_path / "base" / "model" / "scheduler"
+    scheduler.mkdir(parents=True)
+    (scheduler / "scheduler_config.json").write_text(json.dumps({"prediction_type": "epsilon"}))
+    # the folder's base model predicts epsilon, the default is v: L-CoIns does not read either
+    assert tiny.main(["--out", str(tmp_path), "--jobs", "1", "--stages", *stages]) == 0
+    assert [name for name, _ in calls] == stages

@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --export: a `mtcolor.bench ablations --json` file whose rows go into the model cards",
     )
     parser.add_argument(
+        "--baseline_json",
+        default=None,
+        help="with --export: `mtcolor.bench ablations --json` rows of the model being replaced, listed in the "
+        "model cards' Baseline section (name each row by what differs)",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=min(2, usable_cores()),
@@ -128,6 +134,10 @@ def _base_command(phase: str, out: Path, data: Path, args) -> list[str]:
         "--resume_from_checkpoint", "latest", "--resolution", str(SYNTHETIC["image_size"]),
         "--seed", str(args.seed), "--report_to", "none", *target,
     ]  # fmt: skip
+
+
+#: the stages that train on the base model's prediction target (so must match it)
+DIFFUSION_STAGES = {"base", "stage1", "stage2", "ablations"}
 
 
 def _trained_prediction_type(out: Path) -> str | None:
@@ -170,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is None:
         args.threads = max(1, usable_cores() // args.jobs)
     out = Path(args.out).resolve()
-    trained = _trained_prediction_type(out)
+    # only the stages that train on the base model depend on its target (`--stages lcoins` does not)
+    trained = _trained_prediction_type(out) if set(args.stages) & DIFFUSION_STAGES else None
     if trained is not None and trained != args.prediction_type:
         parser.error(
             f"--prediction_type={args.prediction_type} but the base model in {out / 'base' / 'model'} predicts "

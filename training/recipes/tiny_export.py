@@ -74,18 +74,27 @@ def choose_guidance(
     }
 
 
-def measured_section(bench: list[dict], model: str) -> str:
+#: the "Baseline" section's lead: what its rows are (``--baseline_json``)
+BASELINE_LEAD = (
+    "The same bench and scenes on the model this one replaces (the recipe's previous settings; each row "
+    "names what differs), kept for comparison:"
+)
+
+
+def measured_section(bench: list[dict], model: str, lead: str | None = None) -> str:
     """Markdown table of the ``mtcolor.bench ablations --json`` rows of one model's card: for
     ``"lcoins-tiny"`` the rows whose name starts with "L-CoIns" (the model and its Table 1
     ablations), for ``"mtcolor-tiny"`` every other row (the full model, its sampling switches and
-    its retrained module ablations)."""
+    its retrained module ablations). ``lead`` replaces the sentence above the table (e.g.
+    :data:`BASELINE_LEAD` for the rows of the model this one replaces); "" when no row is the model's."""
     if model not in ("mtcolor-tiny", "lcoins-tiny"):
         raise ValueError(f"model={model!r}; pass 'mtcolor-tiny' or 'lcoins-tiny'.")
     rows = [row for row in bench if row["row"].startswith("L-CoIns") == (model == "lcoins-tiny")]
     if not rows:
         return ""
     lines = [
-        "`python -m mtcolor.bench ablations` on held-out synthetic scenes (adherence: share of instances whose "
+        lead
+        or "`python -m mtcolor.bench ablations` on held-out synthetic scenes (adherence: share of instances whose "
         "colour matches the colour their text names, with its 95% interval; language split: the same scenes "
         "asked with colour words and phrasings never used in training; leak: chroma bleeding across mask "
         "boundaries, lower is better):",
@@ -174,6 +183,7 @@ def export(out: Path, times: dict, args) -> None:
             cache.write_text(json.dumps(choose_guidance(out / "stage2" / "pipeline"), indent=2))
         inference = json.loads(cache.read_text())
     bench = json.loads(Path(args.bench_json).read_text()) if args.bench_json else []
+    baseline = json.loads(Path(args.baseline_json).read_text()) if args.baseline_json else []
     targets = {
         "mtcolor-tiny": (MTColorPipeline, out / "stage2" / "pipeline"),
         "lcoins-tiny": (LCoInsPipeline, out / "lcoins"),
@@ -192,6 +202,9 @@ def export(out: Path, times: dict, args) -> None:
         measured = measured_section(bench, name)
         if measured:
             sections["Measured"] = measured
+        previous = measured_section(baseline, name, BASELINE_LEAD)
+        if previous:
+            sections["Baseline"] = previous
         load_from = f'mtcolor.embedded_model("{name}")'
         pipe.save_pretrained(tmp, model_card_kwargs={"sections": sections, "load_from": load_from})
         reference_frozen_text_encoder(pipe.text_encoder, tmp)

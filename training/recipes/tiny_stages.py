@@ -88,7 +88,7 @@ MTCOLOR_STAGE1_FLAGS: tuple[str, ...] = ()
 MTCOLOR_STAGE2_FLAGS: tuple[str, ...] = ("--instance_color_weight", "20.0", "--instance_color_ring", "2")
 #: the base UNet's prediction target, and so the whole MT-Color chain's (stages 1 and 2 and the
 #: pipeline read it from the base model's scheduler): the recipe's ``--prediction_type`` default
-PREDICTION_TYPE = "epsilon"
+PREDICTION_TYPE = "v_prediction"
 
 
 def usable_cores() -> int:
