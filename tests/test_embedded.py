@@ -153,7 +153,14 @@ def test_measured_section_lists_the_model_rows():
 def test_baseline_section_lists_the_replaced_models_rows():
     from mtcolor.training.recipes.tiny_export import BASELINE_LEAD, measured_section
 
-    row = {"adherence": 0.6, "instances": 100, "bleeding": 0.2, "psnr": 19.0, "ssim": 0.8, "colorfulness": 50.0}
+    row = {
+        "adherence": 0.6,
+        "instances": 100,
+        "bleeding": 0.2,
+        "psnr": 19.0,
+        "ssim": 0.8,
+        "colorfulness": 50.0,
+    }
     baseline = [{"row": "MT-Color (full), epsilon prediction", **row}, {"row": "L-CoIns v4", **row}]
     text = measured_section(baseline, "mtcolor-tiny", BASELINE_LEAD)
     assert text.startswith(BASELINE_LEAD) and "| MT-Color (full), epsilon prediction | 60.0%" in text
